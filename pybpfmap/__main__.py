@@ -1,0 +1,5 @@
+import sys
+
+from pybpfmap.cli import main
+
+sys.exit(main())

@@ -1,0 +1,70 @@
+"""Command-line entry point: ``pybpfmap <command> ...``.
+
+Each command lives in ``pybpfmap/commands/<name>.py`` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a
+function taking the parsed arguments and returning an exit status.  Command
+modules import heavy things (bcc, pyroute2, matplotlib) inside their
+functions so that ``pybpfmap --help`` stays fast.
+
+Errors become one line and an exit status here, and only here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pybpfmap import __version__
+from pybpfmap.errors import EXIT_KERNEL, PybpfmapError
+
+# Order is the order of ``pybpfmap --help``.
+COMMANDS = [
+    "info",
+    "maps",
+    "vm",
+    "stress",
+    "bench",
+    "bcc_compare",
+    "report",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pybpfmap",
+        description="The truth about BPF hash maps on the running kernel.",
+    )
+    parser.add_argument("--version", action="version", version=f"pybpfmap {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"pybpfmap.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"pybpfmap.commands.{name}":
+                continue  # command not written yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PybpfmapError as e:
+        print(f"pybpfmap {args.command}: error: {e.message()}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        # Everything attached or loaded is owned by a context manager, so by
+        # the time we get here it has been detached.
+        print(f"pybpfmap {args.command}: interrupted; everything was detached",
+              file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_KERNEL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Commands of the ``pybpfmap`` CLI, one module each."""

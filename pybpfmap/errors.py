@@ -1,0 +1,81 @@
+"""One exception type for everything pybpfmap reports to a user.
+
+An error carries the parameter it is about, the kernel's errno (if any) and
+what that errno means in this situation.  It becomes a one-line message and an
+exit status only at the CLI boundary (:func:`pybpfmap.cli.main`).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+# Kernel-internal errnos that leak to user space but that Python's errno
+# module does not know (include/linux/errno.h).
+KERNEL_ERRNOS: dict[int, tuple[str, str]] = {
+    512: ("ERESTARTSYS", "Restart system call"),
+    524: ("ENOTSUPP", "Operation is not supported (kernel-internal ENOTSUPP)"),
+}
+
+EXIT_KERNEL = 1
+EXIT_USAGE = 2
+
+
+def errno_name(err: int) -> str:
+    """``errno_name(7) == 'E2BIG'``; knows the kernel-only ones like ENOTSUPP (524)."""
+    if err in KERNEL_ERRNOS:
+        return KERNEL_ERRNOS[err][0]
+    return _errno.errorcode.get(err, f"errno {err}")
+
+
+def errno_text(err: int) -> str:
+    """strerror() that also knows the kernel-only errnos."""
+    if err in KERNEL_ERRNOS:
+        return KERNEL_ERRNOS[err][1]
+    return os.strerror(err)
+
+
+class PybpfmapError(Exception):
+    """A failure explained for the user.
+
+    ``param`` names the parameter or object concerned, ``err`` is the errno
+    the kernel returned (None for usage errors), ``meaning`` says what it means
+    here.  ``exit_code`` is 2 for usage errors and 1 for kernel refusals.
+    """
+
+    def __init__(self, param: str, meaning: str, err: int | None = None,
+                 exit_code: int | None = None):
+        self.param = param
+        self.err = err
+        self.meaning = meaning
+        if exit_code is None:
+            exit_code = EXIT_USAGE if err is None else EXIT_KERNEL
+        self.exit_code = exit_code
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        if self.err is None:
+            return f"{self.param}: {self.meaning}"
+        return (f"{self.param}: {errno_name(self.err)} ({self.err}, "
+                f"{errno_text(self.err)}): {self.meaning}")
+
+
+class UsageError(PybpfmapError):
+    """Bad command-line input, caught before the kernel is asked anything."""
+
+    def __init__(self, param: str, meaning: str):
+        super().__init__(param, meaning, None, EXIT_USAGE)
+
+
+class KernelError(PybpfmapError):
+    """The kernel refused something; ``err`` is its errno."""
+
+    def __init__(self, param: str, err: int, meaning: str):
+        super().__init__(param, meaning, err, EXIT_KERNEL)
+
+
+class EnvironmentProblem(PybpfmapError):
+    """The machine lacks something pybpfmap needs (headers, tracefs, root...)."""
+
+    def __init__(self, param: str, meaning: str, err: int | None = None):
+        super().__init__(param, meaning, err, EXIT_KERNEL)
