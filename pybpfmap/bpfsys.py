@@ -1,0 +1,219 @@
+"""The bpf(2) syscall, for the few commands where BCC hides the errno.
+
+BCC's ``Table.__setitem__`` raises a bare ``Exception`` with strerror text
+and BCC's map creation prints to stderr; pybpfmap needs the kernel's errno to
+explain a refusal, so map creation, element operations and object info go
+through this thin ctypes layer.  Only the leading fields of each ``union
+bpf_attr`` member are declared; the kernel zero-checks the rest
+(include/uapi/linux/bpf.h).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+_NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "s390x": 351, "ppc64le": 361}
+
+# enum bpf_cmd
+MAP_CREATE = 0
+MAP_LOOKUP_ELEM = 1
+MAP_UPDATE_ELEM = 2
+MAP_DELETE_ELEM = 3
+MAP_GET_NEXT_KEY = 4
+PROG_TEST_RUN = 10
+PROG_GET_NEXT_ID = 11
+MAP_GET_NEXT_ID = 12
+OBJ_GET_INFO_BY_FD = 15
+ENABLE_STATS = 32
+
+# enum bpf_map_type
+MAP_TYPES = {
+    "hash": 1,
+    "percpu_hash": 5,
+    "lru_hash": 9,
+    "lru_percpu_hash": 10,
+}
+PERCPU_TYPES = {"percpu_hash", "lru_percpu_hash"}
+LRU_TYPES = {"lru_hash", "lru_percpu_hash"}
+
+# map_flags
+F_NO_PREALLOC = 1 << 0
+F_NO_COMMON_LRU = 1 << 1
+
+# update flags
+ANY = 0
+NOEXIST = 1
+EXIST = 2
+
+_ATTR_SIZE = 128
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class BpfSyscallError(OSError):
+    """bpf(2) failed; ``errno`` is the kernel's answer, ``cmd`` the bpf command."""
+
+    def __init__(self, cmd: int, err: int):
+        super().__init__(err, os.strerror(err) if err < 512 else f"kernel errno {err}")
+        self.cmd = cmd
+
+
+def bpf(cmd: int, attr: ctypes.Structure | ctypes.Array) -> int:
+    """Call bpf(cmd, &attr, sizeof(attr)); return its result or raise BpfSyscallError."""
+    nr = _NR_BPF[platform.machine()]
+    ret = _libc.syscall(nr, ctypes.c_int(cmd), ctypes.byref(attr),
+                        ctypes.c_uint(ctypes.sizeof(attr)))
+    if ret < 0:
+        raise BpfSyscallError(cmd, ctypes.get_errno())
+    return ret
+
+
+class _MapCreateAttr(ctypes.Structure):
+    _fields_ = [
+        ("map_type", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("inner_map_fd", ctypes.c_uint32),
+        ("numa_node", ctypes.c_uint32),
+        ("map_name", ctypes.c_char * 16),
+        ("_pad", ctypes.c_char * (_ATTR_SIZE - 44)),
+    ]
+
+
+class _ElemAttr(ctypes.Structure):
+    _fields_ = [
+        ("map_fd", ctypes.c_uint32),
+        ("_pad0", ctypes.c_uint32),
+        ("key", ctypes.c_uint64),
+        ("value", ctypes.c_uint64),  # also next_key
+        ("flags", ctypes.c_uint64),
+        ("_pad", ctypes.c_char * (_ATTR_SIZE - 32)),
+    ]
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [
+        ("bpf_fd", ctypes.c_uint32),
+        ("info_len", ctypes.c_uint32),
+        ("info", ctypes.c_uint64),
+        ("_pad", ctypes.c_char * (_ATTR_SIZE - 16)),
+    ]
+
+
+class MapInfo(ctypes.Structure):
+    """struct bpf_map_info, the fields pybpfmap reads."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+        ("_rest", ctypes.c_char * 64),
+    ]
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int,
+               map_flags: int = 0, name: str = "") -> int:
+    """BPF_MAP_CREATE; returns the new map's fd (the caller closes it)."""
+    attr = _MapCreateAttr(map_type=map_type, key_size=key_size, value_size=value_size,
+                          max_entries=max_entries, map_flags=map_flags,
+                          map_name=name.encode()[:15])
+    return bpf(MAP_CREATE, attr)
+
+
+@contextmanager
+def created_map(*args, **kwargs) -> Iterator[int]:
+    """``map_create`` as a context manager that always closes the fd."""
+    fd = map_create(*args, **kwargs)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _elem(cmd: int, fd: int, key: ctypes.Array, value: ctypes.Array | None, flags: int) -> None:
+    attr = _ElemAttr(map_fd=fd, key=ctypes.addressof(key),
+                     value=ctypes.addressof(value) if value is not None else 0, flags=flags)
+    bpf(cmd, attr)
+
+
+def update(fd: int, key: ctypes.Array, value: ctypes.Array, flags: int = ANY) -> None:
+    _elem(MAP_UPDATE_ELEM, fd, key, value, flags)
+
+
+def lookup(fd: int, key: ctypes.Array, value: ctypes.Array) -> None:
+    _elem(MAP_LOOKUP_ELEM, fd, key, value, 0)
+
+
+def delete(fd: int, key: ctypes.Array) -> None:
+    _elem(MAP_DELETE_ELEM, fd, key, None, 0)
+
+
+def next_key(fd: int, key: ctypes.Array | None, out: ctypes.Array) -> None:
+    """BPF_MAP_GET_NEXT_KEY: ``key=None`` asks for the first key."""
+    attr = _ElemAttr(map_fd=fd, key=ctypes.addressof(key) if key is not None else 0,
+                     value=ctypes.addressof(out))
+    bpf(MAP_GET_NEXT_KEY, attr)
+
+
+class _NextIdAttr(ctypes.Structure):
+    _fields_ = [
+        ("start_id", ctypes.c_uint32),
+        ("next_id", ctypes.c_uint32),
+        ("_pad", ctypes.c_char * (_ATTR_SIZE - 8)),
+    ]
+
+
+def all_ids(cmd: int) -> set[int]:
+    """Every ID that BPF_MAP_GET_NEXT_ID / BPF_PROG_GET_NEXT_ID walks through."""
+    ids: set[int] = set()
+    attr = _NextIdAttr(start_id=0)
+    while True:
+        try:
+            bpf(cmd, attr)
+        except BpfSyscallError as e:
+            if e.errno == errno.ENOENT:
+                return ids
+            raise
+        ids.add(attr.next_id)
+        attr.start_id = attr.next_id
+
+
+def map_info(fd: int) -> MapInfo:
+    """BPF_OBJ_GET_INFO_BY_FD on a map: the kernel's own view of it."""
+    info = MapInfo()
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    bpf(OBJ_GET_INFO_BY_FD, attr)
+    return info
+
+
+def fdinfo(fd: int, pid: int | str = "self") -> dict[str, str]:
+    """/proc/<pid>/fdinfo/<fd> as a dict (``memlock``, ``map_flags``, ...)."""
+    out = {}
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k.strip()] = v.strip()
+    return out
+
+
+def possible_cpus() -> int:
+    """Number of possible CPUs: per-CPU map values have one slot for each."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
+    n = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n

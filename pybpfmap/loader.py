@@ -1,0 +1,82 @@
+"""Load a program from ``bpf/`` with BCC, and always unload it.
+
+Every BCC object pybpfmap makes goes through :func:`bcc_program`, a context
+manager: on normal exit, on an exception and on Ctrl-C the probes are detached
+and the programs and maps closed (``BPF.cleanup``), so that nothing stays
+loaded.  Before BCC runs, each map in ``maps`` is created once with bpf(2)
+(:meth:`MapSpec.preflight`) so that a kernel refusal is reported with its
+errno — BCC itself only prints strerror text and raises a bare Exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pybpfmap.errors import EnvironmentProblem
+from pybpfmap.headers import ensure_headers
+from pybpfmap.maps import MapSpec
+
+if TYPE_CHECKING:
+    from bcc import BPF
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+
+
+def bpf_source(name: str) -> Path:
+    """Path of ``bpf/<name>``; a clear error if the tree has no bpf/ dir."""
+    path = BPF_DIR / name
+    if not path.is_file():
+        raise EnvironmentProblem(f"bpf/{name}", f"BPF source not found at {path} (pybpfmap "
+                                 "runs from its source tree: pip install -e .)")
+    return path
+
+
+def map_cflags(maps: Mapping[str, MapSpec]) -> list[str]:
+    return [flag for name, spec in maps.items() for flag in spec.cflags(name)]
+
+
+@contextmanager
+def bcc_program(name: str, *, maps: Mapping[str, MapSpec] | None = None,
+                cflags: Sequence[str] = ()) -> Iterator[BPF]:
+    """Compile and load ``bpf/<name>`` with BCC; yield the ``BPF`` object.
+
+    ``maps`` maps a declaration name (``PYBPFMAP_MAP(NAME)`` in the C file) to
+    its spec; ``cflags`` are extra ``-D`` defines.
+    """
+    maps = maps or {}
+    path = bpf_source(name)
+    ensure_headers()
+    for spec in maps.values():
+        spec.preflight()
+    from bcc import BPF
+
+    flags = [f"-I{BPF_DIR}", *map_cflags(maps), *cflags]
+    try:
+        bpf = BPF(src_file=str(path).encode(), cflags=flags)
+    except Exception as e:  # bcc raises bare Exception; its details went to stderr
+        raise EnvironmentProblem(f"bpf/{name}", f"BCC could not compile or load it: {e}") \
+            from None
+    try:
+        yield bpf
+    finally:
+        bpf.cleanup()
+
+
+def map_fd(bpf: BPF, name: str) -> int:
+    """The fd of map ``name`` in a loaded BCC object."""
+    return bpf[name.encode()].map_fd
+
+
+def loaded_ids() -> dict[str, set[int]]:
+    """IDs of every BPF map and program loaded on the system right now, from
+    bpf(2) BPF_*_GET_NEXT_ID — what `bpftool map/prog list` shows."""
+    from pybpfmap import bpfsys
+
+    return {"maps": bpfsys.all_ids(bpfsys.MAP_GET_NEXT_ID),
+            "progs": bpfsys.all_ids(bpfsys.PROG_GET_NEXT_ID)}
+
+
+

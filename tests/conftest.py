@@ -1,0 +1,63 @@
+"""Shared fixtures: the probed kernel, and skip markers whose reasons come from it.
+
+Markers (registered in pyproject.toml):
+  root     needs root for bpf(2)
+  kprobes  needs CONFIG_KPROBES; on a host without them, run inside the test VM
+  vm       boots the test VM with qemu (skipped inside the VM itself)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from pybpfmap import kernel as kernel_probe
+from pybpfmap.headers import ensure_headers, ensure_tracefs
+
+IN_TEST_VM = os.environ.get("PYBPFMAP_IN_TEST_VM") == "1"
+
+
+@pytest.fixture(scope="session")
+def kernel() -> kernel_probe.Kernel:
+    """What this kernel can do (pybpfmap.kernel.probe), once per session."""
+    if os.geteuid() == 0:
+        ensure_tracefs()
+        ensure_headers()
+    return kernel_probe.probe()
+
+
+def _skip_reason(marker: str, k: kernel_probe.Kernel) -> str | None:
+    if marker == "root" and not k.root:
+        return "needs root for bpf(2): run with sudo"
+    if marker == "kprobes" and not k.kprobes:
+        return f"no kprobes here: {k.kprobes_reason}"
+    if marker == "vm":
+        if IN_TEST_VM:
+            return "already inside the test VM"
+        if not k.root:
+            return "booting the test VM needs root (image build uses debootstrap/chroot)"
+        if shutil.which("qemu-system-x86_64") is None:
+            return "qemu-system-x86_64 not installed (sudo vagrant/provision.sh --host)"
+        if os.environ.get("PYBPFMAP_NO_VM") == "1":
+            return "PYBPFMAP_NO_VM=1: VM tests disabled for this run"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    names = {m.name for m in item.iter_markers()} & {"root", "kprobes", "vm"}
+    if not names:
+        return
+    k = item.session.config._pybpfmap_kernel  # type: ignore[attr-defined]
+    for name in sorted(names):
+        reason = _skip_reason(name, k)
+        if reason:
+            pytest.skip(reason)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.geteuid() == 0:
+        ensure_tracefs()
+        ensure_headers()
+    config._pybpfmap_kernel = kernel_probe.probe()  # type: ignore[attr-defined]
