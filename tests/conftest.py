@@ -20,12 +20,9 @@ IN_TEST_VM = os.environ.get("PYBPFMAP_IN_TEST_VM") == "1"
 
 
 @pytest.fixture(scope="session")
-def kernel() -> kernel_probe.Kernel:
-    """What this kernel can do (pybpfmap.kernel.probe), once per session."""
-    if os.geteuid() == 0:
-        ensure_tracefs()
-        ensure_headers()
-    return kernel_probe.probe()
+def kernel(pytestconfig: pytest.Config) -> kernel_probe.Kernel:
+    """What this kernel can do (pybpfmap.kernel.probe), probed once per session."""
+    return pytestconfig._pybpfmap_kernel  # type: ignore[attr-defined]
 
 
 def _skip_reason(marker: str, k: kernel_probe.Kernel) -> str | None:
