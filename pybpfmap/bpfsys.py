@@ -14,8 +14,8 @@ import ctypes
 import errno
 import os
 import platform
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "s390x": 351, "ppc64le": 361}
 
@@ -217,3 +217,128 @@ def possible_cpus() -> int:
         lo, _, hi = part.partition("-")
         n += int(hi or lo) - int(lo) + 1
     return n
+
+
+class _TestRunAttr(ctypes.Structure):
+    """The ``test`` member of union bpf_attr (BPF_PROG_TEST_RUN)."""
+
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("data_in", ctypes.c_uint64),
+        ("data_out", ctypes.c_uint64),
+        ("repeat", ctypes.c_uint32),
+        ("duration", ctypes.c_uint32),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_uint64),
+        ("ctx_out", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+        ("_pad", ctypes.c_char * (_ATTR_SIZE - 76)),
+    ]
+
+
+class TestRun(ctypes.Structure):
+    """What BPF_PROG_TEST_RUN returned: the program's return value and the
+    kernel's average duration of one run over ``repeat`` runs, in ns."""
+
+    _fields_ = [("retval", ctypes.c_uint32), ("duration_ns", ctypes.c_uint32)]
+
+
+def prog_test_run(prog_fd: int, data: bytes | None = None, repeat: int = 1,
+                  flags: int = 0, cpu: int = 0) -> TestRun:
+    """BPF_PROG_TEST_RUN: run ``prog_fd`` ``repeat`` times on ``data`` (a packet
+    for skb/XDP programs) in the calling thread's CPU.  ``duration_ns`` is the
+    kernel's per-run average (kernel/bpf: bpf_test_timer)."""
+    buf = ctypes.create_string_buffer(data or b"", len(data or b"")) if data else None
+    attr = _TestRunAttr(prog_fd=prog_fd, repeat=repeat, flags=flags, cpu=cpu,
+                        data_size_in=len(data) if data else 0,
+                        data_in=ctypes.addressof(buf) if buf is not None else 0)
+    bpf(PROG_TEST_RUN, attr)
+    return TestRun(retval=attr.retval, duration_ns=attr.duration)
+
+
+class ProgInfo(ctypes.Structure):
+    """struct bpf_prog_info up to attach_btf_id (232 bytes in v6.x).  ``run_cnt``
+    and ``run_time_ns`` are counted only while kernel.bpf_stats_enabled is 1;
+    ``recursion_misses`` since Linux kernel commit 9ed9e9ba2337 ("bpf: Count the
+    number of times recursion was prevented") (in v5.12)."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+        ("name", ctypes.c_char * 16),
+        ("ifindex", ctypes.c_uint32),
+        ("gpl_compatible", ctypes.c_uint32),
+        ("netns_dev", ctypes.c_uint64),
+        ("netns_ino", ctypes.c_uint64),
+        ("nr_jited_ksyms", ctypes.c_uint32),
+        ("nr_jited_func_lens", ctypes.c_uint32),
+        ("jited_ksyms", ctypes.c_uint64),
+        ("jited_func_lens", ctypes.c_uint64),
+        ("btf_id", ctypes.c_uint32),
+        ("func_info_rec_size", ctypes.c_uint32),
+        ("func_info", ctypes.c_uint64),
+        ("nr_func_info", ctypes.c_uint32),
+        ("nr_line_info", ctypes.c_uint32),
+        ("line_info", ctypes.c_uint64),
+        ("jited_line_info", ctypes.c_uint64),
+        ("nr_jited_line_info", ctypes.c_uint32),
+        ("line_info_rec_size", ctypes.c_uint32),
+        ("jited_line_info_rec_size", ctypes.c_uint32),
+        ("nr_prog_tags", ctypes.c_uint32),
+        ("prog_tags", ctypes.c_uint64),
+        ("run_time_ns", ctypes.c_uint64),
+        ("run_cnt", ctypes.c_uint64),
+        ("recursion_misses", ctypes.c_uint64),
+        ("verified_insns", ctypes.c_uint32),
+        ("attach_btf_obj_id", ctypes.c_uint32),
+        ("attach_btf_id", ctypes.c_uint32),
+    ]
+
+
+# --- Run-time statistics (pybpfmap stress) ---------------------------------
+
+_RECURSION_MISSES_END = ProgInfo.recursion_misses.offset + 8
+
+
+def prog_info(fd: int) -> tuple[ProgInfo, bool]:
+    """BPF_OBJ_GET_INFO_BY_FD on a program: (info, whether the kernel filled
+    in ``recursion_misses``).  Older kernels return a shorter info_len; the
+    fields they do not know stay zero."""
+    info = ProgInfo()
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    bpf(OBJ_GET_INFO_BY_FD, attr)
+    return info, attr.info_len >= _RECURSION_MISSES_END
+
+
+class _EnableStatsAttr(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32), ("_pad", ctypes.c_char * (_ATTR_SIZE - 4))]
+
+
+STATS_RUN_TIME = 0
+
+
+@contextmanager
+def stats_enabled() -> Iterator[None]:
+    """Keep run_cnt/run_time_ns counting while inside: BPF_ENABLE_STATS (v5.8)
+    returns an fd and the kernel counts while any such fd is open, without
+    touching the ``kernel.bpf_stats_enabled`` sysctl."""
+    fd = bpf(ENABLE_STATS, _EnableStatsAttr(type=STATS_RUN_TIME))
+    try:
+        yield
+    finally:
+        os.close(fd)

@@ -80,3 +80,28 @@ def loaded_ids() -> dict[str, set[int]]:
 
 
 
+
+
+def held_ids() -> dict[str, set[int]]:
+    """Map and program IDs held open by some live process (/proc/*/fdinfo)."""
+    held: dict[str, set[int]] = {"maps": set(), "progs": set()}
+    for fdinfo in Path("/proc").glob("[0-9]*/fdinfo/*"):
+        try:
+            text = fdinfo.read_text()
+        except OSError:
+            continue  # the process or fd went away
+        for line in text.splitlines():
+            if line.startswith("map_id:"):
+                held["maps"].add(int(line.split()[1]))
+            elif line.startswith("prog_id:"):
+                held["progs"].add(int(line.split()[1]))
+    return held
+
+
+def leftovers(before: dict[str, set[int]]) -> dict[str, set[int]]:
+    """Objects loaded since ``before`` that no process holds any more: what a
+    finished command left behind (pinned, or attached without an owner).
+    Objects of other, still running processes do not count."""
+    now, held = loaded_ids(), held_ids()
+    return {kind: ids - before[kind] - held[kind] for kind, ids in now.items()
+            if ids - before[kind] - held[kind]}

@@ -20,6 +20,11 @@ from pybpfmap.errors import KernelError, UsageError
 
 TYPES = tuple(bpfsys.MAP_TYPES)
 ENOTSUPP = 524
+PCPU_MAX_VALUE = 32768  # PCPU_MIN_UNIT_SIZE
+# htab_map_alloc(): n_buckets = roundup_pow_of_two(max_entries) must satisfy
+# n_buckets <= U32_MAX / sizeof(struct bucket); with 16-byte buckets the
+# largest such power of two is 2^27.
+MAX_BUCKETS = 1 << 27
 
 LRU_PREALLOC_ONLY = ("LRU maps are always preallocated: the kernel refuses "
                      "BPF_F_NO_PREALLOC for them (htab_map_alloc_check)")
@@ -34,12 +39,13 @@ class MapSpec:
     key_size: int = 4
     value_size: int = 8
     max_entries: int = 1024
+    extra_flags: int = 0  # raw map_flags bits ORed in, to probe what the kernel accepts
 
     def __post_init__(self) -> None:
         if self.type not in bpfsys.MAP_TYPES:
             raise UsageError("--type", f"unknown map type {self.type!r}; "
                              f"choose from {', '.join(TYPES)}")
-        for name in ("key_size", "value_size", "max_entries"):
+        for name in ("key_size", "value_size", "max_entries", "extra_flags"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0 or value >= 1 << 32:
                 raise UsageError(f"--{name.replace('_', '-')}",
@@ -47,7 +53,7 @@ class MapSpec:
 
     @property
     def flags(self) -> int:
-        return 0 if self.prealloc else bpfsys.F_NO_PREALLOC
+        return (0 if self.prealloc else bpfsys.F_NO_PREALLOC) | self.extra_flags
 
     @property
     def percpu(self) -> bool:
@@ -110,16 +116,25 @@ def explain_create_error(spec: MapSpec, err: int) -> KernelError:
             if getattr(spec, name) == 0:
                 return KernelError(f"--{name.replace('_', '-')}", err,
                                    f"{spec.type}: {name} must be at least 1")
-        return KernelError("map_flags", err, f"{spec.type}: the kernel rejected the map "
-                           f"flags {spec.flags:#x} or the size combination")
+        if spec.extra_flags & bpfsys.F_NO_COMMON_LRU and not spec.lru:
+            return KernelError("--map-flags", err, f"{spec.type}: BPF_F_NO_COMMON_LRU "
+                               "(0x2) is only valid for LRU maps")
+        if spec.extra_flags:
+            return KernelError("--map-flags", err, f"{spec.type}: the kernel does not accept "
+                               f"map_flags {spec.flags:#x} for this map type")
+        return KernelError("map_flags", err, f"{spec.type}: the kernel rejected map_flags "
+                           f"{spec.flags:#x} with these sizes")
     if err == errno.E2BIG:
-        if spec.max_entries >= 1 << 31:
-            return KernelError("--max-entries", err, f"{spec.max_entries} is more than the "
-                               "2^31 buckets a hash map can have")
+        if spec.percpu and spec.value_size > PCPU_MAX_VALUE:
+            return KernelError("--value-size", err, f"{spec.type}: per-CPU values are at "
+                               f"most {PCPU_MAX_VALUE} bytes (PCPU_MIN_UNIT_SIZE)")
+        if spec.max_entries > MAX_BUCKETS:
+            return KernelError("--max-entries", err, f"{spec.max_entries} entries need more "
+                               "buckets than a hash map can index (its bucket array must "
+                               "stay below 4 GiB)")
         return KernelError("--key-size/--value-size", err,
                            f"key {spec.key_size} B + value {spec.value_size} B is more "
-                           "than a hash element may hold (KMALLOC_MAX_SIZE; per-CPU "
-                           "values at most 32 KiB)")
+                           "than one hash element may hold (KMALLOC_MAX_SIZE)")
     if err == errno.ENOMEM:
         what = ("preallocating every element up front" if spec.prealloc
                 else "allocating the bucket array")

@@ -1,0 +1,144 @@
+"""The command line: every bad input gives one clear line, a non-zero exit, no
+traceback, and leaves nothing loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pybpfmap.loader import leftovers, loaded_ids
+
+PYBPFMAP = [sys.executable, "-m", "pybpfmap"]
+
+
+def run(*args: str, user: str | None = None, timeout: int = 120):
+    cmd = [*PYBPFMAP, *args]
+    if user:
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def bpftool_ids() -> dict[str, set[int]]:
+    """The IDs bpftool lists: the ground truth next to our own bpf(2) walk."""
+    out = {}
+    for kind in ("map", "prog"):
+        listing = subprocess.run(["bpftool", "-j", kind, "list"], capture_output=True,
+                                 text=True, check=True).stdout
+        out[kind + "s"] = {obj["id"] for obj in json.loads(listing or "[]")}
+    return out
+
+
+@pytest.mark.root
+def test_bpftool_and_our_walk_agree():
+    """loaded_ids() (bpf(2) GET_NEXT_ID) sees what bpftool sees."""
+    from pybpfmap.maps import MapSpec
+
+    with MapSpec("hash").create() as m:
+        map_id = m.kernel_view()["id"]
+        assert map_id in loaded_ids()["maps"]
+        assert map_id in bpftool_ids()["maps"]
+    assert map_id not in loaded_ids()["maps"]
+
+
+# (arguments, exit status, words the one-line error must contain)
+BAD_INPUT = [
+    (["maps", "--type", "lru_hash", "--no-prealloc"], 1, ["--no-prealloc", "ENOTSUPP (524"]),
+    (["maps", "--type", "lru_percpu_hash", "--no-prealloc"], 1, ["--no-prealloc", "ENOTSUPP"]),
+    (["maps", "--type", "hash", "--max-entries", "0"], 1, ["--max-entries", "EINVAL (22"]),
+    (["maps", "--type", "hash", "--key-size", "0"], 1, ["--key-size", "EINVAL"]),
+    (["maps", "--type", "percpu_hash", "--value-size", "0"], 1, ["--value-size", "EINVAL"]),
+    (["maps", "--type", "percpu_hash", "--value-size", "40000"], 1, ["--value-size", "E2BIG (7"]),
+    (["maps", "--type", "hash", "--value-size", "100000000"], 1,
+     ["--key-size/--value-size", "E2BIG"]),
+    (["maps", "--type", "hash", "--max-entries", "3000000000"], 1, ["--max-entries", "E2BIG"]),
+    (["maps", "--type", "hash", "--prealloc", "--max-entries", "134217728",
+      "--value-size", "4096"], 1, ["--max-entries", "ENOMEM (12", "preallocating"]),
+    (["maps", "--type", "hash", "--map-flags", "0x80000000"], 1, ["--map-flags", "EINVAL"]),
+    (["maps", "--type", "hash", "--map-flags", "0x2"], 1,
+     ["--map-flags", "BPF_F_NO_COMMON_LRU"]),
+    (["maps", "--type", "nosuch"], 2, ["--type", "invalid choice"]),
+    (["maps", "--max-entries", "abc"], 2, ["--max-entries", "invalid int"]),
+    (["maps", "--key-size", "-1"], 2, ["--key-size", "not a 32-bit unsigned integer"]),
+    (["maps", "--max-entries", "5000000000"], 2, ["--max-entries"]),
+    (["maps", "--prealloc", "--no-prealloc"], 2, ["not allowed with"]),
+    (["nosuchcommand"], 2, ["invalid choice"]),
+]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("args,status,words", BAD_INPUT,
+                         ids=[" ".join(a) for a, _, _ in BAD_INPUT])
+def test_bad_input_is_explained_and_leaves_nothing(args, status, words):
+    before = loaded_ids()
+    result = run(*args)
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr
+    for word in words:
+        assert word in errors[0]
+    assert leftovers(before) == {}
+
+
+@pytest.mark.root
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) missing")
+def test_unprivileged_user_is_told_to_use_sudo(tmp_path):
+    result = run("maps", "--type", "hash", user="65534")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "EPERM" in result.stderr and "sudo" in result.stderr
+
+
+@pytest.mark.root
+def test_maps_json_shows_prealloc_charging_up_front():
+    result = run("maps", "--json", "--type", "hash", "--type", "percpu_hash",
+                 "--max-entries", "20000")
+    assert result.returncode == 0, result.stderr
+    records = json.loads(result.stdout)
+    assert len(records) == 4
+    keys = {"type", "prealloc", "max_entries", "map_flags", "memlock_empty", "memlock_full",
+            "memlock_drained", "create_ms"}
+    by = {(r["type"], r["prealloc"]): r for r in records}
+    for r in records:
+        assert keys <= set(r)
+        assert r["map_flags"] == (0 if r["prealloc"] else 1)
+        assert r["new_key_when_full"] == "E2BIG"
+        assert r["entries_full"] == 20000
+    for t in ("hash", "percpu_hash"):
+        assert by[(t, True)]["memlock_empty"] > 2 * by[(t, False)]["memlock_empty"]
+        assert by[(t, True)]["memlock_empty"] == by[(t, True)]["memlock_full"]
+
+
+@pytest.mark.root
+def test_maps_default_skips_lru_no_prealloc_with_reason():
+    result = run("maps", "--json", "--max-entries", "100")
+    assert result.returncode == 0, result.stderr
+    records = json.loads(result.stdout)
+    assert len(records) == 8
+    skipped = [r for r in records if r["skipped"]]
+    assert {(r["type"], r["prealloc"]) for r in skipped} == {("lru_hash", False),
+                                                             ("lru_percpu_hash", False)}
+    assert all("preallocated" in r["skipped"] for r in skipped)
+
+
+@pytest.mark.root
+def test_info_json_tells_the_truth(kernel):
+    result = run("info", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    for key in ("kernel_release", "kprobes", "in_vm", "headers", "unlock_symbols"):
+        assert key in data
+    assert data["kernel_release"] == os.uname().release
+    assert data["kprobes"] == os.path.isdir("/sys/bus/event_source/devices/kprobe")
+    if not data["kprobes"]:
+        assert data["unlock_symbols"] == []
+        assert "CONFIG_KPROBES" in data["kprobes_reason"]
+    assert data["headers"] is not None, "info must set up headers as root"
+    assert data["headers"]["matches_kernel"] == (
+        os.uname().release in os.path.realpath(data["headers"]["build"]))
