@@ -1,0 +1,111 @@
+"""Find kernel splats (WARN, BUG, lockdep, stalls, KASAN, Oops...) in dmesg text.
+
+A pure function over text, so it works the same on a guest's dmesg brought back
+by the VM runner and on the host's own ``dmesg`` (the stress command uses it
+there).  As in libbpf/ci's check-kernel-splats: a WARN leaves the kernel
+running, so a test can exit 0 over a splat; the caller turns a splat into a
+failure.
+
+>>> find_splats("[ 1.0] WARNING: CPU: 0 PID: 1 at kernel/bpf/x.c:1 f+0x1/0x2")[0].kind
+'warning'
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+# (kind, pattern), most specific first: the first pattern that matches a line names it.
+DENY: tuple[tuple[str, str], ...] = (
+    ("lockdep", r"possible recursive locking detected"),
+    ("lockdep", r"possible circular locking dependency detected"),
+    ("lockdep", r"inconsistent lock state|possible irq lock inversion dependency"),
+    ("rcu", r"suspicious RCU usage"),
+    ("rcu_stall", r"rcu: INFO: rcu_\w+ (self-)?detected stall|rcu_\w+ detected stalls? on CPU"),
+    ("soft_lockup", r"BUG: soft lockup"),
+    ("hard_lockup", r"Watchdog detected hard LOCKUP|NMI watchdog: .*hard LOCKUP"),
+    ("hung_task", r"INFO: task \S+ blocked for more than \d+ seconds"),
+    ("kasan", r"BUG: KASAN:|KASAN: "),
+    ("ubsan", r"UBSAN: "),
+    ("kmemleak", r"kmemleak: \d+ new suspected memory leaks"),
+    ("gpf", r"general protection fault"),
+    ("oops", r"\bOops: |\bOops\[#|BUG: unable to handle|BUG: kernel NULL pointer dereference"),
+    ("panic", r"Kernel panic - not syncing"),
+    ("bug", r"kernel BUG at |\bBUG: "),
+    ("warning", r"\bWARNING: "),
+)
+
+# Lines that match DENY but are known to be benign.
+ALLOW: tuple[str, ...] = (
+    # Boot-time mitigation notices printed with "WARNING:" (arch/x86/kernel/cpu/bugs.c).
+    r"Spectre V2 : WARNING: ",
+    r"WARNING: Spectre v2 mitigation leaves CPU vulnerable",
+    # Printed by some firmware/qemu combinations, not a kernel splat.
+    r"WARNING: Unprivileged eBPF is enabled",
+)
+
+_TIMESTAMP = re.compile(r"^(?:<\d+>)?\[\s*\d+\.\d+\]\s?")
+_END = re.compile(r"---\[ end (trace|Kernel panic)")
+
+
+@dataclass(frozen=True)
+class Splat:
+    """One splat: its kind, the 1-based line number, the line and its report."""
+
+    kind: str
+    lineno: int
+    line: str
+    text: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _kind(line: str, deny: list[tuple[str, re.Pattern]]) -> str | None:
+    for kind, pat in deny:
+        if pat.search(line):
+            return kind
+    return None
+
+
+def find_splats(dmesg: str, allow: Iterable[str] = (), *, context: int = 40) -> list[Splat]:
+    """Every splat in ``dmesg`` that no ``ALLOW`` or ``allow`` regex excuses.
+
+    ``text`` holds the splat line and up to ``context`` lines of its report
+    (until ``---[ end trace`` or the next splat line).  Timestamps are kept.
+    """
+    deny = [(k, re.compile(p)) for k, p in DENY]
+    allowed = [re.compile(p) for p in (*ALLOW, *allow)]
+    lines = dmesg.splitlines()
+    out: list[Splat] = []
+    i = 0
+    while i < len(lines):
+        bare = _TIMESTAMP.sub("", lines[i])
+        kind = _kind(bare, deny)
+        if kind is None or any(a.search(bare) for a in allowed):
+            i += 1
+            continue
+        j = i + 1
+        while j < len(lines) and j - i <= context:
+            nxt = _TIMESTAMP.sub("", lines[j])
+            if _END.search(nxt):
+                j += 1
+                break
+            if _kind(nxt, deny):
+                break
+            j += 1
+        out.append(Splat(kind, i + 1, lines[i], "\n".join(lines[i:j])))
+        i = j
+    return out
+
+
+def format_splats(splats: list[Splat], *, max_lines: int = 20) -> str:
+    """A human report: each splat's kind, line number and first ``max_lines`` lines."""
+    parts = []
+    for s in splats:
+        body = s.text.splitlines()
+        more = f"\n    ... ({len(body) - max_lines} more lines)" if len(body) > max_lines else ""
+        shown = "\n".join(f"    {b}" for b in body[:max_lines])
+        parts.append(f"{s.kind} at dmesg line {s.lineno}:\n{shown}{more}")
+    return "\n".join(parts)
