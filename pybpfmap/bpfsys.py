@@ -342,3 +342,22 @@ def stats_enabled() -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+# --- object lookup by ID (pybpfmap.bcc_compare: verify a BCC tool's maps) ---
+
+MAP_GET_FD_BY_ID = 14
+
+
+class _GetFdByIdAttr(ctypes.Structure):
+    _fields_ = [
+        ("id", ctypes.c_uint32),
+        ("next_id", ctypes.c_uint32),
+        ("open_flags", ctypes.c_uint32),
+        ("_pad", ctypes.c_char * (_ATTR_SIZE - 12)),
+    ]
+
+
+def map_fd_by_id(map_id: int) -> int:
+    """BPF_MAP_GET_FD_BY_ID: a new fd for map ``map_id`` (the caller closes it)."""
+    return bpf(MAP_GET_FD_BY_ID, _GetFdByIdAttr(id=map_id))
