@@ -40,9 +40,9 @@ PYBPFMAP_MAP(PN);
 PYBPFMAP_MAP(LP);
 PYBPFMAP_MAP(LQ);
 
-BPF_PERCPU_ARRAY(counts, u64, NPROBES * NMAPS * NOPS * NSLOTS);
+BPF_PERCPU_ARRAY(stress_counts, u64, NPROBES * NMAPS * NOPS * NSLOTS);
 /* Last errno outside the known slots, per (probe, map, op). */
-BPF_ARRAY(other_errno, s32, NPROBES * NMAPS * NOPS);
+BPF_ARRAY(stress_errno, s32, NPROBES * NMAPS * NOPS);
 
 /* Keep in step with SLOTS in pybpfmap/stress/programs.py. */
 static __always_inline u32 slot_of(int ret)
@@ -59,7 +59,7 @@ static __always_inline u32 slot_of(int ret)
 	case -22: return 8;   /* EINVAL */
 	case -11: return 9;   /* EAGAIN */
 	case -524: return 10; /* ENOTSUPP */
-	default: return 11;   /* other: see other_errno */
+	default: return 11;   /* other: see stress_errno */
 	}
 }
 
@@ -67,13 +67,13 @@ static __always_inline void count(u32 probe, u32 map, u32 op, int ret)
 {
 	u32 slot = slot_of(ret);
 	u32 idx = ((probe * NMAPS + map) * NOPS + op) * NSLOTS + slot;
-	u64 *c = counts.lookup(&idx);
+	u64 *c = stress_counts.lookup(&idx);
 
 	if (c)
 		*c += 1;
 	if (slot == NSLOTS - 1) {
 		u32 o = (probe * NMAPS + map) * NOPS + op;
-		s32 *e = other_errno.lookup(&o);
+		s32 *e = stress_errno.lookup(&o);
 
 		if (e)
 			*e = ret;

@@ -194,8 +194,8 @@ def read_counts(ld: Loaded) -> dict[tuple[int, int], dict[str, dict[str, int]]]:
     """{(probe index, map index): {op: {result: count}}}, summed over CPUs.
     Results are "ok" or an errno name; an errno outside the known slots is
     named from ``other_errno``."""
-    counts = ld.bpf[b"counts"]
-    other = ld.bpf[b"other_errno"]
+    counts = ld.bpf[b"stress_counts"]
+    other = ld.bpf[b"stress_errno"]
     out: dict[tuple[int, int], dict[str, dict[str, int]]] = {}
     nslots = len(SLOTS)
     for p in range(len(ld.probes)):

@@ -197,6 +197,9 @@ def irq_work(deadline: float) -> dict[str, int]:
 
 
 def _child(fn: Callable[..., dict[str, int]], args: tuple, queue) -> None:
+    # Ctrl-C is the parent's to handle: it detaches everything, then its
+    # daemon children are terminated.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         queue.put(fn(*args))
     except Exception as e:  # reported by the parent as the workload's error

@@ -1,0 +1,79 @@
+"""What a stress run could leave behind, listed so that before == after can be checked.
+
+Ground truth is the kernel: program and map IDs from bpf(2)
+(:func:`pybpfmap.loader.loaded_ids`), names from ``bpftool -j``, the text of
+``kprobe_events`` and the network namespaces under /run/netns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from pybpfmap.loader import loaded_ids
+from pybpfmap.stress.programs import KPROBE_EVENTS, MAPS
+
+# Names bpf/stress.c gives its programs and maps (bpf_prog_info.name is
+# truncated to 15 characters).
+PROG_NAMES = {f"on_probe{i}" for i in range(4)}
+MAP_NAMES = {name for name, _ in MAPS} | {"stress_counts", "stress_errno"}
+
+
+def _bpftool(kind: str) -> list[dict]:
+    out = subprocess.run(["bpftool", "-j", kind, "list"], capture_output=True, text=True,
+                         timeout=30, check=True)
+    return json.loads(out.stdout or "[]")
+
+
+def snapshot() -> dict:
+    """Everything of ours that is loaded or created right now."""
+    try:
+        with open(KPROBE_EVENTS) as f:
+            kprobes = f.read()
+    except OSError:
+        kprobes = None
+    try:
+        netns = sorted(n for n in os.listdir("/run/netns") if n.startswith("pybpfmap-"))
+    except FileNotFoundError:
+        netns = []
+    return {
+        "ids": loaded_ids(),
+        "bpftool_progs": sorted(p["id"] for p in _bpftool("prog")
+                                if p.get("name") in PROG_NAMES),
+        "bpftool_maps": sorted(m["id"] for m in _bpftool("map")
+                               if m.get("name") in MAP_NAMES),
+        "kprobe_events": kprobes,
+        "netns": netns,
+    }
+
+
+def left_behind(before: dict, after: dict) -> dict:
+    """What ``after`` has that ``before`` did not, restricted to our objects
+    (other programs may come and go on a shared machine)."""
+    ours_progs = set(after["bpftool_progs"]) - set(before["bpftool_progs"])
+    ours_maps = set(after["bpftool_maps"]) - set(before["bpftool_maps"])
+    out = {}
+    if ours_progs:
+        out["progs"] = sorted(ours_progs)
+    if ours_maps:
+        out["maps"] = sorted(ours_maps)
+    if after["kprobe_events"] != before["kprobe_events"]:
+        out["kprobe_events"] = after["kprobe_events"]
+    if set(after["netns"]) - set(before["netns"]):
+        out["netns"] = sorted(set(after["netns"]) - set(before["netns"]))
+    return out
+
+
+def settled(before: dict, timeout: float = 5.0) -> dict:
+    """:func:`left_behind` after giving the kernel up to ``timeout`` seconds:
+    perf events and programs are freed after an RCU grace period, so an ID
+    can outlive its last fd by a few milliseconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = left_behind(before, snapshot())
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
