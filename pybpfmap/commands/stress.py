@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     k = kernel_probe.probe()
     local = args.in_guest or opts.tracepoints or (k.kprobes and args.kernel is None)
     if local:
-        if not (k.in_vm or args.force):
+        in_test_vm = os.environ.get("PYBPFMAP_IN_TEST_VM") == "1"
+        if not (k.in_vm or in_test_vm or args.force):
             raise EnvironmentProblem("--force", "this machine is not a VM: a kernel hang "
                                      "here loses your work; run with --kernel K to use the "
                                      "test VM, or pass --force")
