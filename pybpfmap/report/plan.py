@@ -1,0 +1,81 @@
+"""What a report runs: one :class:`Section` per command and place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Section:
+    """One command of the report.
+
+    ``argv`` is given to ``python3 -m pybpfmap``; ``{out}`` in it is replaced
+    by the section's own output folder.  The command's JSON comes from stdout,
+    or from ``json_files`` (relative to that folder) when set: one file gives
+    its content, several a dict keyed by file stem.
+    """
+
+    name: str           # info, maps, bench, stress, bcc-compare
+    where: str          # "host" or a test-VM kernel name
+    argv: list[str]
+    timeout: float
+    json_files: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.where}"
+
+
+def plan(kernels: list[str], quick: bool, host_kprobes: bool) -> list[Section]:
+    """The sections of a report.
+
+    On the host: info, maps, the in-kernel and tracepoint-triggered benchmark,
+    the tracepoint variant of the stress check (or the kprobe one when the
+    host has kprobes) and the bcc tools that can attach.  In the test VM, for
+    each kernel: info and maps, the kprobe stress check, the kprobe-triggered
+    benchmark and the kprobe-based bcc tools.
+    """
+    entries = "10000" if quick else "100000"
+    duration = "3" if quick else "10"
+    runs = "3" if quick else "5"
+    sweep = "1000,10000" if quick else "1000,10000,100000,1000000"
+    cpus = "1" if quick else "1,2"
+    sections = [
+        Section("info", "host", ["info", "--json"], 60),
+        Section("maps", "host", ["maps", "--json", "--max-entries", entries], 300),
+        Section("bench", "host",
+                ["bench", "--mode", "both", "--cpus", cpus, "--max-entries", sweep,
+                 "--runs", runs, "--json", "{out}/bench.json", "--plot", "{out}/bench.png"],
+                300 if quick else 600, json_files=("bench.json",)),
+        Section("stress", "host",
+                ["stress", "--duration", duration, "--json", "--force"]
+                + ([] if host_kprobes else ["--tracepoints"]), 300),
+        Section("bcc-compare", "host",
+                ["bcc-compare", "--json", "--duration", "2" if quick else "5",
+                 "--runs", "2" if quick else "3"], 600),
+    ]
+    guest_facts = ('python3 -m pybpfmap info --json > "$PYBPFMAP_RESULTS/info.json" && '
+                   f'python3 -m pybpfmap maps --json --max-entries {entries} '
+                   '> "$PYBPFMAP_RESULTS/maps.json"')
+    for kernel in kernels:
+        sections += [
+            Section("info+maps", kernel,
+                    ["vm", "run", "--kernel", kernel, "--quiet", "--results", "{out}",
+                     "--", "sh", "-c", guest_facts], 600,
+                    json_files=("info.json", "maps.json")),
+            Section("stress", kernel, ["stress", "--kernel", kernel, "--duration", duration,
+                                       "--json"], 900),
+        ]
+        if not quick:
+            sections += [
+                Section("bench", kernel,
+                        ["bench", "--kernel", kernel, "--mode", "syscall", "--cpus", "1,2",
+                         "--max-entries", "1000", "--runs", "3",
+                         "--json", "{out}/bench.json", "--plot", "{out}/bench.png"],
+                        900, json_files=("bench.json",)),
+                Section("bcc-compare", kernel,
+                        ["bcc-compare", "--kernel", kernel, "--json", "--duration", "3",
+                         "--runs", "2"], 900),
+            ]
+    return sections
