@@ -91,9 +91,10 @@ def run(opts: Options, step: Callable[[str], None] = lambda label: None) -> list
     of the machine spreads over maps instead of biasing one of them."""
     env = environment()
     sets = cpu_sets(opts.cpus)
-    trigger, why = ("", "")
+    envs = {"inkernel": {**env, "trigger": "test_run"}}
     if "syscall" in opts.modes:
         trigger, why = syscall.choose_trigger(opts.trigger)
+        envs["syscall"] = {**env, "trigger": trigger, "trigger_why": why}
     records: list[dict] = []
     for n in opts.max_entries:
         specs = []
@@ -104,17 +105,16 @@ def run(opts: Options, step: Callable[[str], None] = lambda label: None) -> list
                     spec.preflight()
                 except KernelError as e:
                     for mode in opts.modes:
-                        records.append({**_base(spec, mode, env, opts), "cpus": None,
+                        records.append({**_base(spec, mode, envs[mode], opts), "cpus": None,
                                         "refused": {"errno": e.err, "reason": e.message()}})
                         for _ in range(opts.runs * len(sets)):
                             step(f"{spec.label} refused")
                     continue
                 specs.append(spec)
         if "inkernel" in opts.modes:
-            records += _inkernel(specs, sets, opts, env, step)
+            records += _inkernel(specs, sets, opts, envs["inkernel"], step)
         if "syscall" in opts.modes:
-            records += _syscall(specs, sets, opts, {**env, "trigger": trigger,
-                                                    "trigger_why": why}, step)
+            records += _syscall(specs, sets, opts, envs["syscall"], step)
     return records
 
 
@@ -141,7 +141,7 @@ def _inkernel(specs: list[MapSpec], sets: dict[int, list[int]], opts: Options, e
     for (spec, k), got in samples.items():
         ns = summarise([s.ns_per_op for s in got])
         total = statistics.median(s.ops_per_sec_total for s in got)
-        out.append({**_base(spec, "inkernel", env, opts), "cpus": k, "trigger": "test_run",
+        out.append({**_base(spec, "inkernel", env, opts), "cpus": k,
                     "ns_per_op": round(ns.median, 2), "ns_per_op_min": round(ns.low, 2),
                     "ns_per_op_max": round(ns.high, 2),
                     "ops_per_sec_per_cpu": round(1e9 / ns.median) if ns.median > 0 else None,
