@@ -13,6 +13,7 @@ from pathlib import Path
 from pybpfmap.errors import UsageError
 
 KERNELS = ("bookworm", "trixie")
+SECTION_NAMES = ("info", "maps", "info+maps", "bench", "stress", "bcc-compare")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    f"({', '.join(KERNELS)}; default: bookworm when this kernel has no kprobes)")
     p.add_argument("--no-vm", action="store_true", help="measure the host only")
     p.add_argument("--quick", action="store_true", help="short runs (about 3 minutes)")
+    p.add_argument("--only", metavar="NAME[,NAME]",
+                   help=f"run only these sections ({', '.join(SECTION_NAMES)})")
     p.set_defaults(func=run)
 
 
@@ -38,11 +41,16 @@ def run(args: argparse.Namespace) -> int:
         if k not in KERNELS:
             raise UsageError("--kernel", f"unknown test-VM kernel {k!r}; choose from "
                              f"{', '.join(KERNELS)}")
+    only = set(args.only.split(",")) if args.only else set(SECTION_NAMES)
+    unknown = only - set(SECTION_NAMES)
+    if unknown:
+        raise UsageError("--only", f"unknown section(s) {', '.join(sorted(unknown))}; "
+                         f"choose from {', '.join(SECTION_NAMES)}")
     host = kernel.probe()
     kernels = [] if args.no_vm else (args.kernels or ([] if host.kprobes else ["bookworm"]))
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    sections = plan(kernels, args.quick, host.kprobes)
+    sections = [s for s in plan(kernels, args.quick, host.kprobes) if s.name in only]
     start = time.monotonic()
     records = run_all(sections, out)
     for record in records:
