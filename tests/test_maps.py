@@ -191,3 +191,23 @@ def test_parallel_disjoint_insert_delete(type_, prealloc):
         assert sorted(m.keys()) == list(range(0, procs * per, 2))
         for key in range(0, procs * per, 2):
             assert m.lookup(key)[0] == key
+
+
+@pytest.mark.parametrize("type_,prealloc", CREATABLE, ids=ids(CREATABLE))
+def test_kernel_view_agrees_with_bpftool(type_, prealloc):
+    """bpftool is the ground truth for what the kernel reports about a map."""
+    import json
+    import shutil
+    import subprocess
+
+    if shutil.which("bpftool") is None:
+        pytest.skip("bpftool not installed (sudo vagrant/provision.sh --host)")
+    with MapSpec(type_, prealloc, max_entries=256).create() as m:
+        m.fill(100)
+        view = m.kernel_view()
+        shown = json.loads(subprocess.run(["bpftool", "-j", "map", "show", "id", str(view["id"])],
+                                          capture_output=True, text=True, check=True).stdout)
+    assert shown["type"] == type_
+    assert shown["flags"] == view["map_flags"]
+    assert shown["max_entries"] == view["max_entries"] == 256
+    assert shown["bytes_memlock"] == view["memlock"]
