@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 from pybpfmap.bcc_compare import verify
@@ -122,16 +123,23 @@ class RunningTool:
         return self.proc.returncode
 
     def failure(self, what: str) -> ToolFailed:
-        tail = [line for line in self.err.text().splitlines() if line.strip()][-3:]
         return ToolFailed(f"{self.tool.name} ({self.mode}) {what}: "
-                          + (" | ".join(tail) or "no error output"))
+                          f"{error_summary(self.err.text())}")
+
+
+_ERROR_LINE = re.compile(r"^(bpf: |libbpf: |[\w.]*(Error|Exception)\b|Failed|cannot|Cannot)")
+
+
+def error_summary(stderr: str) -> str:
+    """The lines of a tool's stderr that say what went wrong (not the traceback)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    picked = [line for line in lines if _ERROR_LINE.match(line)]
+    return " | ".join(list(dict.fromkeys(picked or lines[-2:]))[-3:]) or "no error output"
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def launcher_cmd(tool: Tool, mode: str, report: str) -> list[str]:

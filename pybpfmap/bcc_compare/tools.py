@@ -32,6 +32,8 @@ class Tool:
     needs_kprobes: bool
     output: str            # regex that the tool's normal output must match
     hash_maps: tuple[str, ...] = field(default=())  # its start/end BPF_HASH maps
+    kprobe_targets: str = ""   # for the skip reason
+    kfunc_first: bool = False  # tries kfunc (fentry) before kprobes: worth a try here
 
     @property
     def path(self) -> str:
@@ -57,14 +59,15 @@ TOOLS: dict[str, Tool] = {t.name: t for t in (
          r"SYSCALL\s+COUNT\s+TIME", ("start",)),
     Tool("biolatency", (), "block_io",
          "kprobes blk_mq_start_request, blk_account_io_done (or __blk_account_io_done)",
-         True, r"usecs\s+: count\s+distribution", ("start",)),
+         True, r"usecs\s+: count\s+distribution", ("start",),
+         "blk_mq_start_request, blk_account_io_done"),
     Tool("opensnoop", (), "open",
          "kretfunc (fentry/fexit trampoline) on the open syscalls when the kernel has "
          "BTF and trampolines, otherwise kprobes + kretprobes on them",
-         True, r"/dev/null", ("infotmp",)),
+         True, r"/dev/null", ("infotmp",), "the open/openat/openat2 syscalls", True),
     Tool("tcpconnect", (), "tcp_connect",
          "kprobes + kretprobes tcp_v4_connect, tcp_v6_connect", True,
-         r"127\.0\.0\.1\s+127\.0\.0\.1", ("currsock",)),
+         r"127\.0\.0\.1\s+127\.0\.0\.1", ("currsock",), "tcp_v4_connect"),
 )}
 
 DEFAULT_TOOLS = ("biolatency", "runqlat", "opensnoop", "tcpconnect", "funclatency",

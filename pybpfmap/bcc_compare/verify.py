@@ -85,3 +85,20 @@ def tool_maps(pid: int, hash_names: list[str]) -> dict:
     used = used_map_ids(prog_ids(pid))
     unused = [] if used is None else sorted(n for n, r in maps.items() if r["id"] not in used)
     return {"maps": maps, "unused": unused, "all_maps": len(records)}
+
+
+def still_loaded(ids: set[int], timeout: float = 5.0) -> set[int]:
+    """Which of map ``ids`` are still loaded after up to ``timeout`` s.
+
+    A map is freed after the last program using it, and programs are freed
+    after an RCU grace period (kernel/bpf/syscall.c, ``__bpf_prog_put_rcu``),
+    so IDs vanish a little after the tool's process has exited.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = ids & bpfsys.all_ids(bpfsys.MAP_GET_NEXT_ID)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)

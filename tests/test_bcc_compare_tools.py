@@ -1,0 +1,116 @@
+"""Real bpfcc-tools under pybpfmap bcc-compare: kernel-verified flags, output, cleanup."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pybpfmap import bpfsys
+from pybpfmap.bcc_compare import compare, report, run, tools, verify
+from pybpfmap.bcc_compare.run import Measurement, ToolRun
+from pybpfmap.cli import main
+from pybpfmap.errors import UsageError
+
+EXPECTED = {"shipped": 0, "noprealloc": bpfsys.F_NO_PREALLOC}
+SHORT = 0.3
+
+
+def _check_run(tool: tools.Tool, mode: str) -> None:
+    r = run.with_tool(tool, mode, SHORT)
+    assert r.evidence, "tool printed its normal output"
+    assert r.ops > 0
+    maps = r.maps["maps"]
+    for name in tool.hash_maps:
+        assert maps[name]["type"] == 1  # BPF_MAP_TYPE_HASH
+        assert maps[name]["map_flags"] == EXPECTED[mode], (name, maps[name])
+    assert not verify.still_loaded({m["id"] for m in maps.values()}), "maps outlived the tool"
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("mode", run.MODES)
+def test_runqlat_flags_and_output(mode: str) -> None:
+    _check_run(tools.TOOLS["runqlat"], mode)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("mode", run.MODES)
+def test_funclatency_uprobe_flags_and_output(mode: str) -> None:
+    _check_run(tools.TOOLS["funclatency"], mode)
+
+
+@pytest.mark.root
+@pytest.mark.kprobes
+@pytest.mark.parametrize("mode", run.MODES)
+def test_tcpconnect_flags_and_output(mode: str) -> None:
+    _check_run(tools.TOOLS["tcpconnect"], mode)
+
+
+@pytest.mark.root
+@pytest.mark.kprobes
+def test_biolatency_rewritten_flags_and_output() -> None:
+    _check_run(tools.TOOLS["biolatency"], "noprealloc")
+
+
+@pytest.mark.root
+def test_interrupted_tool_leaves_nothing() -> None:
+    """An exception while the tool runs (as Ctrl-C would be) kills its group."""
+    tool = tools.TOOLS["runqlat"]
+    with pytest.raises(KeyboardInterrupt), run.running_tool(tool, "noprealloc") as t:
+        pid = t.proc.pid
+        ids = {m["id"] for m in t.maps()["maps"].values()}
+        assert ids
+        raise KeyboardInterrupt
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not verify.still_loaded(ids)
+
+
+@pytest.mark.root
+def test_kprobe_tool_skipped_with_reason(kernel) -> None:
+    if kernel.kprobes:
+        pytest.skip("this kernel has kprobes: tcpconnect runs here")
+    recs = compare.compare(["tcpconnect"], duration=SHORT, runs=1, log=None)
+    assert [r["status"] for r in recs] == ["skipped"]
+    assert "needs kprobes (tcp_v4_connect)" in recs[0]["reason"]
+    assert "--kernel bookworm" in recs[0]["reason"]
+
+
+def test_unknown_tool_is_usage_error(capsys) -> None:
+    with pytest.raises(UsageError, match="valid: .*runqlat"):
+        tools.select(["nope"])
+    assert main(["bcc-compare", "--tools", "nope"]) == 2
+    assert "unknown tool nope" in capsys.readouterr().err
+
+
+def test_bad_duration_and_runs() -> None:
+    assert main(["bcc-compare", "--duration", "0"]) == 2
+    assert main(["bcc-compare", "--runs", "0"]) == 2
+
+
+def test_overhead_math() -> None:
+    assert report.overhead_ns(1e6, 5e5) == pytest.approx(1000.0)
+    s = report.spread([1.0, 2.0, 3.0])
+    assert (s["median"], s["min"], s["max"]) == (2.0, 1.0, 3.0)
+    assert s["cv"] == pytest.approx(0.5)
+    assert report.spread([5.0])["cv"] is None
+
+
+def test_record_format() -> None:
+    """The keys the report command relies on."""
+    tool = tools.TOOLS["runqlat"]
+    m = Measurement(tool, 1.0, baseline=[(1000, 1.0), (1100, 1.0)])
+    for mode, flags, ops in (("shipped", 0, 900), ("noprealloc", 1, 800)):
+        maps = {"maps": {"start": {"id": 1, "name": "start", "type": 1, "map_flags": flags}},
+                "unused": []}
+        m.runs[mode] = [ToolRun(mode, ops, 1.0, maps, "usecs : count", 10)] * 2
+    recs = report.records(m, "host", "6.x")
+    assert [(r["prealloc"], r["map_flags"]) for r in recs] == [(True, {"start": 0}),
+                                                               (False, {"start": 1})]
+    for r in recs:
+        for key in ("tool", "prealloc", "map_flags", "baseline", "with_tool",
+                    "overhead_ns_per_event", "where", "kernel", "runs", "spread"):
+            assert key in r
+    assert recs[0]["baseline"] == 1050
+    assert recs[1]["vs_shipped_ns_per_event"] > 0
+    assert "runqlat" in report.table(recs)
