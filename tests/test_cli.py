@@ -87,6 +87,9 @@ def test_bad_input_is_explained_and_leaves_nothing(args, status, words):
 def test_unprivileged_user_is_told_to_use_sudo():
     """Drop root in a forked child (the checkout may be unreadable for other
     users, so no new interpreter) and run the CLI there."""
+    from pybpfmap.cli import build_parser, main
+
+    build_parser()  # import every command module while still root
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: become nobody, run the command, report through the pipe
@@ -96,8 +99,6 @@ def test_unprivileged_user_is_told_to_use_sudo():
             os.setgroups([])
             os.setgid(65534)
             os.setuid(65534)
-            from pybpfmap.cli import main
-
             status = main(["maps", "--type", "hash"])
         finally:
             sys.stderr.flush()
