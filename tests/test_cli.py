@@ -100,6 +100,10 @@ def test_unprivileged_user_is_told_to_use_sudo():
             os.setgid(65534)
             os.setuid(65534)
             status = main(["maps", "--type", "hash"])
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()  # shows in the assertion message below
         finally:
             sys.stderr.flush()
             os._exit(status)
