@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -114,3 +118,51 @@ def test_record_format() -> None:
     assert recs[0]["baseline"] == 1050
     assert recs[1]["vs_shipped_ns_per_event"] > 0
     assert "runqlat" in report.table(recs)
+
+
+@pytest.mark.root
+def test_in_guest_entry_writes_results(tmp_path, monkeypatch, kernel, capsys) -> None:
+    """What the VM runs: records land in $PYBPFMAP_RESULTS/bcc-compare.json."""
+    if kernel.kprobes:
+        pytest.skip("this kernel has kprobes: tcpconnect would really run")
+    monkeypatch.setenv("PYBPFMAP_RESULTS", str(tmp_path))
+    rc = main(["bcc-compare", "--in-guest", "vm:test", "--tools", "tcpconnect",
+               "--runs", "1", "--duration", "0.3", "--json"])
+    assert rc == 0
+    recs = json.loads((tmp_path / compare.RESULTS_FILE).read_text())
+    assert recs == json.loads(capsys.readouterr().out)
+    assert [(r["tool"], r["status"], r["where"]) for r in recs] == [
+        ("tcpconnect", "skipped", "vm:test")]
+
+
+KILLED_PARENT = """
+import sys, time
+from pybpfmap.bcc_compare import run, tools
+with run.running_tool(tools.TOOLS["runqlat"], "shipped") as t:
+    ids = [m["id"] for m in t.maps()["maps"].values()]
+    print(t.proc.pid, *ids, flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.root
+def test_tool_dies_with_killed_parent() -> None:
+    """pybpfmap SIGKILLed mid-run (no finally runs): the tool still goes away."""
+    parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        pid, *ids = (int(x) for x in parent.stdout.readline().split())
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("the tool outlived its killed parent")
+    assert ids and not verify.still_loaded(set(ids))

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from pybpfmap.bcc_compare import report
-from pybpfmap.bcc_compare.run import ToolFailed, measure_tool
+from pybpfmap.bcc_compare.run import START_TIMEOUT, VM_START_TIMEOUT, ToolFailed, measure_tool
 from pybpfmap.bcc_compare.tools import Tool, select
 from pybpfmap.errors import EnvironmentProblem, UsageError
 
@@ -42,6 +42,7 @@ def compare_here(tools: list[Tool], duration: float, runs: int, where: str,
     ensure_tracefs(log)
     ensure_headers(log)
     k = kernel_probe.probe()
+    start_timeout = VM_START_TIMEOUT if k.in_vm else START_TIMEOUT
     out = []
     for tool in tools:
         kfunc_error = None
@@ -49,7 +50,7 @@ def compare_here(tools: list[Tool], duration: float, runs: int, where: str,
             out.append(_skipped(tool, skip_reason(tool), where, k.kernel_release))
             continue
         try:
-            m = measure_tool(tool, duration, runs, log)
+            m = measure_tool(tool, duration, runs, log, start_timeout)
         except ToolFailed as e:
             if tool.needs_kprobes and not k.kprobes:
                 kfunc_error = str(e)
@@ -88,7 +89,8 @@ def compare_in_vm(tools: list[Tool], duration: float, runs: int, kernel: str,
     cmd = ["python3", "-m", "pybpfmap", "bcc-compare", "--in-guest", where,
            "--tools", *[t.name for t in tools], "--duration", str(duration),
            "--runs", str(runs)]
-    per_tool = 2 * runs * (3 * duration + 30) + 60   # three measurements + tool start-up
+    # Per run: three measurements and two tool start-ups (slow under TCG).
+    per_tool = runs * (3 * duration + 2 * VM_START_TIMEOUT / 4) + 60
     with tempfile.TemporaryDirectory(prefix="pybpfmap-bcc-vm-") as results:
         r = run_in_vm(cmd, kernel=kernel, timeout=300 + per_tool * len(tools),
                       results_dir=Path(results), stream=log)

@@ -24,6 +24,7 @@ import runpy
 import sys
 
 from pybpfmap.bcc_compare.rewrite import find_hashes, no_prealloc
+from pybpfmap.errors import UsageError
 
 MODES = ("shipped", "noprealloc")
 
@@ -36,7 +37,10 @@ def _rewrite_text(text: str | bytes | None, mode: str) -> tuple[str | bytes | No
     if mode == "noprealloc":
         src, decls = no_prealloc(src)
     else:
-        decls = find_hashes(src)
+        try:
+            decls = find_hashes(src)
+        except UsageError:  # only informative in this mode: never stop the tool
+            decls = []
     names = [d.name for d in decls]
     return (src.encode() if as_bytes else src), names
 

@@ -84,6 +84,7 @@ def records(m: Measurement, where: str, kernel: str) -> list[dict]:
             "runs": len(runs), "duration": m.duration,
             "spread": {"baseline": spread(base), "with_tool": spread(rates),
                        "overhead_ns_per_event": spread(over)},
+            "progs_loaded_at_baseline": m.progs_at_baseline,
             "output": runs[-1].evidence,
             "output_lines": runs[-1].output_lines,
         }
@@ -125,6 +126,10 @@ def table(recs: list[dict]) -> str:
             f"{r['tool']:<12} {r['where']:<12} {maps:<26} {r['baseline']:>11.0f} "
             f"{r['with_tool']:>11.0f} {r['overhead_ns_per_event']:>9.0f} "
             f"{s['min']:>7.0f}..{s['max']:<7.0f} {_fmt_cv(s):>5} {vs_text:>11}")
+        if any(r.get("progs_loaded_at_baseline", [])) and r["mode"] == "shipped":
+            notes.append(f"{r['tool']}: other BPF programs were loaded during its baselines "
+                         f"({r['progs_loaded_at_baseline']}): baselines may include their "
+                         "cost")
         if r["maps_unused_by_programs"]:
             notes.append(f"{r['tool']} ({r['mode']}): no loaded program uses "
                          f"{', '.join(r['maps_unused_by_programs'])}: its flags cannot "

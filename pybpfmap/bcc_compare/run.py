@@ -27,12 +27,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
+from pybpfmap import bpfsys
 from pybpfmap.bcc_compare import verify
 from pybpfmap.bcc_compare.tools import Tool, output_evidence
 from pybpfmap.errors import EnvironmentProblem
 
 MODES = ("shipped", "noprealloc")
 START_TIMEOUT = 90.0   # BCC compiles the tool's C with clang on start: seconds on 2 CPUs
+VM_START_TIMEOUT = 600.0  # the same under emulation (TCG) is minutes
 STOP_TIMEOUT = 20.0
 KEEP_LINES = 40
 
@@ -137,6 +139,15 @@ def error_summary(stderr: str) -> str:
     return " | ".join(list(dict.fromkeys(picked or lines[-2:]))[-3:]) or "no error output"
 
 
+def _die_with_parent() -> None:
+    """In the tool's child: SIGKILL it if pybpfmap dies first (even by SIGKILL,
+    when no ``finally`` runs), so a tool never outlives its run."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
@@ -148,7 +159,8 @@ def launcher_cmd(tool: Tool, mode: str, report: str) -> list[str]:
 
 
 @contextmanager
-def running_tool(tool: Tool, mode: str) -> Iterator[RunningTool]:
+def running_tool(tool: Tool, mode: str, start_timeout: float = START_TIMEOUT
+                 ) -> Iterator[RunningTool]:
     """Start ``tool`` in ``mode``; yield once it has attached (its first line
     of output, which every tool here prints after attaching).  On exit the
     process group is killed if still alive."""
@@ -157,7 +169,7 @@ def running_tool(tool: Tool, mode: str) -> Iterator[RunningTool]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(launcher_cmd(tool, mode, report), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_die_with_parent)
     out, err = _Stream(tool), _Stream(None)
     threads = [threading.Thread(target=s.feed, args=(p,), daemon=True)
                for s, p in ((out, proc.stdout), (err, proc.stderr))]
@@ -165,12 +177,12 @@ def running_tool(tool: Tool, mode: str) -> Iterator[RunningTool]:
         t.start()
     running = RunningTool(tool, mode, proc, out, err, report, threads)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + start_timeout
         while not out.first_line.wait(0.2):
             if proc.poll() is not None:
                 break
             if time.monotonic() > deadline:
-                raise running.failure(f"printed nothing in {START_TIMEOUT:.0f} s")
+                raise running.failure(f"printed nothing in {start_timeout:.0f} s")
         time.sleep(0.2)
         if proc.poll() is not None:
             for t in threads:
@@ -200,9 +212,10 @@ class ToolRun:
     output_lines: int
 
 
-def with_tool(tool: Tool, mode: str, duration: float) -> ToolRun:
+def with_tool(tool: Tool, mode: str, duration: float,
+              start_timeout: float = START_TIMEOUT) -> ToolRun:
     """One workload run with ``tool`` loaded in ``mode``; raises ToolFailed."""
-    with running_tool(tool, mode) as t:
+    with running_tool(tool, mode, start_timeout) as t:
         maps = t.maps()
         ops, elapsed = workload(tool.workload, duration)
         status = t.stop()
@@ -219,17 +232,22 @@ class Measurement:
     tool: Tool
     duration: float
     baseline: list[tuple[int, float]] = field(default_factory=list)
+    # BPF programs loaded by anyone when each baseline started: nonzero means
+    # the "without the tool" numbers may already carry someone's probes.
+    progs_at_baseline: list[int] = field(default_factory=list)
     runs: dict[str, list[ToolRun]] = field(default_factory=lambda: {m: [] for m in MODES})
 
 
-def measure_tool(tool: Tool, duration: float, runs: int, log=sys.stderr) -> Measurement:
+def measure_tool(tool: Tool, duration: float, runs: int, log=sys.stderr,
+                 start_timeout: float = START_TIMEOUT) -> Measurement:
     """``runs`` × (baseline, shipped, noprealloc) for ``tool``; raises ToolFailed."""
     m = Measurement(tool, duration)
     for r in range(runs):
+        m.progs_at_baseline.append(len(bpfsys.all_ids(bpfsys.PROG_GET_NEXT_ID)))
         m.baseline.append(workload(tool.workload, duration))
         order = MODES if r % 2 == 0 else MODES[::-1]
         for mode in order:
-            run = with_tool(tool, mode, duration)
+            run = with_tool(tool, mode, duration, start_timeout)
             m.runs[mode].append(run)
         if log:
             print(f"pybpfmap bcc-compare: {tool.name}: run {r + 1}/{runs} done", file=log)
