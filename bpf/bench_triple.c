@@ -5,8 +5,9 @@
  * pybpfmap_map.h), on a random key below MAP_MAX_ENTRIES.
  *
  * Defines (all through -D):
- *   TRIPLES   triples per program run (default 1; the seed's figures are 1,
- *             map_perf_test since 2022 does 10)
+ *   TRIPLES   triples per program run (default 1, as in the seed's figures;
+ *             map_perf_test does 10 since Linux kernel commit 89dc8d0c38e0
+ *             ("samples/bpf: Reduce syscall overhead in map_perf_test.") (in v6.1))
  *   TRIGGER_RAW_TP_NR  for the raw tracepoint trigger: only count sys_enter
  *             events for this syscall number
  *

@@ -9,6 +9,14 @@ getuid() in a tight loop for the same wall-clock window and counts its calls:
 events per second.  The empty program, attached the same way, gives the
 trigger's own cost; the difference in ns per event is the map's.
 
+A tracing program on a BPF_F_NO_PREALLOC hash is what Linux kernel commit
+94dacdbd5d2d ("bpf: Tighten the requirements for preallocated hash maps")
+(in v5.7) warns about (a one-time WARN splat and a verifier message; refused
+on PREEMPT_RT) until Linux kernel commit 34dd3bad1a6f ("bpf: Relax the
+requirement to use preallocated hash maps in tracing progs.") (in v6.1): on
+such kernels run the syscall mode in the test VM, not on a machine you care
+about.
+
 The Python loop drives ``os.getuid`` from C-level iterators (no bytecode per
 call); :func:`compiled_rate` runs the same loop compiled with gcc so that the
 Python trigger's rate can be reported as a fraction of it.

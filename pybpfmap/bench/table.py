@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from itertools import groupby
 
+from pybpfmap.maps import TYPES
+
 # The seed's per-CPU events/s (millions), samples/bpf/map_perf_test, one
 # update/lookup/delete round per event: pcpu_freelist (what preallocation
 # became) and kmalloc (what BPF_F_NO_PREALLOC kept).
@@ -44,9 +46,10 @@ def _rate(rec: dict) -> float:
 def render(records: list[dict]) -> str:
     """The table for every (type, mode, max_entries) group in ``records``."""
     out: list[str] = []
-    key = lambda r: (r["type"], r["mode"], r["max_entries"])  # noqa: E731
+    order = {t: i for i, t in enumerate(TYPES)}
+    key = lambda r: (order.get(r["type"], 99), r["type"], r["mode"], r["max_entries"])  # noqa: E731
     warned = False
-    for (type_, mode, n), group in groupby(sorted(records, key=key), key=key):
+    for (_, type_, mode, n), group in groupby(sorted(records, key=key), key=key):
         group = list(group)
         first = group[0]
         where = f"{first['where']}" + (f", {first['accel']}" if "accel" in first else "")
@@ -92,6 +95,10 @@ def render(records: list[dict]) -> str:
         out.append("")
     seed = ", ".join(f"{SEED_RATIOS[k]:.2f}x at {k}" for k in sorted(SEED_RATIOS))
     out.append(f"seed ratios (6c9059817432, pcpu_freelist / kmalloc, CPUs): {seed}")
+    out.append("  (since Linux kernel commit fba1a1c6c912 (\"bpf: Convert hash map to "
+               "bpf_mem_alloc.\") (in v6.1) NO_PREALLOC no longer means kmalloc)")
+    out.append("memlock: fdinfo memlock after the runs; every triple deletes what it "
+               "inserted, so a NO_PREALLOC map is then empty")
     if warned:
         out.append("! = runs disagree: coefficient of variation above 5% (see --json cv)")
     return "\n".join(out)

@@ -51,6 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "map_perf_test since 2022 does 10)")
     p.add_argument("--trigger", choices=("auto", "kprobe", "tracepoint", "raw_tp"),
                    default="auto", help="syscall mode: what the program hangs on")
+    p.add_argument("--kernel", metavar="SUITE",
+                   help="run inside the test VM with this kernel (bookworm, trixie); "
+                        "the syscall mode then uses a kprobe when the guest has kprobes")
+    p.add_argument("--vm-cpus", type=int, default=2, help="vCPUs with --kernel (default 2)")
+    p.add_argument("--results-dir", help="with --kernel: where the VM's files go "
+                                         "(default results/bench-SUITE-TIME)")
     p.add_argument("--json", metavar="FILE", help="write the records as JSON (- for stdout)")
     p.add_argument("--plot", metavar="FILE", help="write PNG plots")
     p.set_defaults(func=run)
@@ -68,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--seconds", "between 0.01 and 60")
     if not 1 <= args.triples <= 64:
         raise UsageError("--triples", "between 1 and 64")
-    nproc = len(os.sched_getaffinity(0))
+    nproc = args.vm_cpus if args.kernel else len(os.sched_getaffinity(0))
     opts = Options(
         modes=MODES if args.mode == "both" else (args.mode,),
         types=tuple(dict.fromkeys(args.types)),
@@ -76,11 +82,16 @@ def run(args: argparse.Namespace) -> int:
         cpus=_ints("--cpus", args.cpus) if args.cpus else tuple(range(1, nproc + 1)),
         max_entries=_ints("--max-entries", args.max_entries),
         runs=args.runs, seconds=args.seconds, triples=args.triples, trigger=args.trigger)
-    progress = Progress(opts.steps())
-    try:
-        records = bench_run(opts, progress.step)
-    finally:
-        progress.done()
+    if args.kernel:
+        from pybpfmap.bench import guest
+
+        records = guest.run(args, opts.steps())
+    else:
+        progress = Progress(opts.steps())
+        try:
+            records = bench_run(opts, progress.step)
+        finally:
+            progress.done()
     if args.json:
         text = json.dumps(records, indent=1) + "\n"
         if args.json == "-":
