@@ -126,3 +126,19 @@ def test_syscall_mode_on_a_kprobe() -> None:
                 "--json", "-")
     (rec,) = json.loads(got.stdout)
     assert rec["trigger"] == "kprobe" and rec["events_per_sec"] > 0
+
+
+def test_progress_bar_goes_to_its_stream() -> None:
+    import io
+
+    from pybpfmap.bench.progress import Progress
+
+    out = io.StringIO()
+    p = Progress(4, stream=out, enabled=True)
+    for i in range(4):
+        p.step(f"step {i}")
+    p.done()
+    assert "4/4" in out.getvalue() and "#" * 30 in out.getvalue()
+    quiet = io.StringIO()
+    Progress(4, stream=quiet).step("x")  # not a terminal: silent
+    assert quiet.getvalue() == ""

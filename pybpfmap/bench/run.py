@@ -106,7 +106,9 @@ def run(opts: Options, step: Callable[[str], None] = lambda label: None) -> list
                 except KernelError as e:
                     for mode in opts.modes:
                         records.append({**_base(spec, mode, envs[mode], opts), "cpus": None,
-                                        "refused": {"errno": e.err, "reason": e.message()}})
+                                        "refused": {"errno": e.err, "param": e.param,
+                                                    "meaning": e.meaning,
+                                                    "reason": e.message()}})
                         for _ in range(opts.runs * len(sets)):
                             step(f"{spec.label} refused")
                     continue

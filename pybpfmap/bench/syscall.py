@@ -57,7 +57,8 @@ def choose_trigger(requested: str = "auto") -> tuple[str, str]:
     kprobes, kreason = kprobes_available()
     tp = os.path.isdir(os.path.join(TRACEFS, "events", *TRACEPOINT.split(":")))
     if requested == "kprobe" and not kprobes:
-        raise UsageError("--trigger", f"kprobe: {kreason}")
+        raise UsageError("--trigger", f"kprobe: {kreason}; or run the bench in the test VM "
+                         "with --kernel SUITE")
     if requested == "tracepoint" and not tp:
         raise UsageError("--trigger", f"tracepoint {TRACEPOINT} not in {TRACEFS}/events "
                          "(kernel without CONFIG_FTRACE_SYSCALLS?)")

@@ -114,6 +114,6 @@ def run(args: argparse.Namespace) -> int:
     measured = [r for r in records if "refused" not in r]
     if not measured:
         first = records[0]["refused"]
-        raise KernelError("bench", first["errno"], f"nothing could be measured: "
-                          f"{first['reason']}")
+        raise KernelError(first["param"], first["errno"],
+                          f"nothing could be measured: {first['meaning']}")
     return 0
