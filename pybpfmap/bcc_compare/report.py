@@ -113,7 +113,8 @@ def table(recs: list[dict]) -> str:
             f"{'with tool/s':>11} {'ns/event':>9} {'min..max':>15} {'cv':>5} "
             f"{'vs prealloc':>11}")
     lines = [head, "-" * len(head)]
-    notes = []
+    notes: list[str] = []
+    warnings: list[str] = []
     for r in recs:
         if r["status"] != "ok":
             notes.append(f"{r['reason']} [{r['status']} on {r['where']}]")
@@ -127,11 +128,11 @@ def table(recs: list[dict]) -> str:
             f"{r['with_tool']:>11.0f} {r['overhead_ns_per_event']:>9.0f} "
             f"{s['min']:>7.0f}..{s['max']:<7.0f} {_fmt_cv(s):>5} {vs_text:>11}")
         if any(r.get("progs_loaded_at_baseline", [])) and r["mode"] == "shipped":
-            notes.append(f"{r['tool']}: other BPF programs were loaded during its baselines "
+            warnings.append(f"{r['tool']}: other BPF programs were loaded during its baselines "
                          f"({r['progs_loaded_at_baseline']}): baselines may include their "
                          "cost")
         if r["maps_unused_by_programs"]:
-            notes.append(f"{r['tool']} ({r['mode']}): no loaded program uses "
+            warnings.append(f"{r['tool']} ({r['mode']}): no loaded program uses "
                          f"{', '.join(r['maps_unused_by_programs'])}: its flags cannot "
                          "change the cost here")
     ok = [r for r in recs if r["status"] == "ok"]
@@ -143,4 +144,5 @@ def table(recs: list[dict]) -> str:
         for name in dict.fromkeys(r["tool"] for r in ok):
             r = next(x for x in ok if x["tool"] == name)
             lines.append(f"  {name}: {r['operation']}; output seen: {r['output']!r}")
+    notes += warnings
     return "\n".join(lines + ([""] + notes if notes else []))
