@@ -25,7 +25,7 @@ FIELDS = {"type", "prealloc", "mode", "cpus", "max_entries", "runs", "cv", "kern
 
 def bench(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pybpfmap", "bench", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120, check=check)
+                          capture_output=True, text=True, timeout=900, check=check)
 
 
 def test_stats_cv() -> None:
@@ -142,3 +142,15 @@ def test_progress_bar_goes_to_its_stream() -> None:
     quiet = io.StringIO()
     Progress(4, stream=quiet).step("x")  # not a terminal: silent
     assert quiet.getvalue() == ""
+
+
+@pytest.mark.root
+@pytest.mark.vm
+@pytest.mark.slow
+def test_bench_in_the_vm_uses_a_kprobe(tmp_path: Path) -> None:
+    got = bench("--kernel", "bookworm", "--mode", "syscall", "--types", "hash", "--prealloc",
+                "--cpus", "1", "--max-entries", "1000", "--runs", "1", "--seconds", "0.05",
+                "--results-dir", str(tmp_path / "vm"), "--json", "-")
+    (rec,) = json.loads(got.stdout)
+    assert (rec["where"], rec["trigger"]) == ("vm", "kprobe")
+    assert rec["accel"] in ("kvm", "tcg", "tcg-mttcg") and rec["events_per_sec"] > 0

@@ -66,7 +66,9 @@ def plot(records: list[dict], path: str | Path) -> None:
     for label, pts in mem.items():
         ax_mem.plot(*zip(*pts, strict=True), **{**_look(label, colors), "linestyle": "-"},
                     label=label.rsplit(" ", 1)[0])
-    ax_mem.set(title="memory charged (fdinfo memlock)", xscale="log", yscale="log",
+    est = " (kernel's old estimate, < v6.4)" if any(r.get("memlock_is_estimate")
+                                                    for r in ok) else ""
+    ax_mem.set(title=f"memory charged (fdinfo memlock){est}", xscale="log", yscale="log",
                xlabel="max_entries", ylabel="bytes")
     for ax in (ax_rate, ax_cost, ax_mem):
         ax.grid(True, alpha=0.3)

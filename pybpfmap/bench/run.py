@@ -77,6 +77,16 @@ def environment() -> dict:
     return env
 
 
+def memlock_fields(spec: MapSpec, memlock: int) -> dict:
+    """fdinfo memlock and what it is.  Before Linux kernel commit 304849a27b34
+    ("bpf: hashtab memory usage") (in v6.4) fdinfo showed the same estimate for
+    every map, round_up(key + value, 8) * max_entries rounded up to a page, not
+    what the map uses; a figure equal to that formula is flagged as such."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    old = -(-(((spec.key_size + spec.value_size + 7) & ~7) * spec.max_entries) // page) * page
+    return {"memlock": memlock, "memlock_is_estimate": memlock == old}
+
+
 def _base(spec: MapSpec, mode: str, env: dict, opts: Options) -> dict:
     return {"type": spec.type, "prealloc": spec.prealloc, "mode": mode,
             "max_entries": spec.max_entries, "key_size": spec.key_size,
@@ -154,7 +164,7 @@ def _inkernel(specs: list[MapSpec], sets: dict[int, list[int]], opts: Options, e
                         statistics.fmean(s.empty_ns) for s in got), 2),
                     "repeat": repeats[spec], "runs": ns.runs, "cv": round(ns.cv, 4),
                     "cv_warning": ns.noisy, "samples": [round(v, 2) for v in ns.values],
-                    "memlock": memlock[spec]})
+                    **memlock_fields(spec, memlock[spec])})
     return out
 
 
@@ -201,7 +211,8 @@ def _syscall(specs: list[MapSpec], sets: dict[int, list[int]], opts: Options, en
                "ns_per_op": round(map_ns.median, 2),
                "runs": per_worker.runs, "cv": round(per_worker.cv, 4),
                "cv_warning": per_worker.noisy,
-               "samples": [round(v) for v in per_worker.values], "memlock": memlock[spec]}
+               "samples": [round(v) for v in per_worker.values],
+               **memlock_fields(spec, memlock[spec])}
         if k == 1:
             if exe is None:
                 rec["trigger_ratio"] = None

@@ -48,7 +48,7 @@ def render(records: list[dict]) -> str:
     out: list[str] = []
     order = {t: i for i, t in enumerate(TYPES)}
     key = lambda r: (order.get(r["type"], 99), r["type"], r["mode"], r["max_entries"])  # noqa: E731
-    warned = False
+    warned = estimate = False
     for (_, type_, mode, n), group in groupby(sorted(records, key=key), key=key):
         group = list(group)
         first = group[0]
@@ -73,7 +73,9 @@ def render(records: list[dict]) -> str:
             rows[prealloc] = {r["cpus"]: r for r in recs}
             cells = "".join(f"{_cell(rows[prealloc][k]) if k in rows[prealloc] else '-':>22}"
                             for k in cpus)
-            out.append(f"  {label:<14}{cells}{_size(recs[0]['memlock']):>12}")
+            mem = ("~" if recs[0].get("memlock_is_estimate") else "") + _size(recs[0]["memlock"])
+            estimate |= bool(recs[0].get("memlock_is_estimate"))
+            out.append(f"  {label:<14}{cells}{mem:>12}")
             warned |= any(r.get("cv_warning") for r in recs)
         if len(rows) == 2:
             ratios = []
@@ -99,6 +101,10 @@ def render(records: list[dict]) -> str:
                "bpf_mem_alloc.\") (in v6.1) NO_PREALLOC no longer means kmalloc)")
     out.append("memlock: fdinfo memlock after the runs; every triple deletes what it "
                "inserted, so a NO_PREALLOC map is then empty")
+    if estimate:
+        out.append("~ = the kernel's fdinfo memlock is its old estimate (round_up(key + value, "
+                   "8) * max_entries), not usage: real figures since Linux kernel commit "
+                   "304849a27b34 (\"bpf: hashtab memory usage\") (in v6.4)")
     if warned:
         out.append("! = runs disagree: coefficient of variation above 5% (see --json cv)")
     return "\n".join(out)
