@@ -92,8 +92,14 @@ def tracepoints_available(names: Sequence[str] = TRACEPOINTS) -> tuple[list[str]
 
 
 def _write_tracefs(path: str, line: str) -> None:
-    with open(path, "a") as f:
-        f.write(line + "\n")
+    """Append one command line.  Not Python's open(path, "a"): that seeks to
+    the end, which kprobe_events refuses with EINVAL when opened write-only;
+    and O_TRUNC would delete every kprobe on the system."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 @contextmanager
