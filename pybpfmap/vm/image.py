@@ -38,9 +38,10 @@ STUB_INIT = """#!/bin/sh
 # pybpfmap test VM: mount the per-run control share, run its init.sh.
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
+# The initramfs has moved proc, sys and dev here already; mount them if not.
+mountpoint -q /proc || mount -t proc proc /proc
+mountpoint -q /sys || mount -t sysfs sysfs /sys
+mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /run
 mkdir -p /run/pybpfmap/ctl
 modprobe -q 9pnet_virtio; modprobe -q 9p
