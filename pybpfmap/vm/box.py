@@ -1,0 +1,114 @@
+"""Package the built image as a local Vagrant libvirt box, usable offline.
+
+A box is a tar of ``metadata.json``, ``Vagrantfile`` and ``box.img`` (qcow2).
+Our image has no bootloader (the runner boots its kernel directly), so the
+box carries ``vmlinuz`` and ``initrd.img`` too and its Vagrantfile points
+vagrant-libvirt at them (``kernel``/``initrd``/``cmd_line``).  The box boots
+with systemd (not the runner's stub init), gets its address by DHCP through
+systemd-networkd, and has a ``vagrant`` user (password ``vagrant``, sudo
+without password); Vagrant logs in with the password once and replaces it
+with a fresh key pair.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from pybpfmap.errors import EnvironmentProblem
+from pybpfmap.vm.image import Image, cache_root, ensure_image
+
+BOX_VAGRANTFILE = """\
+# Vagrantfile inside the pybpfmap box (made by `pybpfmap vm box`).
+Vagrant.configure("2") do |config|
+  config.ssh.username = "vagrant"
+  config.ssh.password = "vagrant"
+  config.ssh.insert_key = true
+  config.vm.provider :libvirt do |lv|
+    here = File.dirname(__FILE__)
+    lv.kernel = File.join(here, "vmlinuz")
+    lv.initrd = File.join(here, "initrd.img")
+    lv.cmd_line = "root=LABEL=pybpfmap rw console=ttyS0,115200 console=tty0 nokaslr"
+    lv.disk_bus = "virtio"
+  end
+end
+"""
+
+NETWORK = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n"
+
+
+def _sh(cmd: list[str], what: str) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise EnvironmentProblem(what, f"{' '.join(cmd)} failed: {r.stderr.strip()[-500:]}")
+
+
+@contextlib.contextmanager
+def _mounted(raw: Path, mnt: Path) -> Iterator[Path]:
+    mnt.mkdir(parents=True, exist_ok=True)
+    _sh(["mount", "-o", "loop", str(raw), str(mnt)], "mount box disk")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def _make_vagrant_ready(root: Path) -> None:
+    """vagrant user, sudo, DHCP and sshd in the box's filesystem (offline)."""
+    def chroot(*cmd: str) -> None:
+        _sh(["chroot", str(root), *cmd], "box setup")
+
+    chroot("useradd", "--create-home", "--shell", "/bin/bash", "vagrant")
+    subprocess.run(["chroot", str(root), "chpasswd"], input="vagrant:vagrant\n", text=True,
+                   check=True, capture_output=True)
+    sudoers = root / "etc/sudoers.d/vagrant"
+    sudoers.write_text("vagrant ALL=(ALL) NOPASSWD: ALL\n")
+    sudoers.chmod(0o440)
+    (root / "etc/systemd/network/80-dhcp.network").write_text(NETWORK)
+    chroot("systemctl", "enable", "systemd-networkd.service", "ssh.service")
+    (root / "etc/ssh/sshd_config.d").mkdir(exist_ok=True)
+    (root / "etc/ssh/sshd_config.d/vagrant.conf").write_text(
+        "PasswordAuthentication yes\nUseDNS no\n")
+
+
+def make_box(suite: str, output: str | Path) -> Path:
+    """Write ``output`` (a .box tar) from the cached ``suite`` image; return its path."""
+    image: Image = ensure_image(suite)
+    if not (image.path / "root.qcow2").exists():
+        raise EnvironmentProblem(str(image.path), "image has no root.qcow2")
+    out = Path(output).resolve()
+    work = cache_root() / f".box-{suite}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        raw = work / "disk.raw"
+        _sh(["qemu-img", "convert", "-O", "raw", str(image.disk), str(raw)], "qemu-img")
+        with _mounted(raw, work / "mnt") as root:
+            if not (root / "usr/sbin/sshd").exists():
+                raise EnvironmentProblem("box", "image has no openssh-server; rebuild it "
+                                         "with the current vagrant/provision.sh")
+            _make_vagrant_ready(root)
+        _sh(["qemu-img", "convert", "-O", "qcow2", str(raw), str(work / "box.img")], "qemu-img")
+        raw.unlink()
+        size = json.loads(subprocess.run(["qemu-img", "info", "--output=json",
+                                          str(work / "box.img")], capture_output=True,
+                                         text=True, check=True).stdout)["virtual-size"]
+        (work / "metadata.json").write_text(json.dumps(
+            {"provider": "libvirt", "format": "qcow2",
+             "virtual_size": (size + (1 << 30) - 1) >> 30}) + "\n")
+        (work / "Vagrantfile").write_text(BOX_VAGRANTFILE)
+        shutil.copy(image.kernel, work / "vmlinuz")
+        shutil.copy(image.initrd, work / "initrd.img")
+        tmp = out.with_name(out.name + ".part")
+        with tarfile.open(tmp, "w") as tar:
+            for name in ("metadata.json", "Vagrantfile", "box.img", "vmlinuz", "initrd.img"):
+                tar.add(work / name, arcname=name)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
