@@ -8,7 +8,7 @@ Two ways to run the triple, as in the kernel's own tools:
   pinned process per CPU, as samples/bpf/map_perf_test does, and reports
   events per second.
 
-:mod:`.plan` turns the command line into measurements and records,
-:mod:`.stats` summarises repeated runs, :mod:`.table` and :mod:`.plot` show
-them.
+:mod:`.run` turns options into measurements and records, :mod:`.stats`
+summarises repeated runs, :mod:`.table` and :mod:`.plot` show them,
+:mod:`.guest` runs the whole bench inside the test VM (``--kernel``).
 """

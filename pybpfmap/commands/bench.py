@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "kernel (BPF_PROG_TEST_RUN) and/or triggered by a syscall "
                     "(samples/bpf/map_perf_test), per map type, allocation mode, CPU "
                     "count and max_entries.")
-    p.add_argument("--mode", choices=("inkernel", "syscall", "both"), default="both")
+    p.add_argument("--mode", choices=("inkernel", "syscall", "both"), default="both",
+                   help="inkernel: BPF_PROG_TEST_RUN; syscall: a program on getuid() "
+                        "triggered by one pinned process per CPU (default: both)")
     p.add_argument("--types", nargs="+", choices=TYPES, default=list(TYPES), metavar="TYPE",
                    help=f"map types (default: all of {', '.join(TYPES)})")
     alloc = p.add_mutually_exclusive_group()
