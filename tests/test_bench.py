@@ -88,7 +88,7 @@ def test_inkernel_figures_repeat() -> None:
 
     with inkernel.load(MapSpec("hash", True, 4, 8, 1000)) as progs:
         repeat = inkernel.calibrate(progs.triple_fd, 0.005)
-        runs = [inkernel.measure(progs, [0], 0.1, repeat, repeat).ns_per_op
+        runs = [inkernel.measure(progs, [0], 0.1, repeat, repeat).ns_per_op()
                 for _ in range(3)]
     # same program, same CPU: runs agree (a loose bound: shared CI machines are noisy)
     assert stats.summarise(runs).cv < 0.15, runs

@@ -120,17 +120,25 @@ class Sample:
     empty_ns: list[float]
     triples: int
 
-    @property
-    def ns_per_op(self) -> float:
-        """Mean over CPUs of the net cost of one triple."""
-        net = [(t - e) / self.triples for t, e in zip(self.triple_ns, self.empty_ns, strict=True)]
-        return statistics.fmean(net)
+    def ns_per_op(self, baseline: float | None = None) -> float:
+        """Mean over CPUs of the net cost of one triple: the triple's run minus
+        ``baseline`` (default: this run's own empty-program figure)."""
+        return statistics.fmean(self._net(baseline))
 
-    @property
-    def ops_per_sec_total(self) -> float:
+    def ops_per_sec_total(self, baseline: float | None = None) -> float:
         """Triples per second summed over CPUs, from each CPU's net cost."""
-        return sum(self.triples * 1e9 / max(t - e, 1e-9)
-                   for t, e in zip(self.triple_ns, self.empty_ns, strict=True))
+        return sum(1e9 / max(n, 1e-9) for n in self._net(baseline))
+
+    def _net(self, baseline: float | None) -> list[float]:
+        empty = self.empty_ns if baseline is None else [baseline] * len(self.triple_ns)
+        return [(t - e) / self.triples for t, e in zip(self.triple_ns, empty, strict=True)]
+
+
+def baseline(samples: list[Sample]) -> float:
+    """The empty program's cost over several runs: the median of each run's
+    mean.  It is a constant of the machine, so one figure for all runs keeps a
+    disturbed empty measurement from moving one run's net figure."""
+    return statistics.median(statistics.fmean(s.empty_ns) for s in samples)
 
 
 def measure(progs: Programs, cpus: list[int], seconds: float, repeat: int,

@@ -151,8 +151,9 @@ def _inkernel(specs: list[MapSpec], sets: dict[int, list[int]], opts: Options, e
         repeats = {spec: repeat for spec, _, repeat, _ in loaded}
     out = []
     for (spec, k), got in samples.items():
-        ns = summarise([s.ns_per_op for s in got])
-        total = statistics.median(s.ops_per_sec_total for s in got)
+        empty = inkernel.baseline(got)
+        ns = summarise([s.ns_per_op(empty) for s in got])
+        total = statistics.median(s.ops_per_sec_total(empty) for s in got)
         out.append({**_base(spec, "inkernel", env, opts), "cpus": k,
                     "ns_per_op": round(ns.median, 2), "ns_per_op_min": round(ns.low, 2),
                     "ns_per_op_max": round(ns.high, 2),
@@ -160,8 +161,7 @@ def _inkernel(specs: list[MapSpec], sets: dict[int, list[int]], opts: Options, e
                     "ops_per_sec_total": round(total),
                     "triple_run_ns": round(statistics.median(
                         statistics.fmean(s.triple_ns) for s in got), 2),
-                    "empty_run_ns": round(statistics.median(
-                        statistics.fmean(s.empty_ns) for s in got), 2),
+                    "empty_run_ns": round(empty, 2),
                     "repeat": repeats[spec], "runs": ns.runs, "cv": round(ns.cv, 4),
                     "cv_warning": ns.noisy, "samples": [round(v, 2) for v in ns.values],
                     **memlock_fields(spec, memlock[spec])})
