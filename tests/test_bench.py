@@ -154,3 +154,21 @@ def test_bench_in_the_vm_uses_a_kprobe(tmp_path: Path) -> None:
     (rec,) = json.loads(got.stdout)
     assert (rec["where"], rec["trigger"]) == ("vm", "kprobe")
     assert rec["accel"] in ("kvm", "tcg", "tcg-mttcg") and rec["events_per_sec"] > 0
+
+
+def test_no_compiler_means_ratio_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pybpfmap.bench import syscall
+
+    monkeypatch.setattr(syscall.shutil, "which", lambda name: None)
+    exe, why = syscall.compiled_loop()
+    assert exe is None and "gcc" in why
+
+
+@pytest.mark.root
+def test_raw_tracepoint_trigger() -> None:
+    got = bench("--mode", "syscall", "--trigger", "raw_tp", "--types", "percpu_hash",
+                "--cpus", "1", "--max-entries", "1000", "--runs", "1", "--seconds", "0.05",
+                "--json", "-")
+    recs = json.loads(got.stdout)
+    assert {r["prealloc"] for r in recs} == {True, False}
+    assert all(r["trigger"] == "raw_tp" and r["events_per_sec"] > 0 for r in recs)
