@@ -240,9 +240,15 @@ def prog_stats(ld: Loaded) -> dict[Probe, dict]:
 
 
 def kprobe_profile(events: dict[Probe, str]) -> dict[Probe, dict]:
-    """hits and nmissed of our kprobe events, from tracefs kprobe_profile
-    (nmissed: the kprobe fired but the program did not run, e.g. because
-    another BPF program was already running on that CPU — bpf_prog_active)."""
+    """hits and nmissed of our kprobe events, from tracefs kprobe_profile.
+
+    nmissed counts hits that kprobes itself skipped because a kprobe handler
+    was already running on that CPU: our program's own map ops take and
+    release spinlocks, so the unlock kprobe re-fires inside it and is
+    skipped here, before BPF is reached.  Skips one level up (bpf_prog_active,
+    another BPF program already running) show in recursion_misses since
+    Linux kernel commit dd8657894c11 ("bpf: Count missed stats in
+    trace_call_bpf") (in v6.7)."""
     if not events:
         return {}
     try:
