@@ -19,7 +19,8 @@ export DEBIAN_FRONTEND=noninteractive
 # Debian names.  Note: the PyPI package called "bcc" is unrelated to BCC;
 # BCC's Python bindings are Debian's python3-bpfcc.
 TOOLS="python3-bpfcc bpfcc-tools python3-pyroute2 python3-pytest bpftool
-       python3-matplotlib python3-venv python3-pip procps iproute2 kmod"
+       python3-matplotlib python3-venv python3-pip python3-setuptools procps iproute2
+       kmod util-linux"
 HOST_ONLY="qemu-system-x86 qemu-utils debootstrap e2fsprogs"
 # openssh-server, sudo and rsync make the built image usable as a Vagrant box
 # (pybpfmap vm box); Debian's own Vagrant boxes have them already.
