@@ -247,6 +247,9 @@ def measure_tool(tool: Tool, duration: float, runs: int, log=sys.stderr,
         m.baseline.append(workload(tool.workload, duration))
         order = MODES if r % 2 == 0 else MODES[::-1]
         for mode in order:
+            if log:
+                print(f"pybpfmap bcc-compare: {tool.name}: run {r + 1}/{runs}: starting the "
+                      f"tool ({mode})", file=log, flush=True)
             run = with_tool(tool, mode, duration, start_timeout)
             m.runs[mode].append(run)
         if log:
