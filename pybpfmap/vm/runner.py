@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -97,6 +98,18 @@ def _overlay(base: Path, run_dir: Path) -> Path:
     return disk
 
 
+def _remove_orphans(runs: Path) -> None:
+    """Delete run folders (overlays) left by a runner that was SIGKILLed."""
+    for d in runs.glob("run-*"):
+        try:
+            pid = int((d / "owner.pid").read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (OSError, ValueError):
+            continue
+
+
 def boot(image: Image, cmd: list[str], *, accel: str, cpus: int, memory: str,
          timeout: float, hang_timeout: float, boot_timeout: float, results_dir: Path,
          repo: Path = REPO, env: dict[str, str] | None = None, allow: tuple[str, ...] = (),
@@ -107,8 +120,10 @@ def boot(image: Image, cmd: list[str], *, accel: str, cpus: int, memory: str,
     results_dir.mkdir(parents=True, exist_ok=True)
     runs = cache_root() / "runs"
     runs.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(runs)
     with tempfile.TemporaryDirectory(prefix="run-", dir=runs) as tmp:
         run_dir = Path(tmp)
+        (run_dir / "owner.pid").write_text(f"{os.getpid()}\n")
         ctl = run_dir / "ctl"
         ctl.mkdir()
         (ctl / "init.sh").write_text(guest.INIT)
