@@ -33,6 +33,8 @@ def test_symbolize_kallsyms_and_data_is_skipped():
     assert syms.symbolize(0xffffffff81a3c2de) == "default_idle+0xe"
     assert syms.symbolize(0xffffffff812b4a10) == "htab_map_update_elem+0x0"
     assert syms.symbolize(0x4f399d2).startswith("?")
+    assert syms.symbolize(0xffffffffc0100000) == "? (module or BPF program)"
+    assert syms.symbolize(0xffffffffc0200004) == "bpf_prog_x+0x4"
 
 
 def test_parse_info_registers():

@@ -56,7 +56,8 @@ mount -t 9p -o "$o9p,ro,cache=loose" "$PYBPFMAP_TAG_REPO" "$PYBPFMAP_REPO" \
 mount -t 9p -o "$o9p" "$PYBPFMAP_TAG_RESULTS" "$PYBPFMAP_RESULTS" || say "cannot mount results"
 ( while :; do read -r up _ </proc/uptime; echo "hb $up" >&3; sleep 1; done ) &
 hb=$!
-cat /proc/kallsyms >"$PYBPFMAP_RESULTS/kallsyms"  # to symbolize vCPU RIPs if we hang
+# Symbols for vCPU RIPs if we hang; the host caches them per image (nokaslr: stable).
+[ -n "${PYBPFMAP_DUMP_KALLSYMS:-}" ] && cat /proc/kallsyms >"$PYBPFMAP_RESULTS/.kallsyms"
 echo "start $(uname -r)" >&3
 cd "$PYBPFMAP_REPO" || cd /
 sh /run/pybpfmap/ctl/cmd.sh </dev/null 3>&- >/dev/console 2>&1

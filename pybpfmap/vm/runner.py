@@ -98,6 +98,20 @@ def _overlay(base: Path, run_dir: Path) -> Path:
     return disk
 
 
+def _cache_kallsyms(dumped: Path, cached: Path) -> None:
+    """Keep the core kernel's symbols of the first boot next to the image."""
+    try:
+        text = dumped.read_text(errors="replace")
+        dumped.unlink()
+    except OSError:
+        return
+    core = "".join(line + "\n" for line in text.splitlines() if "[" not in line)
+    if core and not cached.exists():
+        tmp = cached.with_name(f".kallsyms.{os.getpid()}")
+        tmp.write_text(core)
+        tmp.rename(cached)
+
+
 def _remove_orphans(runs: Path) -> None:
     """Delete run folders (overlays) left by a runner that was SIGKILLed."""
     for d in runs.glob("run-*"):
@@ -127,7 +141,10 @@ def boot(image: Image, cmd: list[str], *, accel: str, cpus: int, memory: str,
         ctl = run_dir / "ctl"
         ctl.mkdir()
         (ctl / "init.sh").write_text(guest.INIT)
-        (ctl / "env.sh").write_text(guest.env_sh(str(repo), env or {}))
+        env = dict(env or {})
+        if not (image.path / "kallsyms").is_file():
+            env["PYBPFMAP_DUMP_KALLSYMS"] = "1"  # once per image; ~10 s under TCG
+        (ctl / "env.sh").write_text(guest.env_sh(str(repo), env))
         (ctl / "cmd.sh").write_text(guest.cmd_sh(cmd))
         cfg = QemuConfig(kernel=image.kernel, initrd=image.initrd,
                          disk=_overlay(image.disk, run_dir), ctl_dir=ctl, repo=repo,
@@ -136,6 +153,7 @@ def boot(image: Image, cmd: list[str], *, accel: str, cpus: int, memory: str,
         try:
             return _watch(cfg, image, timeout, hang_timeout, boot_timeout, allow, stream)
         finally:
+            _cache_kallsyms(results_dir / ".kallsyms", image.path / "kallsyms")
             for name in ("console.log", "qemu.log", "ctl.log"):
                 with contextlib.suppress(OSError):
                     shutil.copy(run_dir / name, results_dir / name)
@@ -185,7 +203,8 @@ def _watch(cfg: QemuConfig, image: Image, timeout: float, hang_timeout: float,
                 evidence = f"no heartbeat for {now - last_hb:.0f} s.\n"
             if outcome:
                 evidence += collect_evidence(cfg.qmp_sock, proc.pid,
-                                             [cfg.results / "kallsyms", image.system_map])
+                                             [image.path / "kallsyms", cfg.results / ".kallsyms",
+                                              image.system_map])
                 break
             time.sleep(0.2)
     seconds = time.monotonic() - t0

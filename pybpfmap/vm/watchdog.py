@@ -2,9 +2,9 @@
 
 If qemu answers its monitor, the fault is in the guest: we read every vCPU's
 registers (HMP ``info registers -a``) and name the kernel function at each RIP
-with the guest's ``/proc/kallsyms``, which the guest init copies into the
-results folder before CMD starts (the guest boots with ``nokaslr``; Debian's
-``System.map`` is only a stub, kept as a fallback).  If
+with the guest's core-kernel ``/proc/kallsyms``, dumped by the first boot of
+each image and cached next to it (the guest boots with ``nokaslr``, so the
+addresses hold for every boot; Debian's ``System.map`` is only a stub).  If
 qemu does not answer, qemu itself is stuck (or stopped): we report the state
 and kernel wait channel of each of its host threads instead.
 """
@@ -21,6 +21,7 @@ from pybpfmap.vm.qemu import QmpTimeout, qmp_hmp
 _CPU = re.compile(r"^CPU#(\d+)", re.M)
 _RIP = re.compile(r"RIP=([0-9a-f]{16})")
 _HLT = re.compile(r"\bHLT=(\d)")
+_MODULES = 0xffffffffc0000000  # x86-64 MODULES_VADDR without KASLR
 
 
 class SymbolMap:
@@ -53,6 +54,8 @@ class SymbolMap:
         i = bisect.bisect_right(self.addrs, addr) - 1
         if i < 0 or addr < 0xffffffff00000000:
             return "? (user space or unknown)"
+        if addr >= _MODULES and self.addrs[i] < _MODULES:
+            return "? (module or BPF program)"
         return f"{self.names[i]}+{addr - self.addrs[i]:#x}"
 
 
