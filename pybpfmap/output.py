@@ -8,13 +8,16 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 
-def print_json(data: Any, out: TextIO = sys.stdout) -> None:
+def print_json(data: Any, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     json.dump(data, out, indent=2, sort_keys=False)
     out.write("\n")
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO = sys.stdout) -> None:
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
+          out: TextIO | None = None) -> None:
     """A plain left-aligned text table (numbers right-aligned)."""
+    out = out or sys.stdout
     cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     numeric = [all(_is_number(r[i]) for r in rows if r[i] is not None) and rows
@@ -41,8 +44,9 @@ def human_bytes(n: int | None) -> str | None:
     return None
 
 
-def progress(label: str, done: int, total: int, out: TextIO = sys.stderr) -> None:
+def progress(label: str, done: int, total: int, out: TextIO | None = None) -> None:
     """A one-line progress bar on stderr (only when it is a terminal)."""
+    out = out or sys.stderr
     if not out.isatty():
         return
     width = 30
