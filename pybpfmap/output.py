@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -44,14 +45,29 @@ def human_bytes(n: int | None) -> str | None:
     return None
 
 
-def progress(label: str, done: int, total: int, out: TextIO | None = None) -> None:
-    """A one-line progress bar on stderr (only when it is a terminal)."""
-    out = out or sys.stderr
-    if not out.isatty():
-        return
-    width = 30
-    filled = width * done // max(total, 1)
-    out.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-    if done >= total:
-        out.write("\n")
-    out.flush()
+class Progress:
+    """``step(label)`` after each measurement; ``done()`` clears the line."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, enabled: bool | None = None):
+        self.total = max(total, 1)
+        self.count = 0
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.t0 = time.monotonic()
+
+    def step(self, label: str) -> None:
+        self.count += 1
+        if not self.enabled:
+            return
+        width = 30
+        filled = width * self.count // self.total
+        spent = time.monotonic() - self.t0
+        left = spent / self.count * (self.total - self.count)
+        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
+                          f"{self.count}/{self.total} ~{left:4.0f}s left  {label[:40]:<40}")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            self.stream.write("\r" + " " * 100 + "\r")
+            self.stream.flush()

@@ -66,9 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pybpfmap.bench import table
-    from pybpfmap.bench.progress import Progress
     from pybpfmap.bench.run import MODES, Options
     from pybpfmap.bench.run import run as bench_run
+    from pybpfmap.output import Progress
 
     if args.runs < 1:
         raise UsageError("--runs", "at least 1")

@@ -16,7 +16,7 @@ import time
 from pybpfmap import bpfsys
 from pybpfmap.errors import KernelError, errno_name
 from pybpfmap.maps import LRU_PREALLOC_ONLY, TYPES, MapSpec
-from pybpfmap.output import human_bytes, print_json, progress, table
+from pybpfmap.output import Progress, human_bytes, print_json, table
 
 # Linux kernel commit 304849a27b34 ("bpf: hashtab memory usage") (in v6.4):
 # before it, fdinfo memlock was an estimate computed from max_entries.
@@ -94,14 +94,15 @@ def measure(spec: MapSpec) -> dict:
 def run(args: argparse.Namespace) -> int:
     plan = specs_for(args)
     records = []
-    for n, (spec, skip) in enumerate(plan, 1):
-        progress("maps", n - 1, len(plan))
+    progress = Progress(len(plan))
+    for spec, skip in plan:
+        progress.step(spec.label)
         if skip:
             records.append({"type": spec.type, "prealloc": spec.prealloc,
                             "max_entries": spec.max_entries, "skipped": skip})
             continue
         records.append(measure(spec))
-    progress("maps", len(plan), len(plan))
+    progress.done()
     if args.json:
         print_json(records)
         return 0
