@@ -6,7 +6,7 @@ import shlex
 
 from pybpfmap.vm import guest
 from pybpfmap.vm.qemu import QemuConfig, kernel_cmdline, qemu_argv
-from pybpfmap.vm.watchdog import SymbolMap, parse_registers
+from pybpfmap.vm.watchdog import SymbolMap, diagnose, parse_registers
 
 KALLSYMS = """\
 ffffffff81000000 T _stext
@@ -73,3 +73,9 @@ def test_qemu_argv_is_read_only_base_and_no_reboot(tmp_path):
     assert argv[argv.index("-accel") + 1] == "tcg,thread=single"
     assert any("overlay.qcow2" in a for a in argv)
     assert "panic=-1" in kernel_cmdline() and "nokaslr" in kernel_cmdline()
+
+
+def test_diagnose_spin_vs_idle():
+    cpus = parse_registers(REGISTERS, SymbolMap(KALLSYMS))
+    assert "CPU#1 in htab_map_update_elem" in diagnose([cpus, cpus, cpus])
+    assert "every vCPU is idle" in diagnose([[cpus[0]], [cpus[0]]])

@@ -107,6 +107,7 @@ def collect_evidence(qmp_sock: Path, pid: int, symbol_files: list[Path],
 
     syms = SymbolMap.load(*symbol_files)
     dumps: list[str] = []
+    seen: list[list[VcpuState]] = []
     for n in range(samples):
         try:
             regs = qmp_hmp(qmp_sock, "info registers -a", timeout=5.0)
@@ -115,8 +116,26 @@ def collect_evidence(qmp_sock: Path, pid: int, symbol_files: list[Path],
             return (f"qemu does not answer its monitor ({e}): the fault is in qemu or "
                     f"the host, not the guest.  qemu (pid {pid}) threads:\n{states}")
         vcpus = parse_registers(regs, syms)
+        seen.append(vcpus)
         dumps.append(f"sample {n + 1}:\n" + "\n".join(f"  {v}" for v in vcpus))
         if n + 1 < samples:
             time.sleep(0.5)
     return ("qemu answers its monitor, so the guest itself is stuck; vCPUs "
-            "(RIP symbolized with the guest's kallsyms):\n" + "\n".join(dumps))
+            "(RIP symbolized with the guest's kallsyms):\n" + "\n".join(dumps)
+            + "\n" + diagnose(seen))
+
+
+def diagnose(samples: list[list[VcpuState]]) -> str:
+    """One line from repeated vCPU samples: idle everywhere, or spinning where."""
+    flat = [v for s in samples for v in s]
+    if flat and all(v.halted for v in flat):
+        return ("diagnosis: every vCPU is idle in every sample: no kernel spin; a task "
+                "waits forever (or user space stopped the heartbeat)")
+    spinning = []
+    for cpu in sorted({v.cpu for v in flat}):
+        funcs = {v.symbol.split("+")[0] for v in flat if v.cpu == cpu and not v.halted}
+        if len(funcs) == 1 and all(not v.halted for v in flat if v.cpu == cpu):
+            spinning.append(f"CPU#{cpu} in {funcs.pop()}")
+    if spinning:
+        return "diagnosis: busy in the same function in every sample: " + ", ".join(spinning)
+    return "diagnosis: vCPUs moving between functions (livelock or very slow progress)"
