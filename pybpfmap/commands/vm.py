@@ -85,7 +85,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     r = run_in_vm(cmd or None, kernel=args.kernel, cpus=args.cpus, memory=args.memory,
                   timeout=args.timeout, hang_timeout=args.hang_timeout,
                   boot_timeout=args.boot_timeout, results_dir=args.results,
-                  stream=not args.quiet, accel=args.accel,
+                  # with --json, stdout carries only the JSON: the console goes to stderr
+                  stream=False if args.quiet else (sys.stderr if args.json else True),
+                  accel=args.accel,
                   allow_splats=tuple(args.allow_splat))
     from pybpfmap.vm.splats import format_splats
 
