@@ -136,6 +136,7 @@ def test_refuses_outside_a_vm_without_force(monkeypatch, capsys):
         return k
 
     monkeypatch.setattr(kernel, "probe", not_a_vm)
+    monkeypatch.delenv("PYBPFMAP_IN_TEST_VM", raising=False)
     assert cli.main(["stress", "--tracepoints", "--duration", "1"]) == 1
     assert "not a VM" in capsys.readouterr().err
 

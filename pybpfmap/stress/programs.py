@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -115,11 +116,27 @@ def kprobe_event(group: str, event: str, symbol: str) -> Iterator[None]:
     try:
         yield
     finally:
+        _remove_kprobe_event(group, event, symbol)
+
+
+def _remove_kprobe_event(group: str, event: str, symbol: str, wait: float = 5.0) -> None:
+    """Remove ``group/event``.  EBUSY means a perf event on it is still open
+    (a child process that inherited the fd is exiting): retry for ``wait``
+    seconds.  ENOENT (already gone) is fine."""
+    deadline = time.monotonic() + wait
+    while True:
         try:
             _write_tracefs(KPROBE_EVENTS, f"-:{group}/{event}")
+            return
         except OSError as e:
-            if e.errno != errno.ENOENT:
-                raise
+            if e.errno == errno.ENOENT:
+                return
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise KernelError(f"kprobe {symbol}", e.errno or 0,
+                                  f"could not remove kprobe event {group}/{event}; remove "
+                                  f"it with: echo '-:{group}/{event}' >> {KPROBE_EVENTS}") \
+                    from None
+            time.sleep(0.1)
 
 
 @contextmanager

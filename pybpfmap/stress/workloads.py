@@ -232,15 +232,22 @@ def run(duration: float, contexts: tuple[str, ...] = CONTEXTS,
         p.start()
         jobs[name] = (p, q)
     out = {}
-    for name, (p, q) in jobs.items():
-        p.join(timeout=max(0.0, deadline + 30 - time.monotonic()))
-        if p.is_alive():
-            p.kill()
+    try:
+        for name, (p, q) in jobs.items():
+            p.join(timeout=max(0.0, deadline + 30 - time.monotonic()))
+            if p.is_alive():
+                out[name] = {"ops": 0, "error": "did not finish in time (stuck)"}
+                continue
+            res = q.get() if not q.empty() else {"ops": 0, "error": f"exit code {p.exitcode}"}
+            res["seconds"] = round(duration, 3)
+            res["ops_per_s"] = round(res["ops"] / duration, 1) if duration else 0.0
+            out[name] = res
+    finally:
+        # On Ctrl-C or an error too: the children were forked with every BPF
+        # and perf fd of the parent, so while they live a kprobe event cannot
+        # be removed (EBUSY).  Stop them before the caller detaches.
+        for p, _ in jobs.values():
+            if p.is_alive():
+                p.kill()
             p.join()
-            out[name] = {"ops": 0, "error": "did not finish in time (stuck)"}
-            continue
-        res = q.get() if not q.empty() else {"ops": 0, "error": f"exit code {p.exitcode}"}
-        res["seconds"] = round(duration, 3)
-        res["ops_per_s"] = round(res["ops"] / duration, 1) if duration else 0.0
-        out[name] = res
     return out
