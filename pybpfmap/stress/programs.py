@@ -168,8 +168,8 @@ class Loaded:
     attachments: ExitStack = field(default_factory=ExitStack)
 
     def detach(self) -> None:
-        """Detach every probe now (idempotent); the maps stay readable until
-        the program is unloaded."""
+        """Detach every program now (idempotent); the maps and kprobe_profile
+        stay readable until the program is unloaded."""
         self.attachments.close()
 
 
@@ -193,6 +193,9 @@ def loaded(probes: Sequence[Probe], maps: Sequence[tuple[int, str, MapSpec]]
         bpf = stack.enter_context(bcc_program("stress.c", maps=dict(MAPS),
                                               cflags=cflags(maps)))
         out = Loaded(bpf, list(maps), list(probes))
+        # kprobe events outlive the attachments (closed first on unwind), so
+        # that kprobe_profile can be read after detach(), with final counts.
+        events = stack.enter_context(ExitStack())
         attach = stack.enter_context(out.attachments)
         group = f"pybpfmap_{uuid.uuid4().hex[:8]}"
         for i, probe in enumerate(probes):
@@ -200,7 +203,7 @@ def loaded(probes: Sequence[Probe], maps: Sequence[tuple[int, str, MapSpec]]
             if probe.kind == "kprobe":
                 fn = bpf.load_func(fn_name, BPF.KPROBE)
                 event = f"p{i}_{probe.target.lstrip('_')}"[:60]
-                attach.enter_context(kprobe_event(group, event, probe.target))
+                events.enter_context(kprobe_event(group, event, probe.target))
                 attach.enter_context(attached(fn.fd, group, event))
                 out.kprobe_events[probe] = event
             elif probe.kind == "tracepoint":

@@ -169,8 +169,8 @@ def run_local(opts: Options, k: Kernel) -> dict:
         t0 = time.monotonic()
         with injected(opts.inject, opts):
             stressed = workloads.run(opts.duration, pair=pair)
-        profile = programs.kprobe_profile(ld.kprobe_events)  # gone after detach
         ld.detach()
+        profile = programs.kprobe_profile(ld.kprobe_events)
         stats = programs.prog_stats(ld)
         result["attached_s"] = round(time.monotonic() - t0, 3)
         counts = programs.read_counts(ld)
