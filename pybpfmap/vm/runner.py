@@ -195,12 +195,14 @@ def _watch(cfg: QemuConfig, image: Image, timeout: float, hang_timeout: float,
                     break
             elif now - t0 > timeout:
                 outcome = "timeout"
+                evidence = ("the guest's heartbeat was still arriving: CMD is slow or "
+                            "waiting, the kernel is alive.\n")
             elif last_hb is None and now - t0 > boot_timeout:
                 outcome = "hung"
                 evidence = f"no heartbeat within {boot_timeout:.0f} s of boot.\n"
             elif last_hb is not None and now - last_hb > hang_timeout:
                 outcome = "hung"
-                evidence = f"no heartbeat for {now - last_hb:.0f} s.\n"
+                evidence = f"no heartbeat for {now - last_hb:.0f} s: the guest is stuck.\n"
             if outcome:
                 evidence += collect_evidence(cfg.qmp_sock, proc.pid,
                                              [image.path / "kallsyms", cfg.results / ".kallsyms",

@@ -120,7 +120,7 @@ def collect_evidence(qmp_sock: Path, pid: int, symbol_files: list[Path],
         dumps.append(f"sample {n + 1}:\n" + "\n".join(f"  {v}" for v in vcpus))
         if n + 1 < samples:
             time.sleep(0.5)
-    return ("qemu answers its monitor, so the guest itself is stuck; vCPUs "
+    return ("qemu answers its monitor (qemu is not what is stuck); vCPUs "
             "(RIP symbolized with the guest's kallsyms):\n" + "\n".join(dumps)
             + "\n" + diagnose(seen))
 
