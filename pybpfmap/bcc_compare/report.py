@@ -131,6 +131,14 @@ def table(recs: list[dict]) -> str:
             warnings.append(f"{r['tool']}: other BPF programs were loaded during its baselines "
                          f"({r['progs_loaded_at_baseline']}): baselines may include their "
                          "cost")
+        if not r["map_flags"] and r["mode"] == "shipped":
+            warnings.append(f"{r['tool']}: the BPF text it loaded declares no "
+                            "BPF_HASH (e.g. opensnoop's kfunc mode needs no start map): "
+                            "nothing was rewritten, both modes are the same program")
+        accel = r.get("vm", {}).get("accel", "")
+        if accel.startswith("tcg") and r["mode"] == "shipped":
+            warnings.append(f"{r['tool']}: measured in a VM under {accel} (CPU emulation): "
+                            "ns/event is not comparable with hardware, and noisy")
         if r["maps_unused_by_programs"]:
             warnings.append(f"{r['tool']} ({r['mode']}): no loaded program uses "
                          f"{', '.join(r['maps_unused_by_programs'])}: its flags cannot "
