@@ -108,3 +108,11 @@ def test_cli_exit_status(tmp_path, capsys):
     f.write_text(CLEAN + WARN)
     assert main(["vm", "splats", str(f)]) == 121
     assert "check_map_prog_compatibility" in capsys.readouterr().out
+
+
+def test_report_stops_at_a_time_gap():
+    text = ("[  875.155309] WARNING: CPU: 0 PID: 1476 at x.c:1 f+0x0/0x1\n"
+            "[  875.155400] Modules linked in: 9p\n"
+            "[  882.546971] IPv6: ADDRCONF(NETDEV_CHANGE): veth0: link becomes ready\n")
+    (s,) = find_splats(text)
+    assert "Modules linked in" in s.text and "IPv6" not in s.text

@@ -45,7 +45,15 @@ ALLOW: tuple[str, ...] = (
     r"WARNING: Unprivileged eBPF is enabled",
 )
 
-_TIMESTAMP = re.compile(r"^(?:<\d+>)?\[\s*\d+\.\d+\]\s?")
+_TIMESTAMP = re.compile(r"^(?:<\d+>)?\[\s*(\d+\.\d+)\]\s?")
+# A splat's report is printed in one go: a line more than this many seconds
+# after the splat line belongs to something else.
+REPORT_GAP = 1.0
+
+
+def _stamp(line: str) -> float | None:
+    m = _TIMESTAMP.match(line)
+    return float(m.group(1)) if m else None
 _END = re.compile(r"---\[ end (trace|Kernel panic)")
 
 
@@ -73,7 +81,8 @@ def find_splats(dmesg: str, allow: Iterable[str] = (), *, context: int = 40) -> 
     """Every splat in ``dmesg`` that no ``ALLOW`` or ``allow`` regex excuses.
 
     ``text`` holds the splat line and up to ``context`` lines of its report
-    (until ``---[ end trace`` or the next splat line).  Timestamps are kept.
+    (until ``---[ end trace``, the next splat line, or a line stamped more than
+    ``REPORT_GAP`` seconds later).  Timestamps are kept.
     """
     deny = [(k, re.compile(p)) for k, p in DENY]
     allowed = [re.compile(p) for p in (*ALLOW, *allow)]
@@ -87,7 +96,11 @@ def find_splats(dmesg: str, allow: Iterable[str] = (), *, context: int = 40) -> 
             i += 1
             continue
         j = i + 1
+        t0 = _stamp(lines[i])
         while j < len(lines) and j - i <= context:
+            t = _stamp(lines[j])
+            if t0 is not None and t is not None and t - t0 > REPORT_GAP:
+                break
             nxt = _TIMESTAMP.sub("", lines[j])
             if _END.search(nxt):
                 j += 1
