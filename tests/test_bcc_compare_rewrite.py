@@ -78,6 +78,8 @@ def _loaded(text: str) -> dict[str, tuple[int, int, int, int]]:
 
 
 @pytest.mark.root
+@pytest.mark.skipif(os.environ.get("PYBPFMAP_IN_TEST_VM") == "1",
+                    reason="covered by the host run (BCC compiles slowly under TCG)")
 def test_rewritten_forms_load_with_flag_and_same_shape() -> None:
     """Kernel read-back: same key/value sizes and max_entries, map_flags 0 -> 1."""
     shipped = _loaded(SRC)

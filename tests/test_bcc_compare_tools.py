@@ -19,9 +19,20 @@ from pybpfmap.errors import UsageError
 EXPECTED = {"shipped": 0, "noprealloc": bpfsys.F_NO_PREALLOC}
 SHORT = 0.3
 
+# In the test VM (TCG in CI: a tool start takes about a minute) only the kprobe
+# tools run; the others are covered by the host run of this file.
+host_run = pytest.mark.skipif(os.environ.get("PYBPFMAP_IN_TEST_VM") == "1",
+                              reason="covered by the host run; in the VM only kprobe tools run")
+
 
 def _check_run(tool: tools.Tool, mode: str) -> None:
-    r = run.with_tool(tool, mode, SHORT)
+    try:
+        r = run.with_tool(tool, mode, SHORT)
+    except run.ToolFailed as e:
+        if tool.needs_kprobes and "not traceable" in str(e):
+            # e.g. bcc 0.26 biolatency on Linux 6.1: blk_account_io_done is inlined
+            pytest.skip(f"this bcc's tool cannot attach on this kernel: {e}")
+        raise
     assert r.evidence, "tool printed its normal output"
     assert r.ops > 0
     maps = r.maps["maps"]
@@ -31,12 +42,14 @@ def _check_run(tool: tools.Tool, mode: str) -> None:
     assert not verify.still_loaded({m["id"] for m in maps.values()}), "maps outlived the tool"
 
 
+@host_run
 @pytest.mark.root
 @pytest.mark.parametrize("mode", run.MODES)
 def test_runqlat_flags_and_output(mode: str) -> None:
     _check_run(tools.TOOLS["runqlat"], mode)
 
 
+@host_run
 @pytest.mark.root
 @pytest.mark.parametrize("mode", run.MODES)
 def test_funclatency_uprobe_flags_and_output(mode: str) -> None:
@@ -58,6 +71,7 @@ def test_biolatency_rewritten_flags_and_output() -> None:
     _check_run(tools.TOOLS["biolatency"], "noprealloc")
 
 
+@host_run
 @pytest.mark.root
 def test_interrupted_tool_leaves_nothing() -> None:
     """An exception while the tool runs (as Ctrl-C would be) kills its group."""
@@ -147,6 +161,7 @@ with run.running_tool(tools.TOOLS["runqlat"], "shipped") as t:
 """
 
 
+@host_run
 @pytest.mark.root
 def test_tool_dies_with_killed_parent() -> None:
     """pybpfmap SIGKILLed mid-run (no finally runs): the tool still goes away."""

@@ -62,7 +62,21 @@ def compare_here(tools: list[Tool], duration: float, runs: int, where: str,
                                 k.kernel_release))
             continue
         out.extend(report.records(m, where, k.kernel_release))
+    version = bcc_version()
+    for rec in out:
+        rec["bcc"] = version
     return out
+
+
+def bcc_version() -> str:
+    """The BCC (python3-bpfcc) version whose tools ran: their BPF text and
+    attach points differ between versions (e.g. biolatency: kprobes in 0.26,
+    block tracepoints in later ones)."""
+    try:
+        import bcc
+    except ImportError:
+        return "not installed"
+    return str(getattr(bcc, "__version__", "unknown"))
 
 
 def _skipped(tool: Tool, reason: str, where: str, kernel: str) -> dict:
