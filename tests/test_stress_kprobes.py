@@ -58,10 +58,17 @@ def test_every_unlock_row_fires_and_passes(strict_clean):
         assert row["verdict"] == "PASS", row
 
 
+def _default_sigint() -> None:
+    """A shell's background job ignores SIGINT, and Python then installs no
+    KeyboardInterrupt handler: give the child the default disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_cleanup_on_ctrl_c_with_kprobes(strict_clean):
     proc = subprocess.Popen([sys.executable, "-m", "pybpfmap", "stress", "--duration", "60",
                              "--baseline", "0.3", "--types", "hash"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 120
         while "pybpfmap_" not in (leftovers.snapshot()["kprobe_events"] or ""):

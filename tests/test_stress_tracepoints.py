@@ -87,27 +87,35 @@ def test_cleanup_on_error(clean, monkeypatch):
     from pybpfmap import kernel
 
     calls = []
-    real = run.workloads.run
+    real_go = run.workloads.Started.go
 
-    def failing(duration, *a, **kw):
-        calls.append(duration)
-        if len(calls) == 2:  # the run with the probes attached
+    def failing(self):
+        calls.append(self)
+        if len(calls) == 2:  # the run with the probes attached (1: the baseline)
             assert leftovers.snapshot()["bpftool_progs"], "probes should be attached now"
             raise RuntimeError("boom")
-        return real(duration, *a, **kw)
+        real_go(self)
 
-    monkeypatch.setattr(run.workloads, "run", failing)
+    monkeypatch.setattr(run.workloads.Started, "go", failing)
     opts = run.Options(duration=1, tracepoints=True, baseline=0.3, types=["hash"])
     with pytest.raises(RuntimeError, match="boom"):
         run.run_local(opts, kernel.probe())
     assert len(calls) == 2
+    assert all(not p.is_alive() for p, _ in calls[1].jobs.values())
 
 
 @TP_NEEDED
+def _default_sigint() -> None:
+    """A shell's background job ignores SIGINT, and Python then installs no
+    KeyboardInterrupt handler: give the child the default disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_cleanup_on_ctrl_c(clean):
     proc = subprocess.Popen([sys.executable, "-m", "pybpfmap", "stress", "--tracepoints",
                              "--duration", "60", "--baseline", "0.3"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 60
         while not leftovers.snapshot()["bpftool_progs"]:

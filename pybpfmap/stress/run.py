@@ -5,8 +5,9 @@ anywhere undoes what was done (probes first, then programs and maps, then the
 network namespaces):
 
 1. make the veth pair; run the workloads once *without* probes (baseline);
-2. load bpf/stress.c, enable BPF run-time stats, attach every probe;
-3. start the heartbeat and the kernel-log watch; run the workloads again;
+2. fork the workloads again (waiting); load bpf/stress.c, enable BPF
+   run-time stats, attach every probe;
+3. start the heartbeat and the kernel-log watch; let the workloads go;
 4. read kprobe_profile and bpf_prog_info, detach, read the counters and the
    new kernel-log lines.
 
@@ -162,13 +163,17 @@ def run_local(opts: Options, k: Kernel) -> dict:
     with ExitStack() as stack:
         pair = stack.enter_context(workloads.veth_pair())
         base = workloads.run(opts.baseline_seconds(), pair=pair)
+        # Forked now, before the program is loaded and the heartbeat thread
+        # starts: the workload processes hold no BPF or perf fd.
+        wl = stack.enter_context(workloads.started(opts.duration, pair=pair))
         result["stats_enabled_by"] = stack.enter_context(programs.bpf_stats())
         ld = stack.enter_context(programs.loaded(probes, maps))
         kmsg = stack.enter_context(watch.kmsg_watch())
         hb = stack.enter_context(watch.heartbeat())
         t0 = time.monotonic()
         with injected(opts.inject, opts):
-            stressed = workloads.run(opts.duration, pair=pair)
+            wl.go()
+            stressed = wl.results()
         ld.detach()
         profile = programs.kprobe_profile(ld.kprobe_events)
         stats = programs.prog_stats(ld)

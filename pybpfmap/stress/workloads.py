@@ -3,8 +3,9 @@
 Each runs in its own forked process for a bounded time and returns what it
 did, so the probes see the locks taken on its behalf:
 
-* ``process``: fork/exit, mmap/munmap (page faults), open/read/close — mm
-  and VFS spinlocks in process context.
+* ``process``: fork/exit, mmap/munmap (page faults), open/read/close, and
+  three processes appending to one file — mm and VFS spinlocks in process
+  context, and a contended inode lock.
 * ``softirq``: UDP traffic between two network namespaces over a veth pair
   (made with pyroute2): veth transmit queues to the backlog and the NET_RX
   softirq delivers — socket and queue locks in softirq context.
@@ -27,7 +28,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 
 from pybpfmap.errors import EnvironmentProblem
@@ -102,10 +103,49 @@ def _del_link(ifname: str) -> None:
 
 # --- the workloads: each runs until ``deadline`` (time.monotonic) -------------
 
+def _append_loop(path: str, deadline: float) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    block = b"a" * 4096
+    n = 0
+    while time.monotonic() < deadline:
+        os.write(fd, block)
+        n += 1
+        if n % 256 == 0:
+            os.ftruncate(fd, 0)
+    os.close(fd)
+    os._exit(0)
+
+
 def process_work(deadline: float) -> dict[str, int]:
-    """fork/exit, mmap/munmap with page faults, open/read/close."""
-    forks = maps = reads = 0
+    """fork/exit, mmap/munmap with page faults, open/read/close; and two
+    helpers appending to one file, so that the inode lock (i_rwsem) is
+    contended (lock:contention_begin fires for sleeping locks too)."""
+    forks = maps = reads = appends = 0
     page = mmap.PAGESIZE
+    path = f"/dev/shm/pybpfmap-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    with open(path, "wb"):
+        pass
+    helpers = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            _append_loop(path, deadline)
+        helpers.append(pid)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        forks, maps, reads, appends = _process_loop(deadline, fd, page)
+    finally:
+        os.close(fd)
+        for pid in helpers:
+            os.waitpid(pid, 0)
+        os.unlink(path)
+    return {"ops": forks + maps + reads + appends, "forks": forks, "mmaps": maps,
+            "file_reads": reads, "appends": appends}
+
+
+def _process_loop(deadline: float, fd: int, page: int) -> tuple[int, int, int, int]:
+    forks = maps = reads = appends = 0
+    block = b"p" * 4096
     while time.monotonic() < deadline:
         pid = os.fork()
         if pid == 0:
@@ -120,7 +160,9 @@ def process_work(deadline: float) -> dict[str, int]:
         with open("/proc/self/stat", "rb") as f:
             f.read()
         reads += 1
-    return {"ops": forks + maps + reads, "forks": forks, "mmaps": maps, "file_reads": reads}
+        os.write(fd, block)
+        appends += 1
+    return forks, maps, reads, appends
 
 
 def softirq_work(deadline: float, pair: VethPair) -> dict[str, int]:
@@ -196,58 +238,97 @@ def irq_work(deadline: float) -> dict[str, int]:
             "wakeups": wakeups}
 
 
-def _child(fn: Callable[..., dict[str, int]], args: tuple, queue) -> None:
-    # Ctrl-C is the parent's to handle: it detaches everything, then its
-    # daemon children are terminated.
+def _child(fn: Callable[..., dict[str, int]], args: tuple, go, duration: float,
+           queue) -> None:
+    # Ctrl-C is the parent's to handle: it detaches everything, then stops us.
+    # Our own process group, so that stop() reaches the helpers we fork too.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.setpgid(0, 0)
     try:
-        queue.put(fn(*args))
+        go.wait()
+        queue.put(fn(time.monotonic() + duration, *args))
     except Exception as e:  # reported by the parent as the workload's error
         queue.put({"ops": 0, "error": f"{type(e).__name__}: {e}"})
 
 
-def run(duration: float, contexts: tuple[str, ...] = CONTEXTS,
-        pair: VethPair | None = None) -> dict[str, dict]:
-    """Run the chosen workloads concurrently for ``duration`` seconds; return
-    {context: counts, with ``ops_per_s``}.  A workload that does not finish
-    within ``duration + 30`` s is killed and reported as stuck."""
-    ctx = multiprocessing.get_context("fork")
-    start = time.monotonic()
-    deadline = start + duration
-    jobs = {}
-    for name in contexts:
-        if name == "process":
-            fn, args = process_work, (deadline,)
-        elif name == "irq":
-            fn, args = irq_work, (deadline,)
-        elif name == "softirq":
-            if pair is None:
-                raise EnvironmentProblem("softirq", "needs a veth pair (veth_pair())")
-            fn, args = softirq_work, (deadline, pair)
-        else:
-            raise ValueError(f"unknown workload context {name!r}")
-        q = ctx.SimpleQueue()
-        p = ctx.Process(target=_child, args=(fn, args, q), name=f"pybpfmap-{name}",
-                        daemon=True)
-        p.start()
-        jobs[name] = (p, q)
-    out = {}
-    try:
-        for name, (p, q) in jobs.items():
-            p.join(timeout=max(0.0, deadline + 30 - time.monotonic()))
+class Started:
+    """Workload processes forked and waiting for :meth:`go`.
+
+    They are forked *before* the BPF program is loaded and before any thread
+    (the heartbeat) starts: they hold no BPF or perf fd of the parent (which
+    would keep a kprobe event busy) and fork() happens single-threaded.
+    """
+
+    def __init__(self, duration: float, contexts: tuple[str, ...], pair: VethPair | None):
+        self.duration = duration
+        ctx = multiprocessing.get_context("fork")
+        self._go = ctx.Event()
+        self.jobs: dict[str, tuple] = {}
+        for name in contexts:
+            if name == "process":
+                fn, args = process_work, ()
+            elif name == "irq":
+                fn, args = irq_work, ()
+            elif name == "softirq":
+                if pair is None:
+                    raise EnvironmentProblem("softirq", "needs a veth pair (veth_pair())")
+                fn, args = softirq_work, (pair,)
+            else:
+                raise ValueError(f"unknown workload context {name!r}")
+            q = ctx.SimpleQueue()
+            p = ctx.Process(target=_child, args=(fn, args, self._go, duration, q),
+                            name=f"pybpfmap-{name}", daemon=True)
+            p.start()
+            self.jobs[name] = (p, q)
+        self._deadline: float | None = None
+
+    def go(self) -> None:
+        """Start every workload now; each runs for ``duration`` seconds."""
+        self._deadline = time.monotonic() + self.duration
+        self._go.set()
+
+    def results(self) -> dict[str, dict]:
+        """Wait for the workloads; {context: counts, with ``ops_per_s``}.  One
+        that has not finished 30 s after its time is reported as stuck."""
+        if self._deadline is None:
+            self.go()
+        out = {}
+        for name, (p, q) in self.jobs.items():
+            p.join(timeout=max(0.0, self._deadline + 30 - time.monotonic()))
             if p.is_alive():
                 out[name] = {"ops": 0, "error": "did not finish in time (stuck)"}
                 continue
             res = q.get() if not q.empty() else {"ops": 0, "error": f"exit code {p.exitcode}"}
-            res["seconds"] = round(duration, 3)
-            res["ops_per_s"] = round(res["ops"] / duration, 1) if duration else 0.0
+            res["seconds"] = round(self.duration, 3)
+            res["ops_per_s"] = round(res["ops"] / self.duration, 1) if self.duration else 0.0
             out[name] = res
-    finally:
-        # On Ctrl-C or an error too: the children were forked with every BPF
-        # and perf fd of the parent, so while they live a kprobe event cannot
-        # be removed (EBUSY).  Stop them before the caller detaches.
-        for p, _ in jobs.values():
-            if p.is_alive():
+        return out
+
+    def stop(self) -> None:
+        """Kill every workload process and the helpers it forked."""
+        for p, _ in self.jobs.values():
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+            if p.is_alive():  # killed before it made its own group
                 p.kill()
             p.join()
-    return out
+
+
+@contextmanager
+def started(duration: float, contexts: tuple[str, ...] = CONTEXTS,
+            pair: VethPair | None = None) -> Iterator[Started]:
+    """Fork the workloads, waiting; on exit (also on Ctrl-C or an error) any
+    that still run are killed."""
+    s = Started(duration, contexts, pair)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def run(duration: float, contexts: tuple[str, ...] = CONTEXTS,
+        pair: VethPair | None = None) -> dict[str, dict]:
+    """Run the chosen workloads concurrently for ``duration`` seconds now."""
+    with started(duration, contexts, pair) as s:
+        s.go()
+        return s.results()
