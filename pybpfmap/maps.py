@@ -107,6 +107,17 @@ class MapSpec:
         self.create().close()
 
 
+def old_memlock_estimate(spec: MapSpec) -> int:
+    """The fdinfo ``memlock`` kernels before v6.4 showed for every hash map:
+    round_up(key + value, 8) * max_entries, rounded up to a page — not what the
+    map uses.  Linux kernel commit 304849a27b34 ("bpf: hashtab memory usage")
+    (in v6.4) made it report real usage; a figure equal to this formula is the
+    old estimate."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    size = ((spec.key_size + spec.value_size + 7) & ~7) * spec.max_entries
+    return -(-size // page) * page
+
+
 def explain_create_error(spec: MapSpec, err: int) -> KernelError:
     """Name the parameter behind a BPF_MAP_CREATE refusal and say what it means."""
     if err == ENOTSUPP and spec.lru and not spec.prealloc:
@@ -270,3 +281,7 @@ class BpfMap:
     def memlock(self) -> int:
         """Bytes the kernel charges for this map (fdinfo ``memlock``)."""
         return int(bpfsys.fdinfo(self.fd).get("memlock", "0"))
+
+    def memlock_is_estimate(self) -> bool:
+        """True when fdinfo shows the pre-v6.4 estimate, not real usage."""
+        return self.memlock() == old_memlock_estimate(self.spec)

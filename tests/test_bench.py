@@ -139,7 +139,7 @@ def test_syscall_mode_on_a_kprobe() -> None:
 def test_progress_bar_goes_to_its_stream() -> None:
     import io
 
-    from pybpfmap.bench.progress import Progress
+    from pybpfmap.output import Progress
 
     out = io.StringIO()
     p = Progress(4, stream=out, enabled=True)

@@ -132,8 +132,11 @@ def test_maps_json_shows_prealloc_charging_up_front():
         assert r["new_key_when_full"] == "E2BIG"
         assert r["entries_full"] == 20000
     for t in ("hash", "percpu_hash"):
-        assert by[(t, True)]["memlock_empty"] > 2 * by[(t, False)]["memlock_empty"]
         assert by[(t, True)]["memlock_empty"] == by[(t, True)]["memlock_full"]
+        if by[(t, False)]["memlock_is_estimate"]:
+            continue  # pre-v6.4 kernel: fdinfo shows an estimate (test_maps.py says so)
+        assert by[(t, True)]["memlock_empty"] > 2 * by[(t, False)]["memlock_empty"]
+        assert by[(t, False)]["memlock_full"] > by[(t, False)]["memlock_empty"]
 
 
 @pytest.mark.root

@@ -20,7 +20,7 @@ from pybpfmap import bpfsys
 from pybpfmap.bench import inkernel, syscall
 from pybpfmap.bench.stats import summarise
 from pybpfmap.errors import KernelError, UsageError
-from pybpfmap.maps import MapSpec
+from pybpfmap.maps import MapSpec, old_memlock_estimate
 
 MODES = ("inkernel", "syscall")
 CALL_SECONDS = 0.01  # one BPF_PROG_TEST_RUN call lasts about this long
@@ -78,13 +78,9 @@ def environment() -> dict:
 
 
 def memlock_fields(spec: MapSpec, memlock: int) -> dict:
-    """fdinfo memlock and what it is.  Before Linux kernel commit 304849a27b34
-    ("bpf: hashtab memory usage") (in v6.4) fdinfo showed the same estimate for
-    every map, round_up(key + value, 8) * max_entries rounded up to a page, not
-    what the map uses; a figure equal to that formula is flagged as such."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    old = -(-(((spec.key_size + spec.value_size + 7) & ~7) * spec.max_entries) // page) * page
-    return {"memlock": memlock, "memlock_is_estimate": memlock == old}
+    """fdinfo memlock, and whether it is the kernel's pre-v6.4 estimate
+    (:func:`pybpfmap.maps.old_memlock_estimate`) rather than real usage."""
+    return {"memlock": memlock, "memlock_is_estimate": memlock == old_memlock_estimate(spec)}
 
 
 def _base(spec: MapSpec, mode: str, env: dict, opts: Options) -> dict:

@@ -77,6 +77,7 @@ def measure(spec: MapSpec) -> dict:
         view = m.kernel_view()
         record["map_flags"] = view["map_flags"]
         record["memlock_empty"] = view["memlock"]
+        record["memlock_is_estimate"] = m.memlock_is_estimate()
         m.fill(spec.max_entries)
         record["memlock_full"] = m.memlock()
         record["entries_full"] = len(m.keys())
@@ -120,4 +121,7 @@ def run(args: argparse.Namespace) -> int:
     table(["type", "alloc", "map_flags", "create ms", "memlock empty", "memlock full",
            "memlock drained", "entries", "new key when full"], rows)
     print(f"\n{MEMLOCK_NOTE}.", file=sys.stdout)
+    if any(r.get("memlock_is_estimate") for r in records):
+        print("On this kernel memlock is that estimate: it does not show what a map uses.",
+              file=sys.stdout)
     return 0
