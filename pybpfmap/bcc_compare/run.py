@@ -194,6 +194,8 @@ def running_tool(tool: Tool, mode: str, start_timeout: float = START_TIMEOUT
             _signal_group(proc, signal.SIGKILL)
             proc.wait()
         _signal_group(proc, signal.SIGKILL)
+        for t in threads:  # the pipes reach EOF once the group is gone
+            t.join(STOP_TIMEOUT)
         for p in (proc.stdout, proc.stderr):
             if p:
                 p.close()
