@@ -108,13 +108,14 @@ class MapSpec:
 
 
 def old_memlock_estimate(spec: MapSpec) -> int:
-    """The fdinfo ``memlock`` kernels before v6.4 showed for every hash map:
-    round_up(key + value, 8) * max_entries, rounded up to a page — not what the
-    map uses.  Linux kernel commit 304849a27b34 ("bpf: hashtab memory usage")
-    (in v6.4) made it report real usage; a figure equal to this formula is the
-    old estimate."""
+    """The fdinfo ``memlock`` kernels before v6.4 showed for every map
+    (bpf_map_memory_footprint): round_up(key + value, 8) * max_entries, rounded
+    up to a page, where a per-CPU value counts once per possible CPU — not what
+    the map uses.  Linux kernel commit 304849a27b34 ("bpf: hashtab memory
+    usage") (in v6.4) made it report real usage; a figure equal to this
+    formula is the old estimate."""
     page = os.sysconf("SC_PAGE_SIZE")
-    size = ((spec.key_size + spec.value_size + 7) & ~7) * spec.max_entries
+    size = ((spec.key_size + spec.value_buffer_size() + 7) & ~7) * spec.max_entries
     return -(-size // page) * page
 
 
