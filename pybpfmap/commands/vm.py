@@ -19,8 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="vm_command", metavar="VM_COMMAND", required=True)
 
     b = sub.add_parser("build", help="build (or reuse) the cached image")
-    b.add_argument("--kernel", default="bookworm", choices=["bookworm", "trixie"],
-                   help="Debian suite whose kernel and userland the image has")
+    b.add_argument("--kernel", dest="kernels", action="append", choices=["bookworm", "trixie"],
+                   help="Debian suite whose kernel and userland the image has; repeatable "
+                        "(default: bookworm)")
     b.add_argument("--json", action="store_true", help="print the image's facts as JSON")
     b.set_defaults(func=cmd_build)
 
@@ -63,13 +64,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     from pybpfmap.vm import ensure_image
 
-    img = ensure_image(args.kernel)
-    facts = {"suite": img.suite, "kernel_release": img.release, "path": str(img.path),
-             "disk": str(img.disk), "key": img.key}
+    all_facts = []
+    for kernel in args.kernels or ["bookworm"]:
+        img = ensure_image(kernel)
+        all_facts.append({"suite": img.suite, "kernel_release": img.release,
+                          "path": str(img.path), "disk": str(img.disk), "key": img.key})
+        if not args.json:
+            print(f"{img.suite}: kernel {img.release}, image {img.path}")
     if args.json:
-        print(json.dumps(facts, indent=2))
-    else:
-        print(f"{img.suite}: kernel {img.release}, image {img.path}")
+        print(json.dumps(all_facts[0] if len(all_facts) == 1 else all_facts, indent=2))
     return 0
 
 
