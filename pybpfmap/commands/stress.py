@@ -6,7 +6,7 @@ Where it runs:
 * ``--kernel K``, or a host without kprobes: inside the test VM (the VM
   runner boots image K; the guest runs ``stress --in-guest``), and the
   runner's outcome (hang, panic, splats) is merged into the verdict;
-* ``--tracepoints``: here, on the weaker tracepoint variant;
+* ``--tracepoints`` without ``--kernel``: here, the weaker tracepoint variant;
 * otherwise here, with kprobes.
 
 Running here needs a VM (a hang on a workstation loses work) unless
@@ -78,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
                                  "network namespaces): run with sudo")
     ensure_tracefs()
     k = kernel_probe.probe()
-    local = args.in_guest or opts.tracepoints or (k.kprobes and args.kernel is None)
+    # --kernel always means the VM (also with --tracepoints); without it, the
+    # tracepoint variant and, where there are kprobes, the real one run here.
+    local = args.in_guest or (args.kernel is None and (opts.tracepoints or k.kprobes))
     if local:
         in_test_vm = os.environ.get("PYBPFMAP_IN_TEST_VM") == "1"
         if not (k.in_vm or in_test_vm or args.force):
