@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -58,3 +63,39 @@ def pytest_configure(config: pytest.Config) -> None:
         ensure_tracefs()
         ensure_headers()
     config._pybpfmap_kernel = kernel_probe.probe()  # type: ignore[attr-defined]
+
+
+def _default_sigint() -> None:
+    """A shell's background job ignores SIGINT, and Python then installs no
+    KeyboardInterrupt handler: give the child the default disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def ctrl_c() -> Callable[..., subprocess.CompletedProcess]:
+    """``ctrl_c(args, ready, timeout)``: start ``python3 -m pybpfmap *args``,
+    wait until ``ready()`` is true (it fails if that takes over ``timeout``
+    seconds or the command exits first), press Ctrl-C (SIGINT), and return the
+    finished process with its output.  The process never outlives the test."""
+
+    def run(args: list[str], ready: Callable[[], bool], timeout: float = 60,
+            settle: float = 0.5) -> subprocess.CompletedProcess:
+        proc = subprocess.Popen([sys.executable, "-m", "pybpfmap", *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_default_sigint)
+        try:
+            deadline = time.monotonic() + timeout
+            while not ready():
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, f"not ready within {timeout} s"
+                time.sleep(0.2)
+            time.sleep(settle)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=timeout * 2)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    return run

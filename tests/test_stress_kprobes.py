@@ -9,10 +9,8 @@ and map ID, and kprobe_events, identical before and after.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -58,31 +56,11 @@ def test_every_unlock_row_fires_and_passes(strict_clean):
         assert row["verdict"] == "PASS", row
 
 
-def _default_sigint() -> None:
-    """A shell's background job ignores SIGINT, and Python then installs no
-    KeyboardInterrupt handler: give the child the default disposition."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def test_cleanup_on_ctrl_c_with_kprobes(strict_clean):
-    proc = subprocess.Popen([sys.executable, "-m", "pybpfmap", "stress", "--duration", "60",
-                             "--baseline", "0.3", "--types", "hash"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_sigint)
-    try:
-        deadline = time.monotonic() + 120
-        while "pybpfmap_" not in (leftovers.snapshot()["kprobe_events"] or ""):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "kprobes never attached"
-            time.sleep(0.2)
-        time.sleep(1)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, err
+def test_cleanup_on_ctrl_c_with_kprobes(strict_clean, ctrl_c):
+    result = ctrl_c(["stress", "--duration", "60", "--baseline", "0.3", "--types", "hash"],
+                    lambda: "pybpfmap_" in (leftovers.snapshot()["kprobe_events"] or ""),
+                    timeout=120, settle=1)
+    assert result.returncode == 130, result.stderr
 
 
 def test_loaded_ids_sees_the_program_while_attached():

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -105,32 +103,11 @@ def test_cleanup_on_error(clean, monkeypatch):
 
 
 @TP_NEEDED
-def _default_sigint() -> None:
-    """A shell's background job ignores SIGINT, and Python then installs no
-    KeyboardInterrupt handler: give the child the default disposition."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def test_cleanup_on_ctrl_c(clean):
-    proc = subprocess.Popen([sys.executable, "-m", "pybpfmap", "stress", "--tracepoints",
-                             "--duration", "60", "--baseline", "0.3"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_sigint)
-    try:
-        deadline = time.monotonic() + 60
-        while not leftovers.snapshot()["bpftool_progs"]:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "probes never attached"
-            time.sleep(0.2)
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, err
-    assert "interrupted; everything was detached" in err
+def test_cleanup_on_ctrl_c(clean, ctrl_c):
+    result = ctrl_c(["stress", "--tracepoints", "--duration", "60", "--baseline", "0.3"],
+                    lambda: bool(leftovers.snapshot()["bpftool_progs"]))
+    assert result.returncode == 130, result.stderr
+    assert "interrupted; everything was detached" in result.stderr
 
 
 def test_refuses_outside_a_vm_without_force(monkeypatch, capsys):
