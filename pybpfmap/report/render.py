@@ -91,11 +91,19 @@ def render_stress(data: Any) -> str:
 def render_bcc_compare(data: Any) -> str:
     rows = []
     for r in _records(data):
-        rows.append([r.get("tool"), "prealloc" if r.get("prealloc") else "no_prealloc",
-                     r.get("map_flags"), r.get("baseline"), r.get("with_tool"),
-                     r.get("overhead_ns_per_event"), r.get("where")])
+        if r.get("status", "ok") != "ok":
+            rows.append([r.get("tool"), None, None, None, None, None, r.get("where"),
+                         f"{r.get('status')}: {r.get('reason')}"])
+            continue
+        flags = r.get("map_flags")
+        if isinstance(flags, dict):
+            flags = ", ".join(f"{k}={v}" for k, v in flags.items())
+        rows.append([r.get("tool"), r.get("mode") or ("prealloc" if r.get("prealloc")
+                                                      else "no_prealloc"),
+                     flags, r.get("baseline"), r.get("with_tool"),
+                     r.get("overhead_ns_per_event"), r.get("where"), None])
     return md_table(["tool", "maps", "map_flags (kernel)", "baseline ops/s",
-                     "with tool ops/s", "overhead ns/event", "where"], rows)
+                     "with tool ops/s", "overhead ns/event", "where", "note"], rows)
 
 
 def render_info_maps(data: Any) -> str:
@@ -114,13 +122,14 @@ RENDERERS = {
 
 
 def _release_of(results: dict, where: str) -> str | None:
+    """The kernel release measured at ``where``, from whichever section says."""
     for s in results["sections"]:
-        if s["where"] != where or not s.get("data"):
+        data = s.get("data")
+        if s["where"] != where or not isinstance(data, dict):
             continue
-        if s["name"] == "info":
-            return s["data"].get("kernel_release")
-        if s["name"] == "info+maps":
-            return (s["data"].get("info") or {}).get("kernel_release")
+        release = data.get("kernel_release") or (data.get("info") or {}).get("kernel_release")
+        if release:
+            return release
     return None
 
 
@@ -137,7 +146,7 @@ def across_kernels(results: dict) -> str:
         mem = {r["prealloc"]: r for r in _records(maps) if r.get("type") == "hash"
                and not r.get("skipped")}
         stress = (by.get("stress") or {}).get("data") or {}
-        rows.append([where, facts.get("kernel_release"), facts.get("kprobes"),
+        rows.append([where, _release_of(results, where), facts.get("kprobes"),
                      stress.get("verdict") if isinstance(stress, dict) else None,
                      _mib((mem.get(True) or {}).get("memlock_empty")),
                      _mib((mem.get(False) or {}).get("memlock_empty")),
