@@ -141,9 +141,13 @@ def error_summary(stderr: str) -> str:
 
 def _die_with_parent() -> None:
     """In the tool's child: SIGKILL it if pybpfmap dies first (even by SIGKILL,
-    when no ``finally`` runs), so a tool never outlives its run."""
+    when no ``finally`` runs), so a tool never outlives its run.  Also give it
+    the default SIGINT disposition: a background job (nohup, CI runners)
+    inherits SIGINT ignored, and then the tool would never print its summary
+    when we stop it with SIGINT."""
     import ctypes
 
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
