@@ -76,7 +76,13 @@ def render_bench(data: Any) -> str:
 def render_stress(data: Any) -> str:
     out = ""
     if isinstance(data, dict) and "verdict" in data:
-        out += f"**Verdict: {data['verdict']}**\n\n"
+        out += f"**Verdict: {data['verdict']}**"
+        if data.get("variant") == "tracepoint":
+            out += (" — the weaker tracepoint variant (no kprobes on this kernel: lock and "
+                    "kmem tracepoints instead of spin_unlock)")
+        for reason in data.get("reasons") or []:
+            out += f"\n- {reason}"
+        out += "\n\n"
     rows = []
     for r in _records(data):
         errors = r.get("errors")
