@@ -152,8 +152,10 @@ def across_kernels(results: dict) -> str:
         mem = {r["prealloc"]: r for r in _records(maps) if r.get("type") == "hash"
                and not r.get("skipped")}
         stress = (by.get("stress") or {}).get("data") or {}
-        rows.append([where, _release_of(results, where), facts.get("kprobes"),
-                     stress.get("verdict") if isinstance(stress, dict) else None,
+        verdict = stress.get("verdict") if isinstance(stress, dict) else None
+        if verdict and stress.get("variant") == "tracepoint":
+            verdict += " (tracepoint variant)"
+        rows.append([where, _release_of(results, where), facts.get("kprobes"), verdict,
                      _mib((mem.get(True) or {}).get("memlock_empty")),
                      _mib((mem.get(False) or {}).get("memlock_empty")),
                      _mib((mem.get(False) or {}).get("memlock_full"))])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -78,11 +79,15 @@ def _json_from_stdout(stdout: str):
 
 
 def _last_error(stderr_path: Path) -> str | None:
-    lines = [ln for ln in stderr_path.read_text(errors="replace").splitlines() if ln.strip()]
+    """The line of a failed command's stderr that best says why: its last line
+    mentioning an error or a failure, else its last line that is not guest
+    kernel console output."""
+    lines = [ln.strip() for ln in stderr_path.read_text(errors="replace").splitlines()
+             if ln.strip() and not re.match(r"\s*\[\s*\d+\.\d+\]", ln)]
     for line in reversed(lines):
-        if "error" in line.lower():
-            return line.strip()
-    return lines[-1].strip() if lines else None
+        if re.search(r"error|fail", line, re.IGNORECASE):
+            return line
+    return lines[-1] if lines else None
 
 
 def run_all(sections: list[Section], out: Path) -> list[dict]:
