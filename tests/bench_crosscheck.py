@@ -8,10 +8,13 @@ with a different ``repeat`` (1,000,000) and a different statistic (median of
 raw calls), and subtracts the empty program the same way.  They must agree
 within 10%.
 
-As a test it runs a shortened bench (3 runs).  As a script it runs the issue's
-"done when" command exactly and prints both figures::
+A timing comparison belongs to a benchmark run, not to the pass/fail test
+suite (a noisy shared machine once moved one side by 15%), so this is a script,
+not collected by pytest.  It runs the issue's "done when" command exactly and
+prints both figures, exiting 1 if they disagree by more than 10% or the bench's
+CV exceeds 3%::
 
-    .venv/bin/python tests/test_bench_crosscheck.py
+    sudo .venv/bin/python tests/bench_crosscheck.py
 """
 
 from __future__ import annotations
@@ -25,8 +28,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 REPEAT = 1_000_000
@@ -96,15 +97,6 @@ def compare(extra: list[str]) -> list[tuple[bool, float, float, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         got = bench_ns(Path(tmp) / "out.json", extra)
     return [(p, got[p]["ns_per_op"], independent_ns(p), got[p]["cv"]) for p in (True, False)]
-
-
-@pytest.mark.root
-def test_bench_agrees_with_raw_test_run(kernel) -> None:
-    if kernel.in_vm and kernel.virt == "qemu":
-        pytest.skip("CPU emulated by QEMU TCG: timing comparisons are not meaningful here")
-    for prealloc, ns, ref, _cv in compare(["--runs", "3", "--seconds", "0.1"]):
-        assert abs(ns - ref) <= TOLERANCE * ref, \
-            f"prealloc={prealloc}: bench {ns} ns vs raw BPF_PROG_TEST_RUN {ref} ns"
 
 
 if __name__ == "__main__":
