@@ -21,6 +21,8 @@ from pybpfmap.bcc_compare.tools import Tool, select
 from pybpfmap.errors import EnvironmentProblem, UsageError
 
 RESULTS_FILE = "bcc-compare.json"
+# What BCC says when a kprobe target is inlined, notrace or missing.
+NOT_TRACEABLE = "it's not traceable"
 
 
 def _check(duration: float, runs: int) -> None:
@@ -54,6 +56,13 @@ def compare_here(tools: list[Tool], duration: float, runs: int, where: str,
         except ToolFailed as e:
             if tool.needs_kprobes and not k.kprobes:
                 kfunc_error = str(e)
+            elif NOT_TRACEABLE in str(e):
+                # The tool's attach point is inlined or notrace on this kernel
+                # (e.g. biolatency's blk_account_io_done on 6.1 with bcc 0.26):
+                # a fact about this kernel and bcc, not a failure of the run.
+                out.append(report.not_run(tool, "skipped", f"{tool.name}: cannot attach on "
+                                          f"this kernel: {e}", where, k.kernel_release))
+                continue
             else:
                 out.append(report.not_run(tool, "failed", str(e), where, k.kernel_release))
                 continue
