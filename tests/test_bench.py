@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pybpfmap.bench import stats, table
+from pybpfmap import stats
+from pybpfmap.bench import table
 from pybpfmap.maps import MapSpec
 
 REPO = Path(__file__).resolve().parent.parent

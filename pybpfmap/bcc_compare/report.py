@@ -14,6 +14,7 @@ import statistics
 
 from pybpfmap.bcc_compare.run import Measurement, ToolRun
 from pybpfmap.bcc_compare.tools import Tool
+from pybpfmap.stats import spread
 
 OPERATION = {
     "wakeups": "pipe round trip between two tasks on one CPU (2 wakeups)",
@@ -22,14 +23,6 @@ OPERATION = {
     "tcp_connect": "TCP connect+accept over loopback",
     "block_io": "4 KiB O_DIRECT read",
 }
-
-
-def spread(values: list[float]) -> dict:
-    """median, min, max and coefficient of variation (None for one value)."""
-    mean = statistics.fmean(values)
-    cv = (statistics.stdev(values) / abs(mean)) if len(values) > 1 and mean else None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "cv": cv, "n": len(values)}
 
 
 def _rate(sample: tuple[int, float]) -> float:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 from pybpfmap import bpfsys
 from pybpfmap.bench import inkernel, syscall
-from pybpfmap.bench.stats import summarise
 from pybpfmap.errors import KernelError, UsageError
 from pybpfmap.maps import MapSpec, old_memlock_estimate
+from pybpfmap.stats import summarise
 
 MODES = ("inkernel", "syscall")
 CALL_SECONDS = 0.01  # one BPF_PROG_TEST_RUN call lasts about this long

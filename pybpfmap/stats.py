@@ -1,4 +1,5 @@
-"""Repeated runs reduced to a median, a spread and a coefficient of variation."""
+"""Repeated runs reduced to a median, a spread and a coefficient of variation
+(the bench and bcc-compare both report their runs this way)."""
 
 from __future__ import annotations
 
@@ -32,11 +33,12 @@ class Summary:
 
     @property
     def cv(self) -> float:
-        """Sample standard deviation over mean; 0 for a single run."""
+        """Sample standard deviation over |mean|; 0 for a single run or a zero
+        mean (|mean|: differences such as overheads can be negative)."""
         if len(self.values) < 2:
             return 0.0
         mean = statistics.fmean(self.values)
-        return statistics.stdev(self.values) / mean if mean else 0.0
+        return statistics.stdev(self.values) / abs(mean) if mean else 0.0
 
     @property
     def noisy(self) -> bool:
@@ -45,3 +47,12 @@ class Summary:
 
 def summarise(values: list[float]) -> Summary:
     return Summary(tuple(values))
+
+
+def spread(values: list[float]) -> dict:
+    """median, min, max, coefficient of variation (None when it is undefined:
+    one value, or a zero mean) and n, as a JSON-ready dict."""
+    s = summarise(values)
+    defined = s.runs > 1 and statistics.fmean(values) != 0
+    return {"median": s.median, "min": s.low, "max": s.high,
+            "cv": s.cv if defined else None, "n": s.runs}
