@@ -20,8 +20,9 @@ import pytest
 
 from pybpfmap import kernel as kernel_probe
 from pybpfmap.headers import ensure_headers, ensure_tracefs
+from pybpfmap.vm.guest import in_test_vm
 
-IN_TEST_VM = os.environ.get("PYBPFMAP_IN_TEST_VM") == "1"
+IN_TEST_VM = in_test_vm()
 
 
 @pytest.fixture(scope="session")

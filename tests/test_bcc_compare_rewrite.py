@@ -9,6 +9,7 @@ import pytest
 from pybpfmap import bpfsys
 from pybpfmap.bcc_compare.rewrite import find_hashes, no_prealloc
 from pybpfmap.errors import UsageError
+from pybpfmap.vm.guest import in_test_vm
 
 F = "BPF_F_NO_PREALLOC"
 
@@ -78,7 +79,7 @@ def _loaded(text: str) -> dict[str, tuple[int, int, int, int]]:
 
 
 @pytest.mark.root
-@pytest.mark.skipif(os.environ.get("PYBPFMAP_IN_TEST_VM") == "1",
+@pytest.mark.skipif(in_test_vm(),
                     reason="covered by the host run (BCC compiles slowly under TCG)")
 def test_rewritten_forms_load_with_flag_and_same_shape() -> None:
     """Kernel read-back: same key/value sizes and max_entries, map_flags 0 -> 1."""

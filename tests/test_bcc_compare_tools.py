@@ -15,13 +15,14 @@ from pybpfmap.bcc_compare import compare, report, run, tools, verify
 from pybpfmap.bcc_compare.run import Measurement, ToolRun
 from pybpfmap.cli import main
 from pybpfmap.errors import UsageError
+from pybpfmap.vm.guest import in_test_vm
 
 EXPECTED = {"shipped": 0, "noprealloc": bpfsys.F_NO_PREALLOC}
 SHORT = 0.3
 
 # In the test VM (TCG in CI: a tool start takes about a minute) only the kprobe
 # tools run; the others are covered by the host run of this file.
-host_run = pytest.mark.skipif(os.environ.get("PYBPFMAP_IN_TEST_VM") == "1",
+host_run = pytest.mark.skipif(in_test_vm(),
                               reason="covered by the host run; in the VM only kprobe tools run")
 
 

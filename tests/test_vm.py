@@ -19,7 +19,9 @@ pytestmark = pytest.mark.vm
 
 
 def _skip_reason() -> str | None:
-    if os.environ.get("PYBPFMAP_IN_VM") or os.environ.get("PYBPFMAP_IN_TEST_VM"):
+    from pybpfmap.vm.guest import in_test_vm
+
+    if in_test_vm():
         return "already inside the test VM"
     if os.geteuid() != 0:
         return "needs root (image cache in /var/cache/pybpfmap)"

@@ -59,17 +59,17 @@ def cpu_sets(counts: tuple[int, ...]) -> dict[int, list[int]]:
 
 def environment() -> dict:
     """Where the figures come from.  ``where`` is "vm" inside pybpfmap's test VM
-    (the runner exports PYBPFMAP_IN_VM=1), else "host" — which may itself be a
+    (:func:`pybpfmap.vm.guest.in_test_vm`), else "host" — which may itself be a
     virtual machine: ``virt`` says so.  ``accel`` (kvm or tcg) only in the test
     VM, from PYBPFMAP_ACCEL when the runner exports it: TCG figures are
     emulation figures, not hardware ones."""
     from pybpfmap.kernel import detect_vm
+    from pybpfmap.vm.guest import in_test_vm
 
-    in_test_vm = "1" in (os.environ.get("PYBPFMAP_IN_VM"), os.environ.get("PYBPFMAP_IN_TEST_VM"))
     in_vm, virt = detect_vm()
-    env = {"kernel": os.uname().release, "where": "vm" if in_test_vm else "host",
+    env = {"kernel": os.uname().release, "where": "vm" if in_test_vm() else "host",
            "virt": virt if in_vm else "none", "nproc": len(os.sched_getaffinity(0))}
-    if in_test_vm:
+    if in_test_vm():
         accel = os.environ.get("PYBPFMAP_ACCEL")
         if not accel:  # systemd-detect-virt says "qemu" under TCG, "kvm" under KVM
             accel = {"qemu": "tcg", "kvm": "kvm"}.get(virt, f"unknown ({virt})")

@@ -82,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
     # tracepoint variant and, where there are kprobes, the real one run here.
     local = args.in_guest or (args.kernel is None and (opts.tracepoints or k.kprobes))
     if local:
-        in_test_vm = os.environ.get("PYBPFMAP_IN_TEST_VM") == "1"
-        if not (k.in_vm or in_test_vm or args.force):
+        from pybpfmap.vm.guest import in_test_vm
+
+        if not (k.in_vm or in_test_vm() or args.force):
             raise EnvironmentProblem("--force", "this machine is not a VM: a kernel hang "
                                      "here loses your work; run with --kernel K to use the "
                                      "test VM, or pass --force")

@@ -99,7 +99,9 @@ def injected(what: str | None, opts: Options) -> Iterator[None]:
             helper.wait()
             os.kill(os.getpid(), signal.SIGCONT)
     elif what == "panic":
-        if os.environ.get("PYBPFMAP_IN_TEST_VM") != "1":
+        from pybpfmap.vm.guest import in_test_vm
+
+        if not in_test_vm():
             raise UsageError("--inject", "panic only inside the test VM "
                              "(PYBPFMAP_IN_TEST_VM=1)")
         with open("/proc/sys/kernel/sysrq", "w") as f:

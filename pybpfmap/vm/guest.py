@@ -19,6 +19,14 @@ import shlex
 PORT = "org.pybpfmap.ctl"
 TAG_CTL, TAG_REPO, TAG_RESULTS = "pybpfmap_ctl", "pybpfmap_repo", "pybpfmap_results"
 GUEST_RESULTS = "/run/pybpfmap/results"
+IN_TEST_VM = "PYBPFMAP_IN_TEST_VM"  # exported to CMD in the guest
+
+
+def in_test_vm() -> bool:
+    """True inside pybpfmap's test VM (the runner exports PYBPFMAP_IN_TEST_VM=1)."""
+    import os
+
+    return os.environ.get(IN_TEST_VM) == "1"
 
 INIT = r"""#!/bin/sh
 # pybpfmap guest init (run by /sbin/pybpfmap-init; proc, sys, dev, /run mounted).
@@ -83,7 +91,7 @@ def env_sh(repo: str, env: dict[str, str]) -> str:
         "PYTHONDONTWRITEBYTECODE": "1",  # the repo share is read-only
         "PYTEST_ADDOPTS": "-p no:cacheprovider",
         "PYBPFMAP_IN_VM": "1",
-        "PYBPFMAP_IN_TEST_VM": "1",  # the name tests/conftest.py and stress check
+        IN_TEST_VM: "1",  # see in_test_vm()
         "PYBPFMAP_RESULTS": GUEST_RESULTS,
         "PYBPFMAP_REPO": repo,
         "PYBPFMAP_PORT": PORT,
