@@ -51,7 +51,8 @@ def run_section(section: Section, out: Path) -> dict:
 
 def _collect(section: Section, folder: Path, stdout: str):
     if not section.json_files:
-        return _json_from_stdout(stdout)
+        # every command's --json puts only the JSON document on stdout
+        return json.loads(stdout) if stdout.strip() else None
     found = {}
     for name in section.json_files:
         path = folder / name
@@ -60,22 +61,6 @@ def _collect(section: Section, folder: Path, stdout: str):
     if len(section.json_files) == 1:
         return next(iter(found.values()), None)
     return found or None
-
-
-def _json_from_stdout(stdout: str):
-    """The JSON document a ``--json`` command printed; tolerates human lines
-    printed before it (the document starts at a line beginning with { or [)."""
-    if not stdout.strip():
-        return None
-    try:
-        return json.loads(stdout)
-    except ValueError:
-        pass
-    for n, line in enumerate(stdout.splitlines(keepends=True)):
-        if line.startswith(("{", "[")):
-            text = "".join(stdout.splitlines(keepends=True)[n:])
-            return json.JSONDecoder().raw_decode(text)[0]
-    raise ValueError("stdout holds no JSON document")
 
 
 def _last_error(stderr_path: Path) -> str | None:
