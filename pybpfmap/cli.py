@@ -38,13 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pybpfmap {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"pybpfmap.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"pybpfmap.commands.{name}":
-                continue  # command not written yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"pybpfmap.commands.{name}").register(sub)
     return parser
 
 
