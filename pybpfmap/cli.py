@@ -44,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    # The command line as typed, from the command's name on: what the VM relay
+    # passes on to the guest (pybpfmap.vm.relay.forwarded_argv).
+    args.argv = argv[argv.index(args.command):] if args.command in argv else [args.command]
     try:
         return int(args.func(args) or 0)
     except PybpfmapError as e:

@@ -10,15 +10,23 @@ from typing import Any, TextIO
 
 
 def print_json(data: Any, out: TextIO | None = None) -> None:
+    """``data`` (records, dataclasses, plain values) as one JSON document."""
+    from pybpfmap.records import to_json
+
     out = out or sys.stdout
-    json.dump(data, out, indent=2, sort_keys=False)
+    json.dump(to_json(data), out, indent=2, sort_keys=False)
     out.write("\n")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
           out: TextIO | None = None) -> None:
+    """Print :func:`text_table` to ``out`` (default stdout)."""
+    (out or sys.stdout).write(text_table(headers, rows))
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain left-aligned text table (numbers right-aligned)."""
-    out = out or sys.stdout
+    lines = []
     cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     numeric = [all(_is_number(r[i]) for r in rows if r[i] is not None) and rows
@@ -26,9 +34,24 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
     for n, row in enumerate(cells):
         parts = [c.rjust(w) if numeric[i] else c.ljust(w)
                  for i, (c, w) in enumerate(zip(row, widths, strict=True))]
-        out.write("  ".join(parts).rstrip() + "\n")
+        lines.append("  ".join(parts).rstrip())
         if n == 0:
-            out.write("  ".join("-" * w for w in widths) + "\n")
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table; None shows as an en dash, floats with 3 significant digits."""
+    def cell(v: Any) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _is_number(value: Any) -> bool:

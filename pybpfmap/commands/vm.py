@@ -1,4 +1,4 @@
-"""``pybpfmap vm build|run|box|splats``: the test VM (see :mod:`pybpfmap.vm`)."""
+"""``pybpfmap vm build|list|run|box|accel|splats``: the test VM (see :mod:`pybpfmap.vm`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,21 @@ import argparse
 import json
 import signal
 import sys
+import time
+
+from pybpfmap.commands.args import add_list
+from pybpfmap.vm import catalog
+
+
+def _kernel_option(parser: argparse.ArgumentParser, what: str, many: bool = True) -> None:
+    if many:
+        add_list(parser, "--kernel", dest="kernels", valid=catalog.CHOICES, metavar="K",
+                 expand={catalog.ALL: catalog.NAMES}, default=[catalog.DEFAULT],
+                 help=f"{what}: catalog kernels ({', '.join(catalog.NAMES)}) or "
+                      f"{catalog.ALL}; default {catalog.DEFAULT}")
+    else:
+        parser.add_argument("--kernel", default=catalog.DEFAULT, choices=catalog.NAMES,
+                            help=f"{what} (default {catalog.DEFAULT})")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,40 +33,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "124 timeout, 125 qemu lost or could not start; 1/2 pybpfmap errors.")
     sub = p.add_subparsers(dest="vm_command", metavar="VM_COMMAND", required=True)
 
-    b = sub.add_parser("build", help="build (or reuse) the cached image")
-    b.add_argument("--kernel", dest="kernels", action="append", choices=["bookworm", "trixie"],
-                   help="Debian suite whose kernel and userland the image has; repeatable "
-                        "(default: bookworm)")
-    b.add_argument("--json", action="store_true", help="print the image's facts as JSON")
+    b = sub.add_parser("build", help="build (or reuse) the cached images")
+    _kernel_option(b, "the images to build")
+    b.add_argument("--json", action="store_true", help="print the images' facts as JSON")
     b.set_defaults(func=cmd_build)
+
+    ls = sub.add_parser("list", help="the catalog kernels: release, era, built or not, size")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
 
     r = sub.add_parser("run", help="run CMD as root in a fresh guest",
                        description="Boot the image (read-only base, per-run overlay) and run "
                                    "CMD in the project tree; default CMD: python3 -m pytest.")
-    r.add_argument("--kernel", default="bookworm", choices=["bookworm", "trixie"])
+    _kernel_option(r, "boot these kernels in turn")
     r.add_argument("--cpus", type=int, default=2)
     r.add_argument("--memory", default="2G")
     r.add_argument("--timeout", type=float, default=1800, help="overall limit, seconds")
     r.add_argument("--hang-timeout", type=float, default=60,
-                   help="seconds without a guest heartbeat before the guest counts as hung")
-    r.add_argument("--boot-timeout", type=float, default=120,
-                   help="seconds allowed from qemu start to the first heartbeat")
+                   help="seconds without a heartbeat from one vCPU before the guest counts "
+                        "as hung")
+    r.add_argument("--boot-timeout", type=float, default=180,
+                   help="seconds allowed from qemu start to CMD's start")
     r.add_argument("--accel", choices=["kvm", "tcg", "tcg-mttcg"],
                    help="default: KVM if a cached probe boot showed it works, else tcg "
                         "(single-threaded)")
-    r.add_argument("--results", help="host folder for dmesg.txt, junit.xml, console.log, "
-                                     "result.json and files CMD writes to $PYBPFMAP_RESULTS")
+    r.add_argument("--results", help="host folder for stdout.txt, dmesg.txt, junit.xml, "
+                                     "console.log, result.json and files CMD writes to "
+                                     "$PYBPFMAP_RESULTS (one subfolder per kernel when there "
+                                     "are several)")
     r.add_argument("--allow-splat", action="append", default=[], metavar="REGEX",
                    help="dmesg lines matching REGEX are not splats (repeatable)")
-    r.add_argument("--quiet", action="store_true", help="do not stream the guest console")
-    r.add_argument("--json", action="store_true", help="print the result as JSON at the end")
+    r.add_argument("--quiet", action="store_true",
+                   help="do not stream the guest console (CMD's stdout is still shown)")
+    r.add_argument("--json", action="store_true",
+                   help="print the runner's result as JSON on stdout (CMD's own stdout then "
+                        "stays in stdout.txt)")
     r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     r.set_defaults(func=cmd_run)
 
     x = sub.add_parser("box", help="package the image as a local Vagrant libvirt box")
-    x.add_argument("--kernel", default="bookworm", choices=["bookworm", "trixie"])
+    _kernel_option(x, "the image to package", many=False)
     x.add_argument("--output", default="pybpfmap.box", help="box file to write")
     x.set_defaults(func=cmd_box)
+
+    a = sub.add_parser("accel", help="print kvm or tcg: the accelerator `vm run` would use",
+                       description="Prints kvm or tcg on stdout and why on stderr: KVM only "
+                                   "if a (cached) boot probe of the --kernel image under KVM "
+                                   "passed; PYBPFMAP_VM_ACCEL overrides.  The Vagrantfile "
+                                   "picks its libvirt domain type with it.")
+    a.add_argument("--kernel", default="bookworm", help="whose cached image the probe boots")
+    a.set_defaults(func=cmd_accel)
 
     s = sub.add_parser("splats", help="check dmesg text (a file or -) for kernel splats",
                        description="Exit 0 if clean, 121 if any unallowed splat is found.")
@@ -62,17 +93,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from pybpfmap.output import print_json
     from pybpfmap.vm import ensure_image
 
-    all_facts = []
-    for kernel in args.kernels or ["bookworm"]:
-        img = ensure_image(kernel)
-        all_facts.append({"suite": img.suite, "kernel_release": img.release,
-                          "path": str(img.path), "disk": str(img.disk), "key": img.key})
+    facts = []
+    t0 = time.monotonic()
+    for n, name in enumerate(args.kernels, 1):
+        print(f"pybpfmap vm: [{n}/{len(args.kernels)}] {name}", file=sys.stderr, flush=True)
+        img = ensure_image(name)
+        facts.append(img.facts() | {"path": str(img.path)})
         if not args.json:
-            print(f"{img.suite}: kernel {img.release}, image {img.path}")
+            print(f"{name}: kernel {img.release}, image {img.path}")
+    print(f"pybpfmap vm: {len(facts)} image(s) ready in {time.monotonic() - t0:.0f} s",
+          file=sys.stderr)
     if args.json:
-        print(json.dumps(all_facts[0] if len(all_facts) == 1 else all_facts, indent=2))
+        print_json(facts)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from pybpfmap import era
+    from pybpfmap.output import human_bytes, print_json, table
+    from pybpfmap.vm.image import find_image, image_size
+
+    rows = []
+    for k in catalog.KERNELS:
+        img = find_image(k.name)
+        release = img.release if img else None
+        rows.append({"name": k.name, "userspace": k.userspace, "series": k.series,
+                     "release": release,
+                     "era": era.era_of(release or f"{k.series}.0").name,
+                     "built": img is not None, "image": str(img.path) if img else None,
+                     "size": image_size(img) if img else None, "summary": k.summary})
+    if args.json:
+        print_json(rows)
+        return 0
+    table(["name", "userspace", "release", "era", "built", "size", "what"],
+          [[r["name"], r["userspace"], r["release"] or f"{r['series']}.x (not built)",
+            r["era"], "yes" if r["built"] else "no", human_bytes(r["size"]), r["summary"]]
+           for r in rows])
     return 0
 
 
@@ -81,31 +140,41 @@ def _sigterm(signum: int, frame: object) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pybpfmap.vm import run_in_vm
+    from pybpfmap.output import print_json
+    from pybpfmap.vm import Accel, Streams, default_results_dir, run_in_vm
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     signal.signal(signal.SIGTERM, _sigterm)
-    r = run_in_vm(cmd or None, kernel=args.kernel, cpus=args.cpus, memory=args.memory,
-                  timeout=args.timeout, hang_timeout=args.hang_timeout,
-                  boot_timeout=args.boot_timeout, results_dir=args.results,
-                  # with --json, stdout carries only the JSON: the console goes to stderr
-                  stream=False if args.quiet else (sys.stderr if args.json else True),
-                  accel=args.accel,
-                  allow_splats=tuple(args.allow_splat))
-    from pybpfmap.vm.splats import format_splats
-
     err = sys.stderr
-    print(f"pybpfmap vm: {r.outcome}: {r.message} [kernel {r.kernel_release}, accel {r.accel}, "
-          f"boot-to-CMD {r.boot_seconds} s, total {r.seconds} s, exit status {r.status}]",
-          file=err)
-    if r.splats:
-        print(format_splats(r.splats), file=err)
-    if r.evidence:
-        print(r.evidence, file=err)
-    print(f"pybpfmap vm: results in {r.results_dir}", file=err)
+    # With --json our stdout carries only the runner's JSON: CMD's stays in stdout.txt.
+    streams = Streams(None if args.json else sys.stdout, None if args.quiet else err)
+    results = []
+    for kernel in args.kernels:
+        if args.results is None:
+            folder = default_results_dir("vm", kernel)
+        else:
+            from pathlib import Path
+
+            folder = Path(args.results) / kernel if len(args.kernels) > 1 \
+                else Path(args.results)
+        r = run_in_vm(cmd or None, kernel=kernel, cpus=args.cpus, memory=args.memory,
+                      timeout=args.timeout, hang_timeout=args.hang_timeout,
+                      boot_timeout=args.boot_timeout, results_dir=folder, streams=streams,
+                      accel=Accel.parse(args.accel, "--accel") if args.accel else None,
+                      allow_splats=tuple(args.allow_splat))
+        from pybpfmap.vm.splats import format_splats
+
+        print(f"pybpfmap vm: {r.summary()}", file=err)
+        if r.splats:
+            print(format_splats(r.splats), file=err)
+        if r.evidence:
+            print(r.evidence_text(), file=err)
+        print(f"pybpfmap vm: results in {r.results_dir}", file=err)
+        results.append(r)
     if args.json:
-        print(json.dumps(r.to_dict(), indent=2))
-    return r.status
+        print_json([r.to_json() for r in results] if len(results) > 1 else results[0].to_json())
+    # The worst outcome decides: the first run that did not pass.
+    return next((r.status for r in results if r.status), 0)
 
 
 def cmd_box(args: argparse.Namespace) -> int:
@@ -113,6 +182,29 @@ def cmd_box(args: argparse.Namespace) -> int:
 
     path = make_box(args.kernel, args.output)
     print(f"box written: {path}\n  vagrant box add --name pybpfmap {path}")
+    return 0
+
+
+def cmd_accel(args: argparse.Namespace) -> int:
+    import os
+
+    from pybpfmap.errors import EnvironmentProblem
+    from pybpfmap.vm.accel import choose_accel
+    from pybpfmap.vm.image import find_image
+
+    image = find_image(args.kernel)
+    # choose_accel returns a PYBPFMAP_VM_ACCEL override before it needs the image.
+    if image is None and not os.environ.get("PYBPFMAP_VM_ACCEL"):
+        raise EnvironmentProblem(args.kernel, "no cached image to run the KVM boot probe "
+                                 f"with (pybpfmap vm build --kernel {args.kernel})")
+    try:
+        accel, why = choose_accel(image)
+    except OSError as e:
+        raise EnvironmentProblem("KVM boot probe", f"{e}; run `pybpfmap vm accel` once "
+                                 "as root to record it") from e
+    accel = getattr(accel, "value", accel)  # an Accel enum or its string
+    print("kvm" if accel == "kvm" else "tcg")
+    print(f"pybpfmap vm accel: {accel}: {why}", file=sys.stderr)
     return 0
 
 

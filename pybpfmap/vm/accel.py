@@ -17,8 +17,10 @@ import tempfile
 from pathlib import Path
 
 from pybpfmap.vm.image import Image, cache_root
+from pybpfmap.vm.qemu import Accel
 
 PROBE_BOOT_TIMEOUT = 25.0
+OVERRIDE = "PYBPFMAP_VM_ACCEL"
 
 
 def _probe_key(image: Image) -> str:
@@ -38,14 +40,15 @@ def kvm_usable() -> tuple[bool, str]:
 
 
 def choose_accel(image: Image, log=lambda m: print(f"pybpfmap vm: {m}", file=sys.stderr)
-                 ) -> tuple[str, str]:
-    """``(accel, why)``: "kvm" or "tcg", probing KVM with one boot the first time."""
-    forced = os.environ.get("PYBPFMAP_VM_ACCEL")
+                 ) -> tuple[Accel, str]:
+    """``(accel, why)``: KVM or TCG, probing KVM with one boot the first time;
+    ``$PYBPFMAP_VM_ACCEL`` overrides (an unknown value is a usage error)."""
+    forced = os.environ.get(OVERRIDE)
     if forced:
-        return forced, "PYBPFMAP_VM_ACCEL"
+        return Accel.parse(forced), OVERRIDE
     ok, why = kvm_usable()
     if not ok:
-        return "tcg", why
+        return Accel.TCG, why
     cache = cache_root() / "accel.json"
     key = _probe_key(image)
     try:
@@ -53,27 +56,28 @@ def choose_accel(image: Image, log=lambda m: print(f"pybpfmap vm: {m}", file=sys
     except (OSError, ValueError):
         known = {}
     if key not in known:
-        log(f"probing whether KVM boots the {image.suite} kernel (once; "
+        log(f"probing whether KVM boots the {image.name} kernel (once; "
             f"up to {PROBE_BOOT_TIMEOUT:.0f} s) ...")
         known[key] = _probe(image)
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(known, indent=2) + "\n")
     verdict = known[key]
     if verdict["kvm_boots"]:
-        return "kvm", f"KVM boot probe passed ({cache})"
-    return "tcg", f"KVM cannot boot a stock kernel here: {verdict['detail']} (cached in {cache})"
+        return Accel.KVM, f"KVM boot probe passed ({cache})"
+    return Accel.TCG, (f"KVM cannot boot a stock kernel here: {verdict['detail']} "
+                       f"(cached in {cache})")
 
 
 def _probe(image: Image) -> dict:
-    from pybpfmap.vm.runner import boot
+    from pybpfmap.vm.runner import Outcome, boot
 
     with tempfile.TemporaryDirectory(prefix="accel-probe-") as tmp:
-        r = boot(image, ["true"], accel="kvm", cpus=1, memory="512M", timeout=60,
+        r = boot(image, ["true"], accel=Accel.KVM, cpus=1, memory="512M", timeout=60,
                  hang_timeout=PROBE_BOOT_TIMEOUT, boot_timeout=PROBE_BOOT_TIMEOUT,
-                 results_dir=Path(tmp), stream=None)
+                 results_dir=Path(tmp))
         tail = r.console_path.read_text(errors="replace").strip().splitlines()[-1:] \
             if r.console_path.exists() else []
-    if r.outcome == "passed":
+    if r.outcome is Outcome.PASSED:
         return {"kvm_boots": True, "detail": f"booted in {r.boot_seconds} s"}
     last = f"; last console line: {tail[0]!r}" if tail else "; no console output"
-    return {"kvm_boots": False, "detail": f"probe boot {r.outcome}{last}"}
+    return {"kvm_boots": False, "detail": f"probe boot {r.outcome.label}{last}"}

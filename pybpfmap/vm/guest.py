@@ -2,31 +2,82 @@
 
 The image's stub ``/sbin/pybpfmap-init`` mounts the per-run control share and
 runs :data:`INIT` from it, so this script can change without rebuilding the
-image.  It talks to the host over one virtio-serial port (``PORT``), one line
-per message::
+image.  It talks to the host over two virtio-serial ports:
 
-    hb <uptime>        every second, from a background loop (the heartbeat)
+``CTL_PORT``, one line per message::
+
+    hb <cpu> <uptime>  every second from each vCPU: one heartbeat loop pinned
+                       to every online CPU, so that one CPU locked up with
+                       interrupts off is noticed while the others live on
     start <release>    CMD is about to run on kernel <release>
     exit <status>      CMD finished with <status>; dmesg is in the results dir
 
-CMD's output goes to the serial console, which the host streams.
+``OUT_PORT`` carries CMD's standard output and nothing else (as virtme-ng
+does), so a command's ``--json`` document reaches the host intact; the host
+keeps it as ``stdout.txt`` in the results folder.  CMD's standard error and
+the kernel's messages go to the serial console (``console.log``).
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 
-PORT = "org.pybpfmap.ctl"
+CTL_PORT = "org.pybpfmap.ctl"
+OUT_PORT = "org.pybpfmap.stdout"
 TAG_CTL, TAG_REPO, TAG_RESULTS = "pybpfmap_ctl", "pybpfmap_repo", "pybpfmap_results"
 GUEST_RESULTS = "/run/pybpfmap/results"
-IN_TEST_VM = "PYBPFMAP_IN_TEST_VM"  # exported to CMD in the guest
+# Exported to CMD in the guest: that it runs in pybpfmap's test VM, which
+# catalog kernel it is, and how qemu runs it (TCG figures are emulation).
+ENV_KERNEL = "PYBPFMAP_GUEST_KERNEL"
+ENV_ACCEL = "PYBPFMAP_GUEST_ACCEL"
 
 
 def in_test_vm() -> bool:
-    """True inside pybpfmap's test VM (the runner exports PYBPFMAP_IN_TEST_VM=1)."""
-    import os
+    """True inside pybpfmap's test VM (the runner exports the catalog kernel's name)."""
+    return bool(os.environ.get(ENV_KERNEL))
 
-    return os.environ.get(IN_TEST_VM) == "1"
+
+def guest_kernel() -> str | None:
+    """The catalog name of the test-VM kernel we run on, None outside the VM."""
+    return os.environ.get(ENV_KERNEL) or None
+
+
+def guest_accel() -> str | None:
+    """``kvm`` or ``tcg`` inside the test VM (from the runner), None outside."""
+    return os.environ.get(ENV_ACCEL) or None
+
+
+MARK = "pybpfmap-mark:"
+
+
+def mark(event: str, *args: str) -> None:
+    """Tell the host, through the console, that ``event`` happened now (with the
+    guest's uptime): progress the host can read even when the guest then hangs
+    and never prints its result.  Nothing outside the test VM."""
+    if not in_test_vm():
+        return
+    import sys
+
+    with open("/proc/uptime") as f:
+        up = f.read().split()[0]
+    print(f"{MARK} {event} {' '.join(args)} uptime={up}".replace("  ", " "), file=sys.stderr,
+          flush=True)
+
+
+def marks(console: str) -> list[tuple[str, list[str], float]]:
+    """(event, args, guest uptime) of every :func:`mark` in console text, in order."""
+    out = []
+    for line in console.splitlines():
+        _, found, rest = line.partition(MARK)
+        if not found:
+            continue
+        *words, up = rest.split()
+        if not up.startswith("uptime=") or not words:
+            continue
+        out.append((words[0], words[1:], float(up.removeprefix("uptime="))))
+    return out
+
 
 INIT = r"""#!/bin/sh
 # pybpfmap guest init (run by /sbin/pybpfmap-init; proc, sys, dev, /run mounted).
@@ -45,34 +96,44 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 hostname pybpfmap-vm
 ip link set lo up 2>/dev/null
 modprobe -q virtio_console
-port=
-i=0
-while [ -z "$port" ] && [ $i -lt 100 ]; do  # ports appear asynchronously after modprobe
-    for n in /sys/class/virtio-ports/*/name; do
-        d=${n%/name}
-        [ "$(cat "$n" 2>/dev/null)" = "$PYBPFMAP_PORT" ] && [ -e "/dev/${d##*/}" ] \
-            && port=/dev/${d##*/}
+port() {  # /dev node of the virtio-serial port named $1 (ports appear asynchronously)
+    i=0
+    while [ $i -lt 100 ]; do
+        for n in /sys/class/virtio-ports/*/name; do
+            d=${n%/name}
+            if [ "$(cat "$n" 2>/dev/null)" = "$1" ] && [ -e "/dev/${d##*/}" ]; then
+                echo "/dev/${d##*/}"
+                return 0
+            fi
+        done
+        sleep 0.1
+        i=$((i + 1))
     done
-    [ -n "$port" ] || sleep 0.1
-    i=$((i + 1))
-done
-if [ -z "$port" ] || ! exec 3>"$port"; then say "no virtio-serial port $PYBPFMAP_PORT"; off; fi
+    return 1
+}
+ctl=$(port "$PYBPFMAP_CTL_PORT") && exec 3>"$ctl" || { say "no port $PYBPFMAP_CTL_PORT"; off; }
+out=$(port "$PYBPFMAP_OUT_PORT") && exec 4>"$out" || { say "no port $PYBPFMAP_OUT_PORT"; off; }
 o9p="trans=virtio,version=9p2000.L,msize=262144"
 mkdir -p "$PYBPFMAP_REPO" "$PYBPFMAP_RESULTS"
 mount -t 9p -o "$o9p,ro,cache=loose" "$PYBPFMAP_TAG_REPO" "$PYBPFMAP_REPO" \
     || say "cannot mount repo"
 mount -t 9p -o "$o9p" "$PYBPFMAP_TAG_RESULTS" "$PYBPFMAP_RESULTS" || say "cannot mount results"
-( while :; do read -r up _ </proc/uptime; echo "hb $up" >&3; sleep 1; done ) &
-hb=$!
+hbs=
+beat='while :; do read -r up _ </proc/uptime; echo "hb $1 $up"; sleep 1; done'
+for cpu in $(seq 0 $(($(nproc --all) - 1))); do
+    taskset -c "$cpu" sh -c "$beat" hb "$cpu" >&3 4>&- &
+    hbs="$hbs $!"
+done
 # Symbols for vCPU RIPs if we hang; the host caches them per image (nokaslr: stable).
 [ -n "${PYBPFMAP_DUMP_KALLSYMS:-}" ] && cat /proc/kallsyms >"$PYBPFMAP_RESULTS/.kallsyms"
 echo "start $(uname -r)" >&3
 cd "$PYBPFMAP_REPO" || cd /
-sh /run/pybpfmap/ctl/cmd.sh </dev/null 3>&- >/dev/console 2>&1
+sh /run/pybpfmap/ctl/cmd.sh </dev/null >&4 2>/dev/console 3>&- 4>&-
 rc=$?
+exec 4>&-
 dmesg >"$PYBPFMAP_RESULTS/dmesg.txt" 2>&1
 sync
-kill $hb 2>/dev/null
+kill $hbs 2>/dev/null
 echo "exit $rc" >&3
 exec 3>&-
 umount "$PYBPFMAP_RESULTS" 2>/dev/null
@@ -80,7 +141,7 @@ off
 """
 
 
-def env_sh(repo: str, env: dict[str, str]) -> str:
+def env_sh(repo: str, kernel: str, accel: str, env: dict[str, str]) -> str:
     """``env.sh`` sourced by :data:`INIT`: the share tags, paths and CMD's environment."""
     base = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -89,12 +150,14 @@ def env_sh(repo: str, env: dict[str, str]) -> str:
         "TERM": "dumb",
         "PYTHONPATH": repo,
         "PYTHONDONTWRITEBYTECODE": "1",  # the repo share is read-only
+        "PYTHONUNBUFFERED": "1",         # progress lines reach the console as they happen
         "PYTEST_ADDOPTS": "-p no:cacheprovider",
-        "PYBPFMAP_IN_VM": "1",
-        IN_TEST_VM: "1",  # see in_test_vm()
+        ENV_KERNEL: kernel,
+        ENV_ACCEL: accel,
         "PYBPFMAP_RESULTS": GUEST_RESULTS,
         "PYBPFMAP_REPO": repo,
-        "PYBPFMAP_PORT": PORT,
+        "PYBPFMAP_CTL_PORT": CTL_PORT,
+        "PYBPFMAP_OUT_PORT": OUT_PORT,
         "PYBPFMAP_TAG_REPO": TAG_REPO,
         "PYBPFMAP_TAG_RESULTS": TAG_RESULTS,
     }

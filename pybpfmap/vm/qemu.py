@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import enum
 import json
 import signal
 import socket
@@ -19,7 +20,29 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pybpfmap.vm.guest import PORT, TAG_CTL, TAG_REPO, TAG_RESULTS
+from pybpfmap.errors import UsageError
+from pybpfmap.vm.guest import CTL_PORT, OUT_PORT, TAG_CTL, TAG_REPO, TAG_RESULTS
+
+
+class Accel(enum.Enum):
+    """How qemu runs the guest's CPUs."""
+
+    KVM = "kvm"
+    TCG = "tcg"              # single-threaded TCG: one host thread runs every vCPU
+    TCG_MTTCG = "tcg-mttcg"  # multi-threaded TCG
+
+    @property
+    def emulated(self) -> bool:
+        """Figures measured under TCG are emulation figures, not hardware ones."""
+        return self is not Accel.KVM
+
+    @classmethod
+    def parse(cls, text: str, param: str = "PYBPFMAP_VM_ACCEL") -> Accel:
+        try:
+            return cls(text)
+        except ValueError:
+            raise UsageError(param, f"unknown accelerator {text!r}; choose from "
+                             f"{', '.join(a.value for a in cls)}") from None
 
 
 @dataclass
@@ -32,8 +55,8 @@ class QemuConfig:
     ctl_dir: Path
     repo: Path
     results: Path
-    run_dir: Path  # console.log, ctl.log, qemu.log, qmp.sock live here
-    accel: str = "tcg"  # "kvm", "tcg" (single-threaded) or "tcg-mttcg"
+    run_dir: Path  # console.log, ctl.log, stdout.txt, qemu.log, qmp.sock live here
+    accel: Accel = Accel.TCG
     cpus: int = 2
     memory: str = "2G"
     cmdline_extra: str = ""
@@ -45,6 +68,11 @@ class QemuConfig:
     @property
     def ctl_log(self) -> Path:
         return self.run_dir / "ctl.log"
+
+    @property
+    def stdout_log(self) -> Path:
+        """CMD's standard output (the guest's OUT_PORT)."""
+        return self.run_dir / "stdout.txt"
 
     @property
     def qemu_log(self) -> Path:
@@ -63,10 +91,10 @@ def kernel_cmdline(extra: str = "") -> str:
             f"8250.nr_uarts=1 {extra}").strip()
 
 
-def accel_args(accel: str) -> list[str]:
-    if accel == "kvm":
+def accel_args(accel: Accel) -> list[str]:
+    if accel is Accel.KVM:
         return ["-accel", "kvm", "-cpu", "host"]
-    if accel == "tcg-mttcg":
+    if accel is Accel.TCG_MTTCG:
         return ["-accel", "tcg,thread=multi", "-cpu", "max"]
     # Single-threaded TCG: one host thread runs all vCPUs round-robin.  Slower
     # for parallel work but immune to the multi-threaded-TCG hang seen here.
@@ -91,7 +119,9 @@ def qemu_argv(c: QemuConfig) -> list[str]:
         "-chardev", f"file,id=con,path={c.console_log}", "-serial", "chardev:con",
         "-device", "virtio-serial-pci",
         "-chardev", f"file,id=ctl,path={c.ctl_log}",
-        "-device", f"virtserialport,chardev=ctl,name={PORT}",
+        "-device", f"virtserialport,chardev=ctl,name={CTL_PORT}",
+        "-chardev", f"file,id=out,path={c.stdout_log}",
+        "-device", f"virtserialport,chardev=out,name={OUT_PORT}",
         "-qmp", f"unix:{c.qmp_sock},server=on,wait=off",
     ]
 
@@ -104,7 +134,7 @@ def _die_with_parent() -> None:
 @contextlib.contextmanager
 def qemu_process(c: QemuConfig) -> Iterator[subprocess.Popen]:
     """Run qemu for ``c``; on exit from the block it is killed and reaped."""
-    for f in (c.console_log, c.ctl_log):
+    for f in (c.console_log, c.ctl_log, c.stdout_log):
         f.write_bytes(b"")
     with open(c.qemu_log, "wb") as log:
         proc = subprocess.Popen(qemu_argv(c), stdin=subprocess.DEVNULL, stdout=log,
@@ -122,8 +152,11 @@ class QmpTimeout(Exception):
     """qemu did not answer its monitor in time (qemu itself is stuck)."""
 
 
-def qmp_hmp(sock: Path, command: str, timeout: float = 5.0) -> str:
-    """Run an HMP ``command`` through QMP's human-monitor-command; its text output."""
+def qmp_hmp(sock: Path, command: str, timeout: float = 5.0, cpu_index: int | None = None
+            ) -> str:
+    """Run an HMP ``command`` through QMP's human-monitor-command (on vCPU
+    ``cpu_index`` for commands such as ``x`` that read through a CPU's page
+    tables); its text output."""
     deadline = time.monotonic() + timeout
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
@@ -147,8 +180,10 @@ def qmp_hmp(sock: Path, command: str, timeout: float = 5.0) -> str:
 
             call(None)  # greeting
             call({"execute": "qmp_capabilities"})
-            reply = call({"execute": "human-monitor-command",
-                          "arguments": {"command-line": command}})
+            args: dict = {"command-line": command}
+            if cpu_index is not None:
+                args["cpu-index"] = cpu_index
+            reply = call({"execute": "human-monitor-command", "arguments": args})
         except TimeoutError as e:
             raise QmpTimeout(f"no answer in {timeout:.0f} s") from e
         except OSError as e:

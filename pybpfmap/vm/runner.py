@@ -1,6 +1,6 @@
 """Boot the image, run one command in it, and tell the outcomes apart.
 
-Outcomes and the CLI's exit status for each (``VmResult.status``):
+Outcomes and the CLI's exit status for each (:class:`Outcome`):
 
 =========  ===========  =====================================================
 outcome    status       meaning
@@ -9,8 +9,9 @@ passed     0            CMD exited 0 and dmesg has no unallowed splat
 failed     CMD's status CMD exited non-zero (splats, if any, are reported too)
 splat      121          CMD exited 0 but dmesg has a splat (WARN, BUG, lockdep...)
 panic      122          the guest kernel panicked
-hung       123          the heartbeat stopped for ``hang_timeout`` s (or none
-                        arrived within ``boot_timeout`` s); vCPU evidence given
+hung       123          a vCPU's heartbeat stopped for ``hang_timeout`` s while
+                        the others went on (one CPU locked up), or every one did,
+                        or none arrived within ``boot_timeout`` s; vCPU evidence
 timeout    124          CMD still running after ``timeout`` s
 lost       125          qemu exited without a status and without a panic
 =========  ===========  =====================================================
@@ -19,6 +20,7 @@ lost       125          qemu exited without a status and without a panic
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import shutil
@@ -26,21 +28,50 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from pybpfmap.errors import PybpfmapError
 from pybpfmap.vm import guest, splats
 from pybpfmap.vm.image import Image, cache_root
-from pybpfmap.vm.qemu import QemuConfig, qemu_process
-from pybpfmap.vm.watchdog import collect_evidence
+from pybpfmap.vm.qemu import Accel, QemuConfig, qemu_process
+from pybpfmap.vm.watchdog import Evidence, collect_evidence
 
-EXIT_SPLAT, EXIT_PANIC, EXIT_HUNG, EXIT_TIMEOUT, EXIT_LOST = 121, 122, 123, 124, 125
 REPO = Path(__file__).resolve().parents[2]
 # Guest dmesg lines excused in every VM run: pybpfmap's own negative-control
 # test (`pybpfmap stress --inject splat`) writes this fake WARN on purpose.
 RUN_ALLOW = (r"at pybpfmap-negative-control: injected by",)
+HANG_TIMEOUT = 60.0     # seconds without a vCPU's heartbeat before the guest is hung
+POWEROFF_GRACE = 15.0   # CMD done, but poweroff got stuck: not CMD's fault
+# Console reports worth quoting as evidence of a hang.
+LOCKUP_KINDS = ("soft_lockup", "hard_lockup", "rcu_stall", "hung_task")
+
+
+class Outcome(enum.Enum):
+    """How one VM run ended; ``status`` is the exit status the CLI uses."""
+
+    PASSED = ("passed", 0, True)
+    FAILED = ("failed", None, True)     # CMD's own non-zero status
+    SPLAT = ("splat", 121, True)
+    PANIC = ("panic", 122, False)
+    HUNG = ("hung", 123, False)
+    TIMEOUT = ("timeout", 124, False)
+    LOST = ("lost", 125, False)
+
+    def __init__(self, label: str, status: int | None, finished: bool):
+        self.label = label
+        self.fixed_status = status
+        self.finished = finished  # CMD ran to its end (its output is complete)
+
+    @classmethod
+    def from_label(cls, label: str) -> Outcome:
+        return next(o for o in cls if o.label == label)
+
+
+EXIT_SPLAT, EXIT_PANIC, EXIT_HUNG, EXIT_TIMEOUT, EXIT_LOST = (
+    Outcome.SPLAT.fixed_status, Outcome.PANIC.fixed_status, Outcome.HUNG.fixed_status,
+    Outcome.TIMEOUT.fixed_status, Outcome.LOST.fixed_status)
 
 
 class VmError(PybpfmapError):
@@ -52,26 +83,64 @@ class VmError(PybpfmapError):
 
 @dataclass
 class VmResult:
-    """What happened in one run; ``status`` is the exit status the CLI uses."""
+    """What happened in one run."""
 
-    outcome: str
-    status: int
+    outcome: Outcome
     message: str
     exit_code: int | None
-    accel: str
-    kernel_release: str | None
+    accel: Accel
+    kernel: str                  # the catalog kernel booted
+    kernel_release: str | None   # the guest's uname -r
     results_dir: Path
-    dmesg_path: Path | None
-    console_path: Path
     splats: list[splats.Splat] = field(default_factory=list)
-    evidence: str = ""
+    evidence: Evidence | None = None
     boot_seconds: float | None = None
     seconds: float = 0.0
+    started_at: float | None = None   # guest uptime when CMD started
+    last_heartbeat: dict[int, float] = field(default_factory=dict)  # cpu -> guest uptime
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        for k in ("results_dir", "dmesg_path", "console_path"):
-            d[k] = str(d[k]) if d[k] is not None else None
+    @property
+    def status(self) -> int:
+        if self.outcome is Outcome.FAILED:
+            return self.exit_code or 1
+        return self.outcome.fixed_status or 0
+
+    @property
+    def dmesg_path(self) -> Path | None:
+        path = self.results_dir / "dmesg.txt"
+        return path if path.is_file() else None
+
+    @property
+    def console_path(self) -> Path:
+        return self.results_dir / "console.log"
+
+    @property
+    def stdout_path(self) -> Path:
+        """CMD's standard output, as the guest wrote it to its own port."""
+        return self.results_dir / "stdout.txt"
+
+    def stdout(self) -> str:
+        try:
+            return self.stdout_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def evidence_text(self) -> str:
+        return self.evidence.text() if self.evidence else ""
+
+    def summary(self) -> str:
+        """One line: outcome, message, kernel, accelerator, times, exit status."""
+        return (f"{self.outcome.label}: {self.message} [{self.kernel} kernel "
+                f"{self.kernel_release}, accel {self.accel.value}, boot-to-CMD "
+                f"{self.boot_seconds} s, total {self.seconds} s, exit status {self.status}]")
+
+    def to_json(self) -> dict:
+        from pybpfmap.records import to_json
+
+        d = to_json(self)
+        d["outcome"] = self.outcome.label
+        d["status"] = self.status
+        d["evidence_text"] = self.evidence_text()
         return d
 
 
@@ -127,10 +196,19 @@ def _remove_orphans(runs: Path) -> None:
             continue
 
 
-def boot(image: Image, cmd: list[str], *, accel: str, cpus: int, memory: str,
+@dataclass
+class Streams:
+    """Where the live guest output goes: CMD's stdout, and the console
+    (kernel messages and CMD's stderr); None drops it."""
+
+    stdout: TextIO | None = None
+    console: TextIO | None = None
+
+
+def boot(image: Image, cmd: list[str], *, accel: Accel, cpus: int, memory: str,
          timeout: float, hang_timeout: float, boot_timeout: float, results_dir: Path,
          repo: Path = REPO, env: dict[str, str] | None = None, allow: tuple[str, ...] = (),
-         stream: TextIO | None = sys.stdout) -> VmResult:
+         streams: Streams | None = None) -> VmResult:
     """One boot of ``image`` running ``cmd``; see :func:`pybpfmap.vm.run_in_vm`."""
     if not shutil.which("qemu-system-x86_64"):
         raise VmError("qemu-system-x86_64", "not installed (vagrant/provision.sh --host)")
@@ -145,121 +223,165 @@ def boot(image: Image, cmd: list[str], *, accel: str, cpus: int, memory: str,
         ctl.mkdir()
         (ctl / "init.sh").write_text(guest.INIT)
         env = dict(env or {})
-        if not (image.path / "kallsyms").is_file():
+        if not image.kallsyms.is_file():
             env["PYBPFMAP_DUMP_KALLSYMS"] = "1"  # once per image; ~10 s under TCG
-        (ctl / "env.sh").write_text(guest.env_sh(str(repo), env))
+        (ctl / "env.sh").write_text(guest.env_sh(str(repo), image.name, accel.value, env))
         (ctl / "cmd.sh").write_text(guest.cmd_sh(cmd))
         cfg = QemuConfig(kernel=image.kernel, initrd=image.initrd,
                          disk=_overlay(image.disk, run_dir), ctl_dir=ctl, repo=repo,
                          results=results_dir, run_dir=run_dir, accel=accel, cpus=cpus,
                          memory=memory)
         try:
-            return _watch(cfg, image, timeout, hang_timeout, boot_timeout, allow, stream)
+            return _Watch(cfg, image, timeout, hang_timeout, boot_timeout, allow,
+                          streams or Streams()).run()
         finally:
-            _cache_kallsyms(results_dir / ".kallsyms", image.path / "kallsyms")
-            for name in ("console.log", "qemu.log", "ctl.log"):
+            _cache_kallsyms(results_dir / ".kallsyms", image.kallsyms)
+            for name in ("console.log", "qemu.log", "ctl.log", "stdout.txt"):
                 with contextlib.suppress(OSError):
                     shutil.copy(run_dir / name, results_dir / name)
 
 
-def _watch(cfg: QemuConfig, image: Image, timeout: float, hang_timeout: float,
-           boot_timeout: float, allow: tuple[str, ...], stream: TextIO | None) -> VmResult:
-    console, ctl = _Tail(cfg.console_log), _Tail(cfg.ctl_log)
-    console_text, ctl_buf = [], ""
-    release = exit_code = boot_s = None
-    last_hb: float | None = None
-    outcome, evidence = None, ""
-    t0 = time.monotonic()
-    with qemu_process(cfg) as proc:
-        while True:
-            text = console.read()
-            if text:
-                console_text.append(text)
-                if stream:
-                    stream.write(text)
-                    stream.flush()
-            ctl_buf += ctl.read()
-            while "\n" in ctl_buf:
-                line, ctl_buf = ctl_buf.split("\n", 1)
-                word, _, arg = line.strip().partition(" ")
-                if word == "hb":
-                    last_hb = time.monotonic()
-                elif word == "start":
-                    release, boot_s = arg, time.monotonic() - t0
-                    last_hb = time.monotonic()
-                elif word == "exit":
-                    exit_code = int(arg)
-                    exited_at = time.monotonic()
-            if proc.poll() is not None:
-                break
+class _Watch:
+    """The loop that follows one run: streams output, reads the control port,
+    and decides when the guest is hung or the run has timed out."""
+
+    def __init__(self, cfg: QemuConfig, image: Image, timeout: float, hang_timeout: float,
+                 boot_timeout: float, allow: tuple[str, ...], streams: Streams):
+        self.cfg, self.image, self.streams = cfg, image, streams
+        self.timeout, self.hang_timeout, self.boot_timeout = timeout, hang_timeout, boot_timeout
+        self.allow = (*RUN_ALLOW, *allow)
+        self.console, self.out, self.ctl = (_Tail(cfg.console_log), _Tail(cfg.stdout_log),
+                                            _Tail(cfg.ctl_log))
+        self.console_text: list[str] = []
+        self.ctl_buf = ""
+        self.release: str | None = None
+        self.exit_code: int | None = None
+        self.boot_s: float | None = None
+        self.started_up: float | None = None
+        self.exited_at: float | None = None
+        self.hb_host: dict[int, float] = {}   # cpu -> host monotonic time of its last beat
+        self.hb_guest: dict[int, float] = {}  # cpu -> guest uptime of its last beat
+        self.t0 = time.monotonic()
+
+    def _pump(self) -> None:
+        text = self.console.read()
+        if text:
+            self.console_text.append(text)
+            _write(self.streams.console, text)
+        _write(self.streams.stdout, self.out.read())
+        self.ctl_buf += self.ctl.read()
+        while "\n" in self.ctl_buf:
+            line, self.ctl_buf = self.ctl_buf.split("\n", 1)
+            word, *args = line.split()
             now = time.monotonic()
-            if exit_code is not None:
-                if now - exited_at > 15:  # CMD done, but poweroff got stuck: not CMD's fault
+            if word == "hb" and len(args) == 2:
+                cpu = int(args[0])
+                self.hb_host[cpu], self.hb_guest[cpu] = now, float(args[1])
+            elif word == "start" and args:
+                self.release, self.boot_s = args[0], now - self.t0
+                self.started_up = max(self.hb_guest.values(), default=None)
+                for cpu in range(self.cfg.cpus):  # the clock starts for every CPU
+                    self.hb_host.setdefault(cpu, now)
+            elif word == "exit" and args:
+                self.exit_code, self.exited_at = int(args[0]), now
+
+    def _stalled(self, now: float) -> tuple[Outcome, str] | None:
+        """Whether to stop now, and why."""
+        if self.exit_code is not None:
+            return None
+        if now - self.t0 > self.timeout:
+            return Outcome.TIMEOUT, ("the run's time limit passed while the guest's "
+                                     "heartbeats still arrived: CMD is slow or waiting")
+        if self.release is None:
+            if now - self.t0 > self.boot_timeout:
+                return Outcome.HUNG, f"CMD did not start within {self.boot_timeout:.0f} s of boot"
+            return None
+        late = {cpu: now - t for cpu, t in self.hb_host.items() if now - t > self.hang_timeout}
+        if not late:
+            return None
+        alive = sorted(set(self.hb_host) - set(late))
+        cpus = ", ".join(f"CPU#{c}" for c in sorted(late))
+        if alive:
+            return Outcome.HUNG, (f"{cpus} stuck: no heartbeat from it for "
+                                  f"{max(late.values()):.0f} s while "
+                                  f"{', '.join(f'CPU#{c}' for c in alive)} went on")
+        return Outcome.HUNG, f"no heartbeat from any vCPU for {min(late.values()):.0f} s"
+
+    def run(self) -> VmResult:
+        outcome: Outcome | None = None
+        note = ""
+        evidence: Evidence | None = None
+        with qemu_process(self.cfg) as proc:
+            while True:
+                self._pump()
+                if proc.poll() is not None:
                     break
-            elif now - t0 > timeout:
-                outcome = "timeout"
-                evidence = ("the guest's heartbeat was still arriving: CMD is slow or "
-                            "waiting, the kernel is alive.\n")
-            elif last_hb is None and now - t0 > boot_timeout:
-                outcome = "hung"
-                evidence = f"no heartbeat within {boot_timeout:.0f} s of boot.\n"
-            elif last_hb is not None and now - last_hb > hang_timeout:
-                outcome = "hung"
-                evidence = f"no heartbeat for {now - last_hb:.0f} s: the guest is stuck.\n"
-            if outcome:
-                evidence += collect_evidence(cfg.qmp_sock, proc.pid,
-                                             [image.path / "kallsyms", cfg.results / ".kallsyms",
-                                              image.system_map])
-                break
-            time.sleep(0.2)
-    seconds = time.monotonic() - t0
-    text = console.read()
-    console_text.append(text)
-    if stream and text:
+                now = time.monotonic()
+                if self.exited_at is not None and now - self.exited_at > POWEROFF_GRACE:
+                    break
+                stop = self._stalled(now)
+                if stop:
+                    outcome, note = stop
+                    ages = {cpu: now - t for cpu, t in self.hb_host.items()}
+                    evidence = collect_evidence(
+                        self.cfg.qmp_sock, proc.pid,
+                        [self.image.kallsyms, self.cfg.results / ".kallsyms",
+                         self.image.system_map], ages, note=note)
+                    break
+                time.sleep(0.2)
+            seconds = time.monotonic() - self.t0
+        self._pump()
+        return self._result(outcome, note, evidence, proc.returncode, seconds)
+
+    def _result(self, outcome: Outcome | None, note: str, evidence: Evidence | None,
+                qemu_status: int | None, seconds: float) -> VmResult:
+        full_console = "".join(self.console_text)
+        dmesg = self.cfg.results / "dmesg.txt"
+        found = splats.find_splats(dmesg.read_text(errors="replace"), self.allow) \
+            if self.exit_code is not None and dmesg.is_file() else []
+        on_console = splats.find_splats(full_console, self.allow)
+        if evidence is not None:
+            evidence.console = [s.text for s in on_console if s.kind in LOCKUP_KINDS]
+        message = note
+        if outcome is None and self.exit_code is None:
+            panic = [s for s in on_console if s.kind == "panic"]
+            if panic:
+                outcome = Outcome.PANIC
+                message = "guest kernel panicked: " + panic[0].line.strip()
+                found = on_console
+            else:
+                outcome = Outcome.LOST
+                tail = self.cfg.qemu_log.read_text(errors="replace")[-2000:] \
+                    if self.cfg.qemu_log.exists() else ""
+                message = (f"qemu exited with status {qemu_status} without the command's "
+                           f"status (no panic seen); qemu said: {tail.strip()[-300:]}")
+        elif outcome is None:
+            outcome = (Outcome.PASSED if self.exit_code == 0 and not found else
+                       Outcome.SPLAT if self.exit_code == 0 else Outcome.FAILED)
+            message = {Outcome.PASSED: "command passed",
+                       Outcome.SPLAT: "command exited 0 but the guest kernel splatted",
+                       Outcome.FAILED: f"command failed with exit status {self.exit_code}",
+                       }[outcome]
+        else:
+            message = f"guest {outcome.label}: {note}"
+        if found and outcome is not Outcome.SPLAT:
+            message += f" (and the kernel log has {len(found)} splat(s))"
+        result = VmResult(outcome, message, self.exit_code, self.cfg.accel, self.image.name,
+                          self.release, self.cfg.results, found, evidence,
+                          None if self.boot_s is None else round(self.boot_s, 1),
+                          round(seconds, 1), self.started_up, dict(self.hb_guest))
+        with contextlib.suppress(OSError):
+            (self.cfg.results / "result.json").write_text(
+                json.dumps(result.to_json(), indent=2) + "\n")
+        return result
+
+
+def _write(stream: TextIO | None, text: str) -> None:
+    if stream is not None and text:
         stream.write(text)
         stream.flush()
-    full_console = "".join(console_text)
-    dmesg = cfg.results / "dmesg.txt"
-    allow = (*RUN_ALLOW, *allow)
-    found = splats.find_splats(dmesg.read_text(errors="replace"), allow) \
-        if exit_code is not None and dmesg.is_file() else []
-    panic = [s for s in splats.find_splats(full_console, allow) if s.kind == "panic"]
-    if outcome is None and exit_code is None:
-        if panic:
-            outcome = "panic"
-            evidence = splats.format_splats(splats.find_splats(full_console, allow),
-                                            max_lines=40)
-        else:
-            outcome = "lost"
-            tail = cfg.qemu_log.read_text(errors="replace")[-2000:] if cfg.qemu_log.exists() \
-                else ""
-            evidence = f"qemu exited with status {proc.returncode}; qemu said:\n{tail}"
-    elif outcome is None:
-        outcome = "passed" if exit_code == 0 and not found else \
-            "splat" if exit_code == 0 else "failed"
-    return _result(outcome, exit_code, cfg, release, found, evidence, boot_s, seconds,
-                   dmesg if dmesg.is_file() else None)
 
 
-def _result(outcome: str, exit_code: int | None, cfg: QemuConfig, release: str | None,
-            found: list[splats.Splat], evidence: str, boot_s: float | None, seconds: float,
-            dmesg: Path | None) -> VmResult:
-    status = {"passed": 0, "failed": exit_code, "splat": EXIT_SPLAT, "panic": EXIT_PANIC,
-              "hung": EXIT_HUNG, "timeout": EXIT_TIMEOUT, "lost": EXIT_LOST}[outcome]
-    message = {
-        "passed": "command passed",
-        "failed": f"command failed with exit status {exit_code}",
-        "splat": "command exited 0 but the guest kernel splatted",
-        "panic": "guest kernel panicked",
-        "hung": "guest hung",
-        "timeout": f"command still running after {seconds:.0f} s: timed out",
-        "lost": "qemu exited without the command's status (no panic seen)",
-    }[outcome]
-    if found and outcome != "splat":
-        message += f" (and dmesg has {len(found)} splat(s))"
-    result = VmResult(outcome, int(status or 0), message, exit_code, cfg.accel, release,
-                      cfg.results, dmesg, cfg.results / "console.log", found, evidence,
-                      None if boot_s is None else round(boot_s, 1), round(seconds, 1))
-    with contextlib.suppress(OSError):
-        (cfg.results / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    return result
+def default_streams(quiet: bool = False) -> Streams:
+    """CMD's stdout to ours, the console to our stderr (nothing of it when quiet)."""
+    return Streams(sys.stdout, None if quiet else sys.stderr)

@@ -54,6 +54,8 @@ REPORT_GAP = 1.0
 def _stamp(line: str) -> float | None:
     m = _TIMESTAMP.match(line)
     return float(m.group(1)) if m else None
+
+
 _END = re.compile(r"---\[ end (trace|Kernel panic)")
 
 
@@ -70,6 +72,25 @@ class Splat:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Allowed:
+    """A splat that is expected: ``pattern`` matches its first line and
+    ``message`` (when given) the text printed with it — the line or two before
+    it (WARN's own message) or its report; the whole report (call trace
+    included) is then excused, at most ``times`` times (None: every time), so
+    that a WARN_ONCE the kernel era explains is excused once per boot and a
+    second one is still reported."""
+
+    pattern: str
+    times: int | None = None
+    message: str = ""
+    why: str = ""
+
+    def matches(self, line: str, around: str) -> bool:
+        return bool(re.search(self.pattern, line)) and \
+            (not self.message or re.search(self.message, around) is not None)
+
+
 def _kind(line: str, deny: list[tuple[str, re.Pattern]]) -> str | None:
     for kind, pat in deny:
         if pat.search(line):
@@ -77,40 +98,66 @@ def _kind(line: str, deny: list[tuple[str, re.Pattern]]) -> str | None:
     return None
 
 
-def find_splats(dmesg: str, allow: Iterable[str] = (), *, context: int = 40) -> list[Splat]:
-    """Every splat in ``dmesg`` that no ``ALLOW`` or ``allow`` regex excuses.
+def _report_end(lines: list[str], i: int, deny: list[tuple[str, re.Pattern]],
+                context: int) -> int:
+    """Index just past the report that starts at ``lines[i]``."""
+    j = i + 1
+    t0 = _stamp(lines[i])
+    while j < len(lines) and j - i <= context:
+        t = _stamp(lines[j])
+        if t0 is not None and t is not None and t - t0 > REPORT_GAP:
+            break
+        nxt = _TIMESTAMP.sub("", lines[j])
+        if _END.search(nxt):
+            return j + 1
+        if _kind(nxt, deny):
+            break
+        j += 1
+    return j
+
+
+def classify(dmesg: str, allow: Iterable[str | Allowed] = (), *, context: int = 40
+             ) -> tuple[list[Splat], list[Splat]]:
+    """(splats, excused): every splat in ``dmesg``, split into those no
+    ``ALLOW`` entry or ``allow`` entry excuses and those one does."""
+    deny = [(k, re.compile(p)) for k, p in DENY]
+    always = [re.compile(p) for p in ALLOW]
+    entries = [a if isinstance(a, Allowed) else Allowed(a) for a in allow]
+    used = [0] * len(entries)
+    lines = dmesg.splitlines()
+    found: list[Splat] = []
+    excused: list[Splat] = []
+    i = 0
+    while i < len(lines):
+        bare = _TIMESTAMP.sub("", lines[i])
+        kind = _kind(bare, deny)
+        if kind is None or any(a.search(bare) for a in always):
+            i += 1
+            continue
+        j = _report_end(lines, i, deny, context)
+        splat = Splat(kind, i + 1, lines[i], "\n".join(lines[i:j]))
+        around = "\n".join(_TIMESTAMP.sub("", x) for x in lines[max(0, i - 2):j])
+        hit = next((n for n, a in enumerate(entries)
+                    if a.matches(bare, around) and (a.times is None or used[n] < a.times)),
+                   None)
+        if hit is None:
+            found.append(splat)
+        else:
+            used[hit] += 1
+            excused.append(splat)
+        i = j
+    return found, excused
+
+
+def find_splats(dmesg: str, allow: Iterable[str | Allowed] = (), *,
+                context: int = 40) -> list[Splat]:
+    """Every splat in ``dmesg`` that no ``ALLOW`` or ``allow`` entry excuses.
 
     ``text`` holds the splat line and up to ``context`` lines of its report
     (until ``---[ end trace``, the next splat line, or a line stamped more than
     ``REPORT_GAP`` seconds later).  Timestamps are kept.
     """
-    deny = [(k, re.compile(p)) for k, p in DENY]
-    allowed = [re.compile(p) for p in (*ALLOW, *allow)]
-    lines = dmesg.splitlines()
-    out: list[Splat] = []
-    i = 0
-    while i < len(lines):
-        bare = _TIMESTAMP.sub("", lines[i])
-        kind = _kind(bare, deny)
-        if kind is None or any(a.search(bare) for a in allowed):
-            i += 1
-            continue
-        j = i + 1
-        t0 = _stamp(lines[i])
-        while j < len(lines) and j - i <= context:
-            t = _stamp(lines[j])
-            if t0 is not None and t is not None and t - t0 > REPORT_GAP:
-                break
-            nxt = _TIMESTAMP.sub("", lines[j])
-            if _END.search(nxt):
-                j += 1
-                break
-            if _kind(nxt, deny):
-                break
-            j += 1
-        out.append(Splat(kind, i + 1, lines[i], "\n".join(lines[i:j])))
-        i = j
-    return out
+    return classify(dmesg, allow, context=context)[0]
 
 
 def format_splats(splats: list[Splat], *, max_lines: int = 20) -> str:

@@ -1,74 +1,127 @@
 """Evidence for a hung or timed-out guest: where every vCPU is, or why qemu is stuck.
 
-If qemu answers its monitor, the fault is in the guest: we read every vCPU's
-registers (HMP ``info registers -a``) and name the kernel function at each RIP
-with the guest's core-kernel ``/proc/kallsyms``, dumped by the first boot of
-each image and cached next to it (the guest boots with ``nokaslr``, so the
-addresses hold for every boot; Debian's ``System.map`` is only a stub).  If
-qemu does not answer, qemu itself is stuck (or stopped): we report the state
-and kernel wait channel of each of its host threads instead.
+If qemu answers its monitor, the fault is in the guest.  Each vCPU's
+registers are sampled a few times (HMP ``info registers -a``); its RIP is
+named with the guest's core-kernel ``/proc/kallsyms`` (dumped by the first
+boot of each image and cached next to it: the guest boots with ``nokaslr``,
+so the addresses hold for every boot; Debian's ``System.map`` is a stub).
+For each vCPU the evidence says whether interrupts are enabled (EFLAGS.IF),
+and — when it sits in a spin-lock slow path — which lock it spins on (RDI,
+the slow path's lock argument, named with kallsyms' data symbols when it is
+a static lock such as ``pcpu_lock``), and the kernel-text words found on its
+stack (read through the monitor, innermost first: the likely call chain, as
+a crude backtrace without frame pointers).
+
+If qemu does not answer, qemu itself is stuck (or stopped): the state and
+kernel wait channel of each of its host threads are reported instead.
 """
 
 from __future__ import annotations
 
 import bisect
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pybpfmap.vm.qemu import QmpTimeout, qmp_hmp
 
 _CPU = re.compile(r"^CPU#(\d+)", re.M)
-_RIP = re.compile(r"RIP=([0-9a-f]{16})")
+_REG = {name: re.compile(rf"\b{pattern}=([0-9a-f]{{8,16}})") for name, pattern in
+        (("RIP", "RIP"), ("RSP", "RSP"), ("RDI", "RDI"), ("FLAGS", "[RE]FL"))}
 _HLT = re.compile(r"\bHLT=(\d)")
 _MODULES = 0xffffffffc0000000  # x86-64 MODULES_VADDR without KASLR
+_KERNEL_HALF = 0xffff800000000000
+# Where a CPU waits for a spinning lock (qspinlock, its paravirt variant, the
+# resilient rqspinlock of v6.15+, rwlocks, the debug spinlock loop).
+SPIN_SLOWPATH = re.compile(r"queued_spin_lock_slowpath|resilient_queued_spin_lock|"
+                           r"queued_(read|write)_lock_slowpath|do_raw_spin_lock|"
+                           r"__pv_queued_spin_lock")
+STACK_WORDS = 256  # 2 KiB of stack read per stuck vCPU
+STACK_FRAMES = 40
 
 
 class SymbolMap:
-    """Text symbols of a ``System.map`` or ``/proc/kallsyms``: address → ``func+0xoff``."""
+    """Symbols of a ``System.map`` or ``/proc/kallsyms``: address -> ``name+0xoff``.
 
-    def __init__(self, text: str):
+    ``kinds`` picks symbol types: text (``tTwW``) by default, data
+    (``bBdDrR``) to name a lock's address."""
+
+    TEXT, DATA = "tTwW", "bBdDrR"
+
+    def __init__(self, text: str, kinds: str = TEXT):
+        self.kinds = kinds
         syms = []
         for line in text.splitlines():
             parts = line.split()
-            if len(parts) >= 3 and parts[1] in "tTwW":
+            if len(parts) >= 3 and parts[1] in kinds:
                 syms.append((int(parts[0], 16), parts[2]))
         syms.sort()
         self.addrs = [a for a, _ in syms]
         self.names = [n for _, n in syms]
+        # The core kernel's text ends at _etext; above it (ftrace and kprobe
+        # trampolines, BPF programs) nothing is named by these symbols.
+        self.text_end = next((a for a, n in syms if n == "_etext"),
+                             self.addrs[-1] if self.addrs else 0)
 
     @classmethod
-    def load(cls, *paths: Path) -> SymbolMap:
-        """The first of ``paths`` that has text symbols (Debian's System.map is a stub)."""
+    def load(cls, *paths: Path, kinds: str = TEXT) -> SymbolMap:
+        """The first of ``paths`` that has such symbols (Debian's System.map is a stub)."""
         for path in paths:
             try:
-                syms = cls(path.read_text(errors="replace"))
+                syms = cls(path.read_text(errors="replace"), kinds)
             except OSError:
                 continue
             if syms.addrs:
                 return syms
-        return cls("")
+        return cls("", kinds)
 
-    def symbolize(self, addr: int) -> str:
-        """``'htab_map_update_elem+0x4d'``, or ``'?'`` outside the kernel's text."""
+    def lookup(self, addr: int) -> tuple[str, int] | None:
+        """(name, offset) of the symbol at or below ``addr`` in the kernel image."""
         i = bisect.bisect_right(self.addrs, addr) - 1
         if i < 0 or addr < 0xffffffff00000000:
-            return "? (user space or unknown)"
+            return None
         if addr >= _MODULES and self.addrs[i] < _MODULES:
-            return "? (module or BPF program)"
-        return f"{self.names[i]}+{addr - self.addrs[i]:#x}"
+            return None
+        if self.kinds == self.TEXT and self.text_end <= addr < _MODULES:
+            return None  # past _etext: a trampoline or BPF program, not a function
+        return self.names[i], addr - self.addrs[i]
+
+    def symbolize(self, addr: int) -> str:
+        """``'htab_map_update_elem+0x4d'``, or ``'?'`` outside the kernel's image."""
+        found = self.lookup(addr)
+        if found is None:
+            if addr >= _MODULES or (self.addrs and self.text_end <= addr):
+                return "? (module, trampoline or BPF program)"
+            return "? (user space or unknown)"
+        return f"{found[0]}+{found[1]:#x}"
+
+    def in_text(self, addr: int) -> bool:
+        """Inside the core kernel's text (from the first text symbol to _etext)."""
+        return bool(self.addrs) and self.addrs[0] <= addr < self.text_end and addr < _MODULES
 
 
 @dataclass
 class VcpuState:
+    """One vCPU in one register sample."""
+
     cpu: int
     rip: int
     symbol: str
     halted: bool
+    irqs_enabled: bool | None = None
+    rsp: int | None = None
+    rdi: int | None = None
+
+    @property
+    def function(self) -> str:
+        return self.symbol.split("+")[0]
 
     def __str__(self) -> str:
         state = " (halted, idle)" if self.halted else ""
-        return f"CPU#{self.cpu} RIP={self.rip:#018x} {self.symbol}{state}"
+        irq = "" if self.irqs_enabled is None else \
+            (" irqs on" if self.irqs_enabled else " IRQS OFF")
+        return f"CPU#{self.cpu} RIP={self.rip:#018x} {self.symbol}{irq}{state}"
 
 
 def parse_registers(text: str, syms: SymbolMap) -> list[VcpuState]:
@@ -77,13 +130,85 @@ def parse_registers(text: str, syms: SymbolMap) -> list[VcpuState]:
     starts = [(m.start(), int(m.group(1))) for m in _CPU.finditer(text)]
     for k, (pos, cpu) in enumerate(starts):
         block = text[pos: starts[k + 1][0] if k + 1 < len(starts) else len(text)]
-        rip = _RIP.search(block)
-        if not rip:
+        regs = {name: int(m.group(1), 16) for name, pat in _REG.items()
+                if (m := pat.search(block))}
+        if "RIP" not in regs:
             continue
         hlt = _HLT.search(block)
-        addr = int(rip.group(1), 16)
-        out.append(VcpuState(cpu, addr, syms.symbolize(addr), bool(hlt and hlt.group(1) == "1")))
+        out.append(VcpuState(cpu, regs["RIP"], syms.symbolize(regs["RIP"]),
+                             bool(hlt and hlt.group(1) == "1"),
+                             bool(regs["FLAGS"] & 0x200) if "FLAGS" in regs else None,
+                             regs.get("RSP"), regs.get("RDI")))
     return out
+
+
+@dataclass
+class VcpuEvidence:
+    """What one vCPU was doing over the samples."""
+
+    cpu: int
+    symbol: str                     # RIP symbolized, last sample
+    halted: bool
+    irqs_enabled: bool | None
+    same_function: bool             # in the same function (and not idle) in every sample
+    spin_lock: str | None = None    # the lock it spins on, when in a spin-lock slow path
+    stack: list[str] = field(default_factory=list)  # kernel text on its stack, innermost first
+    heartbeat_age_s: float | None = None  # seconds since this CPU's last guest heartbeat
+
+    @property
+    def stuck(self) -> bool:
+        """Busy in one function in every sample (and not idle)."""
+        return self.same_function and not self.halted
+
+    def describe(self) -> str:
+        irq = {None: "", True: ", interrupts on", False: ", interrupts OFF"}[self.irqs_enabled]
+        what = "idle (halted)" if self.halted else f"in {self.symbol}{irq}"
+        if self.stuck:
+            what += ", in the same function in every sample"
+        if self.spin_lock:
+            what += f", spinning on {self.spin_lock}"
+        if self.heartbeat_age_s is not None:
+            what += f"; its heartbeat last arrived {self.heartbeat_age_s:.0f} s ago"
+        return f"CPU#{self.cpu} {what}"
+
+
+@dataclass
+class Evidence:
+    """Why a guest counts as hung, or where it was when the run timed out."""
+
+    qemu_answers: bool
+    diagnosis: str
+    vcpus: list[VcpuEvidence] = field(default_factory=list)
+    samples: list[list[str]] = field(default_factory=list)   # per sample, one line per vCPU
+    qemu_threads: list[str] = field(default_factory=list)
+    console: list[str] = field(default_factory=list)  # lockup/stall reports the guest printed
+    note: str = ""  # what the runner saw (which heartbeats stopped)
+
+    def stuck_cpus(self) -> list[VcpuEvidence]:
+        return [v for v in self.vcpus if v.stuck]
+
+    def text(self) -> str:
+        """The human report."""
+        out = [self.note] if self.note else []
+        if not self.qemu_answers:
+            out.append("qemu does not answer its monitor: the fault is in qemu or the "
+                       "host, not the guest.  qemu threads:")
+            out += [f"  {t}" for t in self.qemu_threads] or ["  (no /proc entry)"]
+            return "\n".join(out)
+        out.append("qemu answers its monitor (qemu is not what is stuck); vCPUs "
+                   "(RIP symbolized with the guest's kallsyms):")
+        for n, sample in enumerate(self.samples, 1):
+            out.append(f"sample {n}:")
+            out += [f"  {line}" for line in sample]
+        for v in self.vcpus:
+            out.append(v.describe())
+            if v.stack:
+                out.append(f"  stack (kernel text words, innermost first): "
+                           f"{' <- '.join(v.stack)}")
+        for line in self.console:
+            out.append(f"console: {line}")
+        out.append(f"diagnosis: {self.diagnosis}")
+        return "\n".join(out)
 
 
 def _thread_states(pid: int) -> list[str]:
@@ -96,46 +221,102 @@ def _thread_states(pid: int) -> list[str]:
             wchan = (task / "wchan").read_text().strip() or "-"
         except (OSError, ValueError):
             continue
-        lines.append(f"  thread {task.name} ({comm}): state {state}, wchan {wchan}")
+        lines.append(f"thread {task.name} ({comm}): state {state}, wchan {wchan}")
     return lines
 
 
+def stack_words(dump: str, text: SymbolMap) -> list[str]:
+    """Kernel-text return addresses in an HMP ``x/Ngx`` dump, innermost first.
+
+    A word pointing exactly at a symbol is a function pointer, not a return
+    address, and is left out; repeats in a row are shown once."""
+    frames: list[str] = []
+    for line in dump.splitlines():
+        _, _, words = line.partition(":")
+        for w in re.findall(r"0x([0-9a-f]{16})", words):
+            addr = int(w, 16)
+            if not text.in_text(addr):
+                continue
+            found = text.lookup(addr)
+            if found is None or found[1] == 0:
+                continue
+            name = f"{found[0]}+{found[1]:#x}"
+            if not frames or frames[-1] != name:
+                frames.append(name)
+    return frames[:STACK_FRAMES]
+
+
+def lock_name(addr: int | None, data: SymbolMap) -> str | None:
+    """A spin-lock address as a kernel data symbol, or why it has no name."""
+    if addr is None:
+        return None
+    found = data.lookup(addr)
+    if found is not None and addr < _MODULES:
+        name, off = found
+        return f"{name}" + (f"+{off:#x}" if off else "") + f" ({addr:#x})"
+    if addr >= _KERNEL_HALF:
+        return (f"{addr:#x} (not a static kernel symbol: a lock in allocated or per-CPU "
+                "memory, such as a slab cache node's list_lock or a hash bucket)")
+    return None
+
+
 def collect_evidence(qmp_sock: Path, pid: int, symbol_files: list[Path],
-                     samples: int = 3) -> str:
+                     heartbeat_ages: dict[int, float] | None = None, samples: int = 3,
+                     note: str = "") -> Evidence:
     """Where the vCPUs are (``samples`` dumps, 0.5 s apart) or why qemu cannot say."""
-    import time
-
-    syms = SymbolMap.load(*symbol_files)
-    dumps: list[str] = []
+    text_syms = SymbolMap.load(*symbol_files)
     seen: list[list[VcpuState]] = []
-    for n in range(samples):
-        try:
-            regs = qmp_hmp(qmp_sock, "info registers -a", timeout=5.0)
-        except QmpTimeout as e:
-            states = "\n".join(_thread_states(pid)) or "  (no /proc entry)"
-            return (f"qemu does not answer its monitor ({e}): the fault is in qemu or "
-                    f"the host, not the guest.  qemu (pid {pid}) threads:\n{states}")
-        vcpus = parse_registers(regs, syms)
-        seen.append(vcpus)
-        dumps.append(f"sample {n + 1}:\n" + "\n".join(f"  {v}" for v in vcpus))
-        if n + 1 < samples:
-            time.sleep(0.5)
-    return ("qemu answers its monitor (qemu is not what is stuck); vCPUs "
-            "(RIP symbolized with the guest's kallsyms):\n" + "\n".join(dumps)
-            + "\n" + diagnose(seen))
+    try:
+        for n in range(samples):
+            seen.append(parse_registers(qmp_hmp(qmp_sock, "info registers -a"), text_syms))
+            if n + 1 < samples:
+                time.sleep(0.5)
+        vcpus = _per_vcpu(seen, qmp_sock, text_syms, symbol_files, heartbeat_ages or {})
+    except QmpTimeout as e:
+        return Evidence(False, f"qemu does not answer its monitor ({e})",
+                        qemu_threads=_thread_states(pid), note=note)
+    return Evidence(True, diagnose(vcpus), vcpus,
+                    [[str(v) for v in sample] for sample in seen], note=note)
 
 
-def diagnose(samples: list[list[VcpuState]]) -> str:
-    """One line from repeated vCPU samples: idle everywhere, or spinning where."""
-    flat = [v for s in samples for v in s]
-    if flat and all(v.halted for v in flat):
-        return ("diagnosis: every vCPU is idle in every sample: no kernel spin; a task "
-                "waits forever (or user space stopped the heartbeat)")
-    spinning = []
-    for cpu in sorted({v.cpu for v in flat}):
-        funcs = {v.symbol.split("+")[0] for v in flat if v.cpu == cpu and not v.halted}
-        if len(funcs) == 1 and all(not v.halted for v in flat if v.cpu == cpu):
-            spinning.append(f"CPU#{cpu} in {funcs.pop()}")
-    if spinning:
-        return "diagnosis: busy in the same function in every sample: " + ", ".join(spinning)
-    return "diagnosis: vCPUs moving between functions (livelock or very slow progress)"
+def _per_vcpu(seen: list[list[VcpuState]], qmp_sock: Path, text_syms: SymbolMap,
+              symbol_files: list[Path], ages: dict[int, float]) -> list[VcpuEvidence]:
+    data_syms: SymbolMap | None = None
+    out = []
+    for cpu in sorted({v.cpu for s in seen for v in s}):
+        states = [v for s in seen for v in s if v.cpu == cpu]
+        last = states[-1]
+        same = len({v.function for v in states}) == 1 and not any(v.halted for v in states)
+        ev = VcpuEvidence(cpu, last.symbol, last.halted, last.irqs_enabled, same,
+                          heartbeat_age_s=ages.get(cpu))
+        if same:
+            if SPIN_SLOWPATH.search(last.function):
+                data_syms = data_syms or SymbolMap.load(*symbol_files, kinds=SymbolMap.DATA)
+                ev.spin_lock = lock_name(last.rdi, data_syms)
+            if last.rsp is not None:
+                dump = qmp_hmp(qmp_sock, f"x/{STACK_WORDS}gx {last.rsp:#x}", cpu_index=cpu)
+                ev.stack = stack_words(dump, text_syms)
+        out.append(ev)
+    return out
+
+
+def diagnose(vcpus: list[VcpuEvidence]) -> str:
+    """One line: idle everywhere, or which CPUs are stuck where."""
+    if vcpus and all(v.halted for v in vcpus):
+        return ("every vCPU is idle in every sample: no kernel spin; a task waits "
+                "forever (or user space stopped the heartbeat)")
+    stuck = [v for v in vcpus if v.stuck]
+    if stuck:
+        parts = []
+        for v in stuck:
+            part = f"CPU#{v.cpu} in {v.symbol.split('+')[0]}"
+            if v.irqs_enabled is False:
+                part += " with interrupts off"
+            if v.spin_lock:
+                part += f" spinning on {v.spin_lock.split(' (')[0]}"
+            parts.append(part)
+        others = [f"CPU#{v.cpu} {'idle' if v.halted else 'moving'}" for v in vcpus
+                  if not v.stuck]
+        return ("busy in the same function in every sample: " + ", ".join(parts)
+                + (f" ({', '.join(others)})" if others else ""))
+    return "vCPUs moving between functions (livelock or very slow progress)"
