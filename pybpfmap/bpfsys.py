@@ -132,16 +132,6 @@ def map_create(map_type: int, key_size: int, value_size: int, max_entries: int,
     return bpf(MAP_CREATE, attr)
 
 
-@contextmanager
-def created_map(*args, **kwargs) -> Iterator[int]:
-    """``map_create`` as a context manager that always closes the fd."""
-    fd = map_create(*args, **kwargs)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
 def _elem(cmd: int, fd: int, key: ctypes.Array, value: ctypes.Array | None, flags: int) -> None:
     attr = _ElemAttr(map_fd=fd, key=ctypes.addressof(key),
                      value=ctypes.addressof(value) if value is not None else 0, flags=flags)

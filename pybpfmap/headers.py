@@ -1,4 +1,4 @@
-"""Kernel headers for BCC, and tracefs.
+"""Kernel headers for BCC.
 
 BCC compiles BPF C against ``/lib/modules/$(uname -r)/build``.  Cloud and CI
 kernels often ship no headers (this project's own CI host runs 6.18 with none),
@@ -18,8 +18,6 @@ import sys
 from dataclasses import asdict, dataclass
 
 from pybpfmap.errors import EnvironmentProblem
-
-TRACEFS = "/sys/kernel/tracing"
 
 
 @dataclass(frozen=True)
@@ -124,17 +122,3 @@ def ensure_headers(log=sys.stderr) -> Headers:
     found = headers_in_use()
     assert found is not None
     return found
-
-
-def ensure_tracefs(log=sys.stderr) -> str:
-    """Mount tracefs at /sys/kernel/tracing if it is not there; return its path."""
-    if os.path.exists(os.path.join(TRACEFS, "trace")):
-        return TRACEFS
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(b"tracefs", TRACEFS.encode(), b"tracefs", 0, None) != 0:
-        err = ctypes.get_errno()
-        raise EnvironmentProblem("tracefs", f"cannot mount tracefs at {TRACEFS}", err)
-    print(f"pybpfmap: mounted tracefs at {TRACEFS}", file=log)
-    return TRACEFS

@@ -1,9 +1,11 @@
 """What the running kernel can do, found by looking, not by version numbers.
 
 :func:`probe` returns a :class:`Kernel` record: kprobes or not (and why not),
-whether this is a VM, which headers BCC uses, ``kernel.bpf_stats_enabled``,
-and which spin_unlock functions can take a kprobe here.  The test suite's
-skip reasons come from this record (tests/conftest.py).
+whether this is a VM (and which test-VM kernel), PREEMPT_RT, which headers
+BCC uses, ``kernel.bpf_stats_enabled``, RLIMIT_MEMLOCK and whether the kernel
+charges maps to it, and which spin_unlock functions can take a kprobe here.
+The test suite's skip reasons come from this record (tests/conftest.py);
+``pybpfmap info`` prints it (:func:`render`).
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import re
 import subprocess
 from dataclasses import asdict, dataclass, field
 
-from pybpfmap.headers import TRACEFS, headers_in_use
+from pybpfmap import tracefs
+from pybpfmap.headers import headers_in_use
+from pybpfmap.memlock import MemlockLimit
+from pybpfmap.tracefs import TRACEFS
 
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
 KPROBE_BLACKLIST = "/sys/kernel/debug/kprobes/blacklist"
 BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
+REALTIME = "/sys/kernel/realtime"  # exists (and reads 1) on PREEMPT_RT kernels
 
 # The spin_unlock entry points a lock-path deadlock check needs.  Any of them
 # may be inlined into its callers (CONFIG_INLINE_SPIN_UNLOCK* in
@@ -45,6 +51,12 @@ class Kernel:
     unlock_symbols: list[str]
     unlock_unavailable: dict[str, str] = field(default_factory=dict)
     tracefs: bool = False
+    preempt_rt: bool = False
+    memlock: MemlockLimit | None = None
+    where: str = "host"                 # "host", or "vm:<catalog kernel>" in the test VM
+    accel: str | None = None            # in the test VM: kvm or tcg
+    era: str = ""                       # pybpfmap.era.era_of(kernel_release).name
+    problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -102,7 +114,7 @@ def unlock_symbols(kprobes: bool, kprobes_reason: str) -> tuple[list[str], dict[
     others why not."""
     if not kprobes:
         return [], {f: kprobes_reason for f in UNLOCK_FUNCTIONS}
-    traceable = _read(os.path.join(TRACEFS, "available_filter_functions"))
+    traceable = tracefs.traceable_functions()
     blacklist_text = _read(KPROBE_BLACKLIST)
     blacklisted = set()
     if blacklist_text:
@@ -110,9 +122,7 @@ def unlock_symbols(kprobes: bool, kprobes_reason: str) -> tuple[list[str], dict[
             parts = line.split()
             if len(parts) >= 2:
                 blacklisted.add(parts[1])
-    names = set()
-    if traceable:
-        names = {line.split()[0] for line in traceable.splitlines() if line}
+    names = traceable or set()
     kallsyms = _read("/proc/kallsyms") or ""
     ok, why = [], {}
     for func in UNLOCK_FUNCTIONS:
@@ -129,14 +139,31 @@ def unlock_symbols(kprobes: bool, kprobes_reason: str) -> tuple[list[str], dict[
     return ok, why
 
 
+def preempt_rt() -> bool:
+    """PREEMPT_RT kernels have /sys/kernel/realtime (reading 1)."""
+    return (_read(REALTIME) or "").strip() == "1"
+
+
+def place() -> tuple[str, str | None]:
+    """("host", None) or ("vm:<catalog kernel>", accel) inside the test VM."""
+    from pybpfmap.vm.guest import guest_accel, guest_kernel
+
+    name = guest_kernel()
+    return (f"vm:{name}", guest_accel()) if name else ("host", None)
+
+
 def probe() -> Kernel:
     """Look at the running kernel and return what it can do."""
+    from pybpfmap import era, memlock
+
     kprobes, reason = kprobes_available()
     in_vm, virt = detect_vm()
     symbols, unavailable = unlock_symbols(kprobes, reason)
     headers = headers_in_use()
+    where, accel = place()
+    release = os.uname().release
     return Kernel(
-        kernel_release=os.uname().release,
+        kernel_release=release,
         root=os.geteuid() == 0,
         kprobes=kprobes,
         kprobes_reason=reason,
@@ -146,5 +173,53 @@ def probe() -> Kernel:
         bpf_stats_enabled=bpf_stats(),
         unlock_symbols=symbols,
         unlock_unavailable=unavailable,
-        tracefs=os.path.exists(os.path.join(TRACEFS, "trace")),
+        tracefs=tracefs.mounted(),
+        preempt_rt=preempt_rt(),
+        memlock=memlock.current() if os.geteuid() == 0 else None,
+        where=where,
+        accel=accel,
+        era=era.era_of(release).name,
     )
+
+
+def render(k: Kernel) -> str:
+    """``pybpfmap info``'s text."""
+    stats = k.bpf_stats_enabled
+    lines = [
+        ("kernel release", f"{k.kernel_release} (era {k.era})"),
+        ("where", k.where + (f" (accel {k.accel})" if k.accel else "")),
+        ("root", "yes" if k.root else "no"),
+        ("in a VM", f"yes ({k.virt})" if k.in_vm else "no"),
+        ("PREEMPT_RT", "yes" if k.preempt_rt else "no"),
+        ("kprobes", f"{'yes' if k.kprobes else 'no'}: {k.kprobes_reason}"),
+        ("tracefs", "mounted" if k.tracefs else "missing"),
+        ("headers", (k.headers or {}).get("target", "none")),
+    ]
+    if k.headers:
+        lines.append(("", k.headers["note"]))
+    lines.append(("bpf_stats_enabled", ("on" if stats["enabled"] else "off (available)")
+                  if stats["available"] else stats["reason"]))
+    lines.append(("RLIMIT_MEMLOCK", k.memlock.describe() if k.memlock else
+                  "not probed (needs root)"))
+    if not k.kprobes:
+        lines.append(("unlock symbols", "none: no kprobes on this kernel"))
+    else:
+        lines.append(("unlock symbols", ", ".join(k.unlock_symbols) or "none"))
+        lines += [("", f"not {sym}: {why}") for sym, why in k.unlock_unavailable.items()]
+    lines += [("problem", p) for p in k.problems]
+    return "\n".join(f"{a:<18} {b}".rstrip() for a, b in lines)
+
+
+def markdown(k: Kernel) -> str:
+    """``pybpfmap info`` as a Markdown table (the report's section)."""
+    from pybpfmap.output import md_table
+
+    rows = [["kernel", f"{k.kernel_release} (era {k.era})"], ["where", k.where],
+            ["in a VM", f"{k.in_vm} ({k.virt})"], ["PREEMPT_RT", k.preempt_rt],
+            ["kprobes", f"{k.kprobes}: {k.kprobes_reason}"],
+            ["headers", (k.headers or {}).get("note", "none")],
+            ["RLIMIT_MEMLOCK", k.memlock.describe() if k.memlock else "not probed"],
+            ["unlock symbols", ", ".join(k.unlock_symbols) or "none"]]
+    rows += [[f"not {sym}", why] for sym, why in k.unlock_unavailable.items()]
+    rows += [["problem", p] for p in k.problems]
+    return md_table(["", ""], rows)

@@ -10,6 +10,7 @@ errno — BCC itself only prints strerror text and raises a bare Exception.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,6 +64,50 @@ def bcc_program(name: str, *, maps: Mapping[str, MapSpec] | None = None,
         yield bpf
     finally:
         bpf.cleanup()
+
+
+def _errno_of(text: str) -> int:
+    """The errno whose strerror BCC put in its message (it raises bare
+    Exception with strerror text, not the number)."""
+    import errno as _errno
+    import os
+
+    for err in sorted(_errno.errorcode):
+        if os.strerror(err) in text:
+            return err
+    return _errno.EINVAL
+
+
+def load_func(bpf: BPF, name: str, prog_type: int, what: str) -> int:
+    """``bpf.load_func`` that turns a refusal into a :class:`KernelError` with
+    the errno and the verifier's own words (BCC prints its log to fd 2 and
+    raises a bare Exception): the fd of the loaded program."""
+    import os
+    import tempfile
+
+    from pybpfmap.errors import KernelError
+
+    with tempfile.TemporaryFile() as log:
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            fd = bpf.load_func(name.encode(), prog_type).fd
+            error = None
+        except Exception as e:  # bcc raises bare Exception
+            fd, error = -1, e
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        text = log.read().decode(errors="replace")
+    if error is None:
+        sys.stderr.write(text)  # warnings BCC printed on success still reach stderr
+        return fd
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    said = next((ln for ln in reversed(lines) if not ln[:1].isdigit() and
+                 not ln.startswith(("func#", "Validating", ";", "processed"))), str(error))
+    raise KernelError(what, _errno_of(str(error)), f"the kernel refused to load {name}: "
+                      f"{said}")
 
 
 def map_fd(bpf: BPF, name: str) -> int:

@@ -85,14 +85,14 @@ class MapSpec:
             f"-D{name}_FLAGS={'0' if self.prealloc else 'BPF_F_NO_PREALLOC'}",
         ]
 
-    def declaration(self, name: str = "MAP") -> str:
-        """The BCC declaration these defines produce, for humans."""
-        flags = "0" if self.prealloc else "BPF_F_NO_PREALLOC"
-        return (f'BPF_F_TABLE("{self.type}", struct {{ u8 b[{self.key_size}]; }}, '
-                f"struct {{ u8 b[{self.value_size}]; }}, {name}, {self.max_entries}, {flags})")
-
     def create(self) -> BpfMap:
-        """Create the map with bpf(2); a refusal raises an explained KernelError."""
+        """Create the map with bpf(2); a refusal raises an explained KernelError.
+
+        Where the kernel charges map memory to RLIMIT_MEMLOCK (before v5.11) the
+        limit is raised first, as BCC and libbpf do (:mod:`pybpfmap.memlock`)."""
+        from pybpfmap import memlock
+
+        memlock.ensure_unlimited()
         try:
             fd = bpfsys.map_create(bpfsys.MAP_TYPES[self.type], self.key_size,
                                    self.value_size, self.max_entries, self.flags,
@@ -153,6 +153,15 @@ def explain_create_error(spec: MapSpec, err: int) -> KernelError:
         return KernelError("--max-entries", err, f"{spec.type} with {spec.max_entries} "
                            f"entries: the kernel ran out of memory {what}")
     if err == errno.EPERM:
+        from pybpfmap import memlock
+        from pybpfmap.era import NO_RLIMIT
+
+        limit = memlock.current()
+        if limit.charged and limit.soft is not None:
+            return KernelError("RLIMIT_MEMLOCK", err, f"{spec.label}: the map does not fit "
+                               f"in this process's RLIMIT_MEMLOCK ({limit.describe()}); "
+                               f"before {NO_RLIMIT.cite()} map memory is charged to it: raise "
+                               "it (ulimit -l unlimited) or run as root")
         return KernelError("permissions", err, "creating BPF maps needs root "
                            "(CAP_BPF or CAP_SYS_ADMIN); try sudo")
     return KernelError(spec.label, err, "the kernel refused to create the map")
@@ -163,10 +172,6 @@ _OPS = {
                   "delete elements first or raise max_entries"),
     errno.EEXIST: "key exists and BPF_NOEXIST was asked",
     errno.ENOENT: "no such key",
-    errno.EBUSY: ("bucket lock already held on this CPU: the kernel refused a re-entrant "
-                  "map op (Linux kernel commit 20b6cc34ea74 (\"bpf: Avoid hashtab deadlock "
-                  "with map_locked\") (in v5.10))"),
-    errno.EDEADLK: "re-entrant map op detected by the rqspinlock hashtab lock (v6.15+)",
     errno.EINVAL: "the kernel rejected the flags or key",
     errno.ENOMEM: "no memory for a new element (non-preallocated map)",
 }
@@ -174,7 +179,14 @@ _OPS = {
 
 def explain_elem_error(spec: MapSpec, op: str, err: int) -> KernelError:
     """A map element operation (update/lookup/delete) refused, explained."""
-    text = _OPS.get(err, f"{op} failed").format(n=spec.max_entries, type=spec.type)
+    from pybpfmap import era
+
+    reentry = {errno.EBUSY: "bucket lock already held on this CPU: the kernel refused a "
+                            f"re-entrant map op ({era.MAP_LOCKED.cite()})",
+               errno.EDEADLK: "re-entrant map op detected by the resilient bucket lock "
+                              f"({era.RQSPINLOCK.cite()})"}
+    text = reentry.get(err) or _OPS.get(err, f"{op} failed").format(n=spec.max_entries,
+                                                                     type=spec.type)
     return KernelError(f"{op} on {spec.label}", err, text)
 
 

@@ -1,37 +1,84 @@
 """``pybpfmap maps``: create each kind of hash map and show what the kernel charges.
 
-For every map: the kernel's map_flags (bpf_map_info), the memory charged
-(fdinfo ``memlock``) when empty, when filled to max_entries and after every
-element was deleted, the creation time, and what a new key does to a full
-map (E2BIG, or an eviction for LRU maps).  A preallocated map charges its
-memory up front; a BPF_F_NO_PREALLOC map grows with its contents.
+For every map: the kernel's map_flags (bpf_map_info), the memory it costs
+when empty, filled to max_entries and after every element was deleted — from
+the memory cgroup the map was created in (``memory.current`` of a fresh child
+cgroup, with ``memory.stat``'s percpu and slab split), beside fdinfo
+``memlock`` — the creation time, and what a new key does to a full map
+(E2BIG, or an eviction for LRU maps).  A preallocated map charges its memory
+up front; a BPF_F_NO_PREALLOC map grows with its contents.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from dataclasses import dataclass, field
 
-from pybpfmap import bpfsys
+from pybpfmap import bpfsys, era, memcg
+from pybpfmap.commands.args import add_json, add_kernel, add_list
 from pybpfmap.errors import KernelError, errno_name
-from pybpfmap.maps import LRU_PREALLOC_ONLY, TYPES, MapSpec
-from pybpfmap.output import Progress, human_bytes, print_json, table
+from pybpfmap.maps import LRU_PREALLOC_ONLY, TYPES, MapSpec, old_memlock_estimate
+from pybpfmap.output import Progress, human_bytes, md_table, print_json, text_table
+from pybpfmap.records import from_json
 
-# Linux kernel commit 304849a27b34 ("bpf: hashtab memory usage") (in v6.4):
-# before it, fdinfo memlock was an estimate computed from max_entries.
 MEMLOCK_NOTE = ("memlock is the kernel's fdinfo figure; it reports real usage for "
-                "non-preallocated maps since Linux kernel commit 304849a27b34 "
-                "(\"bpf: hashtab memory usage\") (in v6.4), an estimate from "
+                f"non-preallocated maps since {era.MEMORY_USAGE.cite()}, an estimate from "
                 "max_entries before")
+STAGES = ("empty", "full", "drained")
+
+
+@dataclass
+class Memory:
+    """What a map costs at one stage, in bytes, by each source."""
+
+    memlock: int                 # fdinfo memlock
+    memcg: int | None            # memory cgroup charge since before the map was created
+    memcg_percpu: int | None
+    memcg_slab: int | None
+    system_slab: int             # /proc/meminfo deltas: system-wide, anything moves them
+    system_percpu: int
+
+    @property
+    def real(self) -> int | None:
+        """The best figure of what the map uses: the memory cgroup's charge."""
+        return self.memcg
+
+
+@dataclass
+class MapRecord:
+    """One map kind: its flags and memory as the kernel reports them."""
+
+    type: str
+    prealloc: bool
+    max_entries: int
+    key_size: int
+    value_size: int
+    kernel_release: str
+    where: str
+    skipped: str | None = None
+    map_flags: int | None = None
+    create_ms: float | None = None
+    entries_full: int | None = None
+    new_key_when_full: str | None = None
+    memory: dict[str, Memory] = field(default_factory=dict)   # stage -> figures
+    memlock_is_estimate: bool = False
+    memcg: str = ""          # where the memcg figures come from, or why there are none
+
+    @property
+    def label(self) -> str:
+        return MapSpec(self.type, self.prealloc).label
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("maps", help="create each hash map kind; show flags and memory charged",
                        description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--type", dest="types", action="append", choices=TYPES, metavar="TYPE",
-                   help=f"map type, repeatable (default: all of {', '.join(TYPES)})")
+    add_list(p, "--type", "--types", dest="types", valid=TYPES, metavar="TYPE",
+             help=f"map types, comma- or space-separated, repeatable "
+                  f"(default: all of {', '.join(TYPES)})")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--prealloc", dest="modes", action="store_const", const=[True],
                       help="only preallocated maps (the kernel default)")
@@ -43,7 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--map-flags", type=bits, default=0, metavar="BITS",
                    help="extra raw map_flags bits to OR in (e.g. 0x2 BPF_F_NO_COMMON_LRU), "
                    "to see what the kernel accepts")
-    p.add_argument("--json", action="store_true", help="print a JSON list of records")
+    add_json(p)
+    add_kernel(p, "measure")
     p.set_defaults(func=run)
 
 
@@ -67,61 +115,153 @@ def specs_for(args: argparse.Namespace) -> list[tuple[MapSpec, str | None]]:
     return out
 
 
-def measure(spec: MapSpec) -> dict:
-    """Create, fill, drain one map; every figure read back from the kernel."""
-    record = {"type": spec.type, "prealloc": spec.prealloc, "max_entries": spec.max_entries,
-              "key_size": spec.key_size, "value_size": spec.value_size}
-    start = time.perf_counter()
-    with spec.create() as m:
-        record["create_ms"] = round((time.perf_counter() - start) * 1000, 3)
-        view = m.kernel_view()
-        record["map_flags"] = view["map_flags"]
-        record["memlock_empty"] = view["memlock"]
-        record["memlock_is_estimate"] = m.memlock_is_estimate()
-        m.fill(spec.max_entries)
-        record["memlock_full"] = m.memlock()
-        record["entries_full"] = len(m.keys())
-        try:
-            m.update(spec.max_entries, 0, bpfsys.NOEXIST)
-            record["new_key_when_full"] = "evicted" if spec.lru else "accepted"
-        except KernelError as e:
-            record["new_key_when_full"] = errno_name(e.err) if e.err else str(e)
-        m.drain()
-        record["memlock_drained"] = m.memlock()
-    record["skipped"] = None
-    return record
+def measure(spec: MapSpec, where: str, release: str) -> MapRecord:
+    """Create, fill, drain one map in its own memory cgroup; every figure from the kernel."""
+    rec = MapRecord(spec.type, spec.prealloc, spec.max_entries, spec.key_size,
+                    spec.value_size, release, where)
+    memcg.charges_maps()  # probed (once) before this process moves into the child
+    with memcg.measuring() as cg:
+        before = cg.sample() if cg else None
+        start = time.perf_counter()
+        with spec.create() as m:
+            rec.create_ms = round((time.perf_counter() - start) * 1000, 3)
+            rec.map_flags = m.kernel_view()["map_flags"]
+
+            def stage(name: str) -> None:
+                usage = cg.sample().minus(before) if cg and before else None
+                rec.memory[name] = Memory(m.memlock(), *(
+                    (usage.memcg, usage.memcg_percpu, usage.memcg_slab, usage.system_slab,
+                     usage.system_percpu) if usage else (None, None, None, 0, 0)))
+
+            stage("empty")
+            rec.memlock_is_estimate = rec.memory["empty"].memlock == old_memlock_estimate(spec)
+            m.fill(spec.max_entries)
+            stage("full")
+            rec.entries_full = len(m.keys())
+            try:
+                m.update(spec.max_entries, 0, bpfsys.NOEXIST)
+                rec.new_key_when_full = "evicted" if spec.lru else "accepted"
+            except KernelError as e:
+                rec.new_key_when_full = errno_name(e.err) if e.err else str(e)
+            m.drain()
+            stage("drained")
+        rec.memcg = memcg_source(cg, rec)
+    return rec
 
 
-def run(args: argparse.Namespace) -> int:
+def memcg_source(cg: memcg.Cgroup | None, rec: MapRecord) -> str:
+    """Where the memory cgroup figures come from, or why there are none (then
+    the memcg fields are None)."""
+    why = None
+    if cg is None or rec.memory["empty"].memcg is None:
+        why = memcg.unavailable_reason() or "could not make a child memory cgroup"
+    elif memcg.charges_maps() is False:
+        why = (f"this kernel does not charge BPF maps to the memory cgroup (probed; "
+               f"charged since {era.MEMCG.cite()}): see the system-wide /proc/meminfo "
+               "deltas")
+    if why:
+        for m in rec.memory.values():
+            m.memcg = m.memcg_percpu = m.memcg_slab = None
+        return f"unavailable: {why}"
+    return f"cgroup v{cg.version}"
+
+
+def skipped(spec: MapSpec, reason: str, where: str, release: str) -> MapRecord:
+    return MapRecord(spec.type, spec.prealloc, spec.max_entries, spec.key_size,
+                     spec.value_size, release, where, skipped=reason)
+
+
+def load(data: list) -> list[MapRecord]:
+    return [from_json(MapRecord, r) for r in data]
+
+
+def _mem(r: MapRecord, stage: str, real: bool) -> int | None:
+    m = r.memory.get(stage)
+    if m is None:
+        return None
+    return m.real if real else m.memlock
+
+
+def render_text(records: list[MapRecord]) -> str:
+    """The human table: one row per map, memory from the memory cgroup and memlock."""
+    rows = []
+    for r in records:
+        alloc = "prealloc" if r.prealloc else "no_prealloc"
+        if r.skipped:
+            rows.append([r.where, r.type, alloc, None, None, None, None, None, None, None,
+                         f"skipped: {r.skipped}"])
+            continue
+        est = "~" if r.memlock_is_estimate else ""
+        rows.append([r.where, r.type, alloc, f"{r.map_flags:#x}", r.create_ms,
+                     *(human_bytes(_mem(r, s, True)) for s in STAGES),
+                     est + (human_bytes(_mem(r, "full", False)) or ""), r.entries_full,
+                     r.new_key_when_full])
+    out = text_table(["where", "type", "alloc", "map_flags", "create ms", "memcg empty",
+                      "memcg full", "memcg drained", "memlock full", "entries",
+                      "new key when full"], rows)
+    return out + "\n" + notes(records)
+
+
+def notes(records: list[MapRecord]) -> str:
+    lines = [f"{MEMLOCK_NOTE}."]
+    sources = sorted({f"{r.where}: {r.memcg}" for r in records if not r.skipped})
+    lines += [f"memory cgroup figures ({s})" for s in sources]
+    if any(r.memlock_is_estimate for r in records):
+        lines.append("~ = fdinfo memlock is that estimate on this kernel: it does not show "
+                     "what a map uses.")
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(records: list[MapRecord]) -> str:
+    rows = []
+    for r in records:
+        alloc = "prealloc" if r.prealloc else "no_prealloc"
+        if r.skipped:
+            rows.append([r.type, alloc, r.max_entries, None, None, None, None, None, None,
+                         f"skipped: {r.skipped}"])
+            continue
+        est = " (estimate)" if r.memlock_is_estimate else ""
+        rows.append([r.type, alloc, r.max_entries, f"{r.map_flags:#x}", r.create_ms,
+                     *(mib(_mem(r, s, True)) for s in STAGES),
+                     f"{mib(_mem(r, 'full', False))}{est}", r.new_key_when_full])
+    return md_table(["type", "alloc", "max_entries", "map_flags", "create ms",
+                     "memcg MiB empty", "memcg MiB full", "memcg MiB drained",
+                     "memlock MiB full", "new key when full"], rows) + "\n" + notes(records)
+
+
+def mib(n: int | None) -> float | None:
+    return None if n is None else round(n / 2**20, 3)
+
+
+def local(args: argparse.Namespace) -> list[MapRecord]:
+    from pybpfmap.kernel import place
+
+    where, _ = place()
+    release = os.uname().release
     plan = specs_for(args)
     records = []
     progress = Progress(len(plan))
-    for spec, skip in plan:
-        progress.step(spec.label)
-        if skip:
-            records.append({"type": spec.type, "prealloc": spec.prealloc,
-                            "max_entries": spec.max_entries, "skipped": skip})
-            continue
-        records.append(measure(spec))
-    progress.done()
+    try:
+        for spec, skip in plan:
+            progress.step(spec.label)
+            records.append(skipped(spec, skip, where, release) if skip
+                           else measure(spec, where, release))
+    finally:
+        progress.done()
+    return records
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.kernels:
+        from pybpfmap.vm.relay import forwarded_argv, result_of, run_on_kernels
+
+        runs = run_on_kernels(args.kernels, forwarded_argv(args.argv), what="maps",
+                              results=args.results, timeout=1800)
+        records = [r for run_ in runs for r in load(result_of(run_))]
+    else:
+        records = local(args)
     if args.json:
         print_json(records)
-        return 0
-    rows = []
-    for r in records:
-        alloc = "prealloc" if r["prealloc"] else "no_prealloc"
-        if r.get("skipped"):
-            rows.append([r["type"], alloc, None, None, None, None, None, None,
-                         "skipped: LRU maps are preallocated only"])
-            continue
-        rows.append([r["type"], alloc, f"{r['map_flags']:#x}", r["create_ms"],
-                     human_bytes(r["memlock_empty"]), human_bytes(r["memlock_full"]),
-                     human_bytes(r["memlock_drained"]), r["entries_full"],
-                     r["new_key_when_full"]])
-    table(["type", "alloc", "map_flags", "create ms", "memlock empty", "memlock full",
-           "memlock drained", "entries", "new key when full"], rows)
-    print(f"\n{MEMLOCK_NOTE}.", file=sys.stdout)
-    if any(r.get("memlock_is_estimate") for r in records):
-        print("On this kernel memlock is that estimate: it does not show what a map uses.",
-              file=sys.stdout)
+    else:
+        sys.stdout.write(render_text(records))
     return 0

@@ -1,0 +1,329 @@
+"""What each kernel era predicts for BPF hash maps, with the commits that make it so.
+
+This is the one place where pybpfmap compares kernel versions.  It cannot be
+avoided here: whether a re-entrant map op deadlocks, returns -EBUSY or
+-EDEADLK, whether a NO_PREALLOC map allocates under the bucket lock, and
+whether a tracing program with one triggers a WARN is not something user
+space can ask the kernel without provoking it — which is what
+``pybpfmap stress`` then does, in the test VM, and compares with the
+prediction here.  Everything that *can* be probed (kprobes, PREEMPT_RT,
+RLIMIT_MEMLOCK charging, recursion_misses, BPF_ENABLE_STATS, the memory
+cgroup) is probed where it is used.
+
+Every :class:`Change` was checked against the kernel source (Debian's
+``linux-source`` packages of 5.10, 6.1, 6.12 and 7.3): its id, its subject and
+the first mainline release that contains it (a commit record quoting id and
+subject, and the code present in that release's source and absent in the one
+before).  Debian's kernels carry backports: 6.1.y has NO_EBUSY and HASH_MASK,
+and old stable series have RCU_FREE — which is why what can be probed is.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pybpfmap.maps import MapSpec
+from pybpfmap.vm.splats import Allowed
+
+
+@dataclass(frozen=True)
+class Change:
+    """A kernel commit that changed what pybpfmap sees."""
+
+    commit: str
+    subject: str
+    version: tuple[int, int]
+
+    def cite(self) -> str:
+        """drgn style: Linux kernel commit X ("subject") (in vA.B)."""
+        return (f'Linux kernel commit {self.commit} ("{self.subject}") '
+                f"(in v{self.version[0]}.{self.version[1]})")
+
+
+PREALLOC = Change("6c9059817432", "bpf: pre-allocate hash map elements", (4, 6))
+RCU_FREE = Change("8a37963c7ac9", "bpf: Remove recursion prevention from rcu free callback",
+                  (5, 7))
+TIGHTEN = Change("94dacdbd5d2d", "bpf: Tighten the requirements for preallocated hash maps",
+                 (5, 7))
+RT_PREALLOC = Change("2ed905c521e5", "bpf: Enforce preallocation for instrumentation "
+                     "programs on RT", (5, 7))
+MAP_LOCKED = Change("20b6cc34ea74", "bpf: Avoid hashtab deadlock with map_locked", (5, 11))
+MEMCG = Change("d5299b67dd59", "bpf: Memcg-based memory accounting for bpf maps", (5, 11))
+NO_RLIMIT = Change("755e5d55367a", "bpf: Eliminate rlimit-based memory accounting for "
+                   "hashtab maps", (5, 11))
+RECURSION_MISSES = Change("9ed9e9ba2337", "bpf: Count the number of times recursion was "
+                          "prevented", (5, 12))
+MEM_ALLOC = Change("fba1a1c6c912", "bpf: Convert hash map to bpf_mem_alloc.", (6, 1))
+PERCPU_MEM_ALLOC = Change("ee4ed53c5eb6", "bpf: Convert percpu hash map to per-cpu "
+                          "bpf_mem_alloc.", (6, 1))
+WARN_REMOVED = Change("96da3f7d489d", "bpf: Remove tracing program restriction on map types",
+                      (6, 1))
+RAW_TP_GUARD = Change("05b24ff9b2cf", "bpf: Prevent bpf program recursion for raw "
+                      "tracepoint probes", (6, 1))
+HASH_MASK = Change("9f907439dc80", "bpf: hash map, avoid deadlock with suitable hash mask",
+                   (6, 2))
+MEMORY_USAGE = Change("304849a27b34", "bpf: hashtab memory usage", (6, 4))
+NO_EBUSY = Change("d35381aa73f7", "bpf: Fix unnecessary -EBUSY from htab_lock_bucket", (6, 7))
+MISSED_STATS = Change("dd8657894c11", "bpf: Count missed stats in trace_call_bpf", (6, 7))
+RQSPINLOCK = Change("4fa8d68aa53e", "bpf: Convert hashtab.c to rqspinlock", (6, 15))
+
+CHANGES: tuple[Change, ...] = (
+    PREALLOC, RCU_FREE, TIGHTEN, RT_PREALLOC, MAP_LOCKED, MEMCG, NO_RLIMIT, RECURSION_MISSES,
+    MEM_ALLOC, PERCPU_MEM_ALLOC, WARN_REMOVED, RAW_TP_GUARD, HASH_MASK, MEMORY_USAGE, NO_EBUSY,
+    MISSED_STATS, RQSPINLOCK)
+
+# The one-time WARN that TIGHTEN added and WARN_REMOVED removed (kernel/bpf/verifier.c).
+RUNTIME_ALLOC_WARN = "trace type BPF program uses run-time allocation"
+# What the verifier says instead on PREEMPT_RT (RT_PREALLOC), with EINVAL.
+RT_REFUSAL = "trace type programs can only use preallocated hash map"
+
+
+def version(release: str) -> tuple[int, int]:
+    """(major, minor) of a ``uname -r`` string such as "6.1.0-56-amd64"."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    if not m:
+        raise ValueError(f"cannot read a kernel version from {release!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def has(release: str, change: Change) -> bool:
+    """Whether ``release`` is at least the first release containing ``change``."""
+    return version(release) >= change.version
+
+
+def _between(release: str, since: Change, until: Change | None = None) -> bool:
+    return has(release, since) and (until is None or not has(release, until))
+
+
+@dataclass(frozen=True)
+class Era:
+    """A span of kernel releases in which hash maps behave one way."""
+
+    name: str
+    since: Change
+    summary: str
+
+
+ERAS: tuple[Era, ...] = (
+    Era("4.6-5.6", PREALLOC, "preallocated by default; NO_PREALLOC allocates under the "
+                             "bucket lock"),
+    Era("5.7-5.10", TIGHTEN, "NO_PREALLOC in tracing programs WARNs (RT: refused); "
+                             "no map_locked: re-entry deadlocks"),
+    Era("5.11-6.0", MAP_LOCKED, "map_locked: re-entry gets -EBUSY; NO_PREALLOC still "
+                                "allocates under the bucket lock"),
+    Era("6.1-6.14", MEM_ALLOC, "bpf_mem_alloc: NO_PREALLOC no longer allocates under the "
+                               "lock; re-entry gets -EBUSY"),
+    Era("6.15+", RQSPINLOCK, "resilient bucket locks: re-entry gets -EDEADLK/-ETIMEDOUT"),
+)
+
+
+def era_of(release: str) -> Era:
+    """The era ``release`` belongs to."""
+    found = [e for e in ERAS if has(release, e.since)]
+    if not found:
+        return Era("<4.6", PREALLOC, "before preallocation: every hash map allocates in "
+                                     "the lock path")
+    return found[-1]
+
+
+class Expect(enum.Enum):
+    """What a stress row is predicted to do."""
+
+    PASS = "PASS"                  # runs the whole duration, every error explained
+    DEADLOCK = "DEADLOCK"          # the guest (or one CPU of it) locks up
+    MAY_DEADLOCK = "PASS or DEADLOCK"  # possible, depends on allocator state
+    ERRNO = "errno"                # runs, and the named errnos are counted
+    REFUSED = "refused at load"    # the verifier refuses the program
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The era's prediction for one stress row, and why."""
+
+    expect: Expect
+    why: str
+    errnos: tuple[str, ...] = ()      # for ERRNO: any of these counted; for REFUSED: this one
+    changes: tuple[str, ...] = field(default=())  # the commits that make it so
+
+    def describe(self) -> str:
+        if self.expect is Expect.ERRNO:
+            return " or ".join(self.errnos) + " counted"
+        if self.expect is Expect.REFUSED:
+            return f"refused at load ({'/'.join(self.errnos)})"
+        return self.expect.value
+
+    def matches(self, outcome: str, errnos: Iterable[str]) -> bool:
+        """Whether a row's ``outcome`` (PASS, DEADLOCK, REFUSED, FAIL) and the errnos
+        it counted are what this predicts."""
+        seen = set(errnos)
+        if self.expect is Expect.PASS:
+            return outcome == "PASS"
+        if self.expect is Expect.DEADLOCK:
+            return outcome == "DEADLOCK"
+        if self.expect is Expect.MAY_DEADLOCK:
+            return outcome in ("PASS", "DEADLOCK")
+        if self.expect is Expect.ERRNO:
+            return outcome == "PASS" and bool(seen & set(self.errnos))
+        return outcome == "REFUSED" and seen == set(self.errnos)
+
+
+def _cites(*changes: Change) -> tuple[str, ...]:
+    return tuple(c.commit for c in changes)
+
+
+def allocator_prediction(release: str, spec: MapSpec, preempt_rt: bool) -> Prediction:
+    """Map updates from kprobes on spin_unlock (the seed's scenario), for ``spec``."""
+    if not spec.prealloc and preempt_rt and _between(release, RT_PREALLOC, WARN_REMOVED):
+        return Prediction(Expect.REFUSED, f'the verifier refuses it: "{RT_REFUSAL}" '
+                          f"({RT_PREALLOC.cite()}; lifted by {WARN_REMOVED.cite()})",
+                          ("EINVAL",), _cites(RT_PREALLOC, WARN_REMOVED))
+    if not spec.prealloc and spec.percpu and not has(release, PERCPU_MEM_ALLOC):
+        return Prediction(Expect.DEADLOCK, "an update of a new key calls alloc_percpu "
+                          "(pcpu_lock) under the bucket lock; a kprobe at the entry of "
+                          "_raw_spin_unlock_irqrestore that releases pcpu_lock runs with it "
+                          "still held, and its update takes pcpu_lock again (also from the "
+                          f"RCU callback that frees elements since {RCU_FREE.cite()}); "
+                          f"gone with {PERCPU_MEM_ALLOC.cite()}",
+                          changes=_cites(RCU_FREE, PERCPU_MEM_ALLOC))
+    if not spec.prealloc and not spec.percpu and not has(release, MEM_ALLOC):
+        return Prediction(Expect.MAY_DEADLOCK, "an update of a new key calls kmalloc under "
+                          "the bucket lock; it deadlocks when the kprobe fires in SLUB's "
+                          "unlock of the same cache's node list_lock and the allocation "
+                          "needs the slow path (likely with big elements, few per slab): "
+                          f"the deadlock {PREALLOC.cite()} was about; gone with "
+                          f"{MEM_ALLOC.cite()}", changes=_cites(PREALLOC, MEM_ALLOC))
+    why = ("preallocated elements come from a per-CPU free list: nothing is allocated "
+           f"under the bucket lock ({PREALLOC.cite()})" if spec.prealloc else
+           f"NO_PREALLOC elements come from bpf_mem_alloc's per-CPU caches "
+           f"({MEM_ALLOC.cite()}, {PERCPU_MEM_ALLOC.cite()})")
+    return Prediction(Expect.PASS, why + "; kprobe programs never nest into each other "
+                      "(bpf_prog_active), so no re-entry error either",
+                      changes=_cites(PREALLOC, MEM_ALLOC))
+
+
+def reentry_prediction(release: str) -> Prediction:
+    """A raw_tp program and a kprobe program updating one key while the other holds
+    the bucket lock."""
+    if not has(release, MAP_LOCKED):
+        return Prediction(Expect.DEADLOCK, "nothing stops the nested update from taking the "
+                          "bucket lock its own CPU holds: an AA deadlock with interrupts "
+                          f"off (fixed by {MAP_LOCKED.cite()})", changes=_cites(MAP_LOCKED))
+    if not has(release, RQSPINLOCK):
+        return Prediction(Expect.ERRNO, f"the per-CPU map_locked counter refuses the nested "
+                          f"update with -EBUSY ({MAP_LOCKED.cite()})", ("EBUSY",),
+                          _cites(MAP_LOCKED))
+    return Prediction(Expect.ERRNO, "the resilient bucket lock detects the AA deadlock "
+                      f"(-EDEADLK) or gives up after its timeout (-ETIMEDOUT) "
+                      f"({RQSPINLOCK.cite()})", ("EDEADLK", "ETIMEDOUT"), _cites(RQSPINLOCK))
+
+
+# The bucket lock's unlock function, whose entry runs with the lock still held:
+# raw_spin_unlock_irqrestore in htab_unlock_bucket until NO_EBUSY made it
+# raw_spin_unlock + local_irq_restore (backported to Debian's 6.1.y, so which
+# one a kernel calls is found by trying both); since RQSPINLOCK the bucket lock
+# is released by an inlined res_spin_unlock, which takes no kprobe.
+BUCKET_UNLOCKS = ("_raw_spin_unlock", "_raw_spin_unlock_irqrestore")
+
+
+def reentry_targets(release: str, spec: MapSpec) -> list[str]:
+    """Kernel functions that run while a map update holds the bucket lock, in
+    the order to try them: a kprobe there runs inside the update.
+
+    ``lookup_elem_raw`` (the update's look-up of the old element, under the
+    lock, for every hash map type in every era), ``alloc_htab_elem`` (the new
+    element, under the lock; LRU maps take theirs before locking), then the
+    bucket unlock function of the eras before RQSPINLOCK.  Both static
+    functions are out of line and traceable in Debian's 5.10, 6.1, 6.12 and
+    7.3 builds; whether they are here is probed (available_filter_functions)."""
+    targets = ["lookup_elem_raw"] + ([] if spec.lru else ["alloc_htab_elem"])
+    if not has(release, RQSPINLOCK):
+        targets += BUCKET_UNLOCKS
+    return targets
+
+
+def deadlock_possible(release: str, specs: Iterable[MapSpec], scenario: str) -> bool:
+    """Whether a scenario on these maps may lock the machine up: such runs
+    happen only inside the test VM."""
+    if scenario == "reentry":
+        return reentry_prediction(release).expect is Expect.DEADLOCK
+    return any(allocator_prediction(release, s, False).expect in
+               (Expect.DEADLOCK, Expect.MAY_DEADLOCK) for s in specs)
+
+
+def explain_error(release: str, spec: MapSpec, op: str, err: str,
+                  failed_updates: int = 0, count: int = 0) -> str | None:
+    """Why ``op`` on ``spec`` may fail with errno name ``err`` inside a
+    tracing program on this kernel; None when the era does not explain it.
+
+    ``failed_updates``/``count``: an ENOENT on lookup/delete is explained
+    when no more of them happened than updates failed (the element was never
+    inserted)."""
+    if err == "EBUSY" and op in ("update", "delete") and \
+            _between(release, MAP_LOCKED, RQSPINLOCK):
+        return f"re-entrant op on a bucket lock this CPU holds is refused: {MAP_LOCKED.cite()}"
+    if err in ("EDEADLK", "ETIMEDOUT") and op in ("update", "delete") and \
+            has(release, RQSPINLOCK):
+        return f"the resilient bucket lock detected a deadlock or timed out: {RQSPINLOCK.cite()}"
+    if err == "ENOMEM" and op == "update" and not spec.prealloc:
+        if has(release, MEM_ALLOC):
+            return ("a non-preallocated map takes new elements from bpf_mem_alloc's "
+                    "per-CPU cache, refilled asynchronously; in a tracing context it may be "
+                    f"empty: {MEM_ALLOC.cite()}")
+        return ("a non-preallocated map allocates each new element with GFP_ATOMIC, which "
+                f"may fail under memory pressure (before {MEM_ALLOC.cite()})")
+    if err == "ENOENT" and op in ("lookup", "delete") and count <= failed_updates:
+        return "the update before it failed, so the element was never inserted"
+    return None
+
+
+def expected_splats(release: str, specs: Iterable[MapSpec], preempt_rt: bool = False
+                    ) -> list[Allowed]:
+    """Splats this era explains for tracing programs on these maps: the WARN_ONCE
+    for a non-preallocated hash map on 5.7-6.0 (not on PREEMPT_RT, which refuses
+    the program instead), once per boot."""
+    if not preempt_rt and _between(release, TIGHTEN, WARN_REMOVED) and \
+            any(not s.prealloc for s in specs):
+        return [Allowed(r"WARNING: .* at kernel/bpf/verifier\.c:\d+", times=1,
+                        message=re.escape(RUNTIME_ALLOC_WARN),
+                        why=f"{RUNTIME_ALLOC_WARN!r}: {TIGHTEN.cite()}")]
+    return []
+
+
+def kprobe_recursion_misses_counted(release: str) -> bool:
+    """Whether a kprobe program's skipped runs show in ``recursion_misses``:
+    before MISSED_STATS they are not counted (the field reads 0 regardless)."""
+    return has(release, MISSED_STATS)
+
+
+def memlock_is_real(release: str) -> bool:
+    """Whether fdinfo ``memlock`` is real usage (else the max_entries estimate)."""
+    return has(release, MEMORY_USAGE)
+
+
+def expectations(release: str) -> list[str]:
+    """What this era predicts, for a report's header, each with its commit."""
+    e = era_of(release)
+    out = [f"era {e.name}: {e.summary}"]
+    r = reentry_prediction(release)
+    out.append(f"re-entry into a held bucket lock: {r.describe()}: {r.why}")
+    if _between(release, TIGHTEN, WARN_REMOVED):
+        out.append(f'NO_PREALLOC maps in tracing programs WARN once "{RUNTIME_ALLOC_WARN}" '
+                   f"(PREEMPT_RT: refused with EINVAL): {TIGHTEN.cite()}")
+    elif has(release, WARN_REMOVED):
+        out.append(f"NO_PREALLOC maps are allowed in tracing programs: {WARN_REMOVED.cite()}")
+    if not has(release, MEMCG):
+        out.append(f"map memory is charged to RLIMIT_MEMLOCK, not to the memory cgroup "
+                   f"(until {MEMCG.cite()} and {NO_RLIMIT.cite()})")
+    if not has(release, MEMORY_USAGE):
+        out.append(f"fdinfo memlock is an estimate from max_entries (real since "
+                   f"{MEMORY_USAGE.cite()})")
+    if has(release, MISSED_STATS):
+        out.append(f"skipped (nested) kprobe runs count in recursion_misses: "
+                   f"{MISSED_STATS.cite()}")
+    else:
+        out.append(f"recursion_misses does not count kprobe programs (not before "
+                   f"{MISSED_STATS.cite()})")
+    return out
