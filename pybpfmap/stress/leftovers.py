@@ -12,12 +12,14 @@ import os
 import subprocess
 
 from pybpfmap.loader import loaded_ids
-from pybpfmap.stress.programs import KPROBE_EVENTS, MAPS
+from pybpfmap.stress.allocator import NPROBES
+from pybpfmap.tracefs import KPROBE_EVENTS
 
-# Names bpf/stress.c gives its programs and maps (bpf_prog_info.name is
-# truncated to 15 characters).
-PROG_NAMES = {f"on_probe{i}" for i in range(4)}
-MAP_NAMES = {name for name, _ in MAPS} | {"stress_counts", "stress_errno"}
+# Names bpf/stress.c and bpf/reentry.c give their programs and maps (object
+# names are truncated to 15 characters, BPF_OBJ_NAME_LEN).
+PROG_NAMES = {f"on_probe{i}" for i in range(NPROBES)} | {"inner", "raw_tracepoint_"}
+MAP_NAMES = {"MAP", "stress_counts", "stress_errno", "stress_value", "outer_counts",
+             "inner_counts", "inner_fired", "in_outer", "reentry_value"}
 
 
 def _bpftool(kind: str) -> list[dict]:

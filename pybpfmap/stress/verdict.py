@@ -1,85 +1,134 @@
-"""PASS or FAIL, per row and overall, with the reason for every FAIL.
+"""A row's outcome and whether the era predicted it: pure functions over records.
 
-A pure function over the result dictionary that :mod:`pybpfmap.stress.run`
-builds (and that the host merges with the VM runner's outcome), so the rules
-are testable without a kernel.  PASS needs all of:
+:func:`judge` turns a measured :class:`~pybpfmap.stress.records.StressRow`
+into its outcome; :func:`from_vm` makes the row of a VM boot that never
+brought one back (hung: DEADLOCK; panic, timeout, lost: FAIL).  PASS needs
+all of:
 
 * the machine stayed responsive: the heartbeat was never later than the
   limit, no workload got stuck, and the VM runner (when used) saw the guest
-  finish — not hung, panicked, timed out or lost;
-* no kernel splat that the era does not explain (:func:`era.allowed_splats`);
-* every probe fired: each row ran its handler (events > 0);
-* every error is explained for this kernel era (:func:`era.explain_error`).
+  finish;
+* no kernel splat that the era does not explain (:func:`pybpfmap.era.expected_splats`);
+* every probe fired: each probe's handler ran its map ops;
+* every error is explained for this kernel era (:func:`pybpfmap.era.explain_error`).
 
-Global failures fail every row too: a deadlock anywhere voids all rows.
+Then :func:`predict` sets the era's prediction and ``as_predicted``.
 """
 
 from __future__ import annotations
 
+from pybpfmap import era
 from pybpfmap.maps import MapSpec
-from pybpfmap.stress import era
+from pybpfmap.stress.records import (
+    DEADLOCK,
+    FAIL,
+    PASS,
+    REFUSED,
+    SKIPPED,
+    StressRow,
+    VmSummary,
+)
+from pybpfmap.vm.runner import Outcome, VmResult
+from pybpfmap.vm.splats import classify
 
-PASS, FAIL = "PASS", "FAIL"
 DEFAULT_HEARTBEAT_LIMIT_S = 5.0
-GOOD_VM_OUTCOMES = ("passed", "failed", "splat")  # the guest ran to the end
 
 
-def global_reasons(result: dict, heartbeat_limit: float) -> list[str]:
-    """Why the whole run fails, whatever the rows say."""
-    out = []
-    hb = result.get("heartbeat")
-    if hb is None:
-        out.append("no heartbeat measured")
-    elif hb["max_delay_s"] > heartbeat_limit:
-        out.append(f"machine unresponsive: heartbeat {hb['max_delay_s']:.2f} s late "
-                   f"(limit {heartbeat_limit:g} s)")
-    for name, w in (result.get("workloads", {}).get("stressed") or {}).items():
+def spec_of(row: StressRow) -> MapSpec:
+    return MapSpec(row.type, row.prealloc, 4, row.value_size)
+
+
+def judge(row: StressRow, release: str, kernel_log: str, preempt_rt: bool,
+          heartbeat_limit: float = DEFAULT_HEARTBEAT_LIMIT_S) -> StressRow:
+    """Set ``outcome``, ``reasons``, ``explained`` and the splats of a measured row."""
+    if row.outcome in (SKIPPED, REFUSED):
+        return predict(row, release, preempt_rt)
+    spec = spec_of(row)
+    reasons = []
+    row.splats, row.excused_splats = classify(
+        kernel_log, era.expected_splats(release, [spec], preempt_rt))
+    reasons += [f"kernel splat ({s.kind}): {s.line.strip()}" for s in row.splats]
+    if row.heartbeat_max_delay_s is None:
+        reasons.append("no heartbeat measured")
+    elif row.heartbeat_max_delay_s > heartbeat_limit:
+        reasons.append(f"machine unresponsive: heartbeat {row.heartbeat_max_delay_s:.2f} s "
+                       f"late (limit {heartbeat_limit:g} s)")
+    for name, w in (row.workloads.get("stressed") or {}).items():
         if w.get("error"):
-            out.append(f"workload {name}: {w['error']}")
+            reasons.append(f"workload {name}: {w['error']}")
         elif not w.get("ops"):
-            out.append(f"workload {name} made no progress under the probes")
-    for s in result.get("splats", []):
-        out.append(f"kernel splat ({s['kind']}): {s['line'].strip()}")
-    vm = result.get("vm")
-    if vm is not None:
-        if vm["outcome"] not in GOOD_VM_OUTCOMES:
-            out.append(f"VM runner: guest {vm['outcome']}: {vm.get('message', '')}".rstrip(": "))
-        if not result.get("guest_result", True):
-            out.append("the guest wrote no stress result")
-    return out
-
-
-def row_reasons(row: dict, release: str) -> list[str]:
-    """Why one (probe, map) row fails on its own; fills ``row['explained']``."""
-    out = []
-    if row["events"] <= 0:
-        out.append(f"{row['probe']} never ran the handler for this map")
-    spec = MapSpec(row["type"], row["prealloc"])
-    failed_updates = sum(row["errors"].get("update", {}).values())
-    explained = {}
-    for op, errs in row["errors"].items():
+            reasons.append(f"workload {name} made no progress under the probes")
+    for p in row.per_probe:
+        if p.events <= 0:
+            reasons.append(f"{p.kind} {p.probe} never ran its map ops")
+    failed_updates = sum(sum(e.values()) for op, e in row.errors.items()
+                         if op in ("update", "nested update"))
+    row.explained = {}
+    for op, errs in row.errors.items():
         for err, n in errs.items():
-            why = era.explain_error(release, spec, op, err, failed_updates, n)
+            why = era.explain_error(release, spec, op.split()[-1], err, failed_updates, n)
             if why is None:
-                out.append(f"{op} returned {err} {n}x: not explained for kernel {release}")
+                reasons.append(f"{op} returned {err} {n}x: not explained for kernel {release}")
             else:
-                explained[f"{op}:{err}"] = why
-    row["explained"] = explained
-    return out
+                row.explained[f"{op}:{err}"] = why
+    row.reasons = reasons
+    row.outcome = FAIL if reasons else PASS
+    return predict(row, release, preempt_rt)
 
 
-def judge(result: dict, heartbeat_limit: float = DEFAULT_HEARTBEAT_LIMIT_S) -> dict:
-    """Set ``verdict`` and ``reasons`` on each row and on ``result``; return it."""
-    release = result["kernel_release"]
-    glob = global_reasons(result, heartbeat_limit)
-    if not result.get("rows"):
-        glob.append("no rows: nothing was attached")
-    for row in result.get("rows", []):
-        reasons = row_reasons(row, release)
-        row["reasons"] = reasons
-        row["verdict"] = FAIL if reasons or glob else PASS
-    failing = [f"{r['probe']} {r['type']}/{'prealloc' if r['prealloc'] else 'no_prealloc'}: "
-               f"{'; '.join(r['reasons'])}" for r in result.get("rows", []) if r["reasons"]]
-    result["reasons"] = glob + failing
-    result["verdict"] = FAIL if result["reasons"] else PASS
-    return result
+def predict(row: StressRow, release: str, preempt_rt: bool) -> StressRow:
+    """The era's prediction for the row, and whether its outcome matches."""
+    if row.scenario == "reentry":
+        p = era.reentry_prediction(release)
+    else:
+        p = era.allocator_prediction(release, spec_of(row), preempt_rt)
+    row.prediction, row.prediction_why = p.describe(), p.why
+    row.prediction_commits = list(p.changes)
+    errnos = {e for errs in row.errors.values() for e in errs}
+    row.as_predicted = None if row.outcome == SKIPPED else p.matches(row.outcome, errnos)
+    return row
+
+
+def vm_summary(vm: VmResult) -> VmSummary:
+    return VmSummary(vm.outcome.label, vm.message, vm.accel.value, vm.kernel,
+                     vm.kernel_release, str(vm.results_dir), vm.boot_seconds, vm.seconds)
+
+
+def from_vm(row: StressRow, vm: VmResult, armed_at: float | None, release: str,
+            preempt_rt: bool) -> StressRow:
+    """The row of a boot that brought no result back, from the runner's view:
+    a hung guest (or one CPU of it) is a DEADLOCK, with the runner's vCPU
+    evidence and how long after the first attach the stuck CPU stopped."""
+    row.vm = vm_summary(vm)
+    row.evidence = vm.evidence
+    if vm.outcome is Outcome.HUNG:
+        row.outcome = DEADLOCK
+        row.reasons = [vm.message]
+        stuck = [v.cpu for v in vm.evidence.stuck_cpus()] if vm.evidence else []
+        last = [vm.last_heartbeat[c] for c in stuck if c in vm.last_heartbeat] or \
+            list(vm.last_heartbeat.values())
+        if armed_at is not None and last:
+            row.seconds = round(max(0.0, min(last) - armed_at), 1)
+        elif armed_at is None:
+            row.reasons.append("the guest hung before the first probe was attached")
+    else:
+        row.outcome = FAIL
+        row.reasons = [f"VM runner: {vm.message}"]
+    return predict(row, release, preempt_rt)
+
+
+def merge_vm_splats(row: StressRow, vm: VmResult, release: str, preempt_rt: bool) -> None:
+    """Splats the runner found in the guest's whole dmesg that the row's own
+    kernel-log watch did not see (and the era does not explain) fail the row."""
+    row.vm = vm_summary(vm)
+    seen = {s.line for s in (*row.splats, *row.excused_splats)}
+    allowed = era.expected_splats(release, [spec_of(row)], preempt_rt)
+    extra = [s for s in vm.splats if s.line not in seen
+             and not any(a.matches(s.line, s.text) for a in allowed)]
+    if extra:
+        row.splats += extra
+        row.reasons += [f"kernel splat in the guest's dmesg ({s.kind}): {s.line.strip()}"
+                        for s in extra]
+        if row.outcome == PASS:
+            row.outcome = FAIL
+        predict(row, release, preempt_rt)

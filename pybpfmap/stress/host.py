@@ -1,0 +1,124 @@
+"""``pybpfmap stress --kernel K``: the rows in the test VM, one boot per row.
+
+Each (scenario, map kind) row runs in its own boot (``--isolate``, the
+default), as ``pybpfmap stress --scenario S --types KIND ...`` through the
+relay (:mod:`pybpfmap.vm.relay`), so a lockup voids only its own row.  A
+boot that brings its result back gives its row (plus any splat the runner
+found in the guest's whole dmesg that the era does not explain); a boot that
+hung is the row's DEADLOCK, with the runner's vCPU evidence and, from the
+guest's progress marks on the console, how long after the first attach its
+CPU stopped.  ``--no-isolate`` runs every row in one boot: a hang then makes
+the row that was running a DEADLOCK and voids the rest.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pybpfmap import era
+from pybpfmap.stress import verdict
+from pybpfmap.stress.kinds import MapKind
+from pybpfmap.stress.records import FAIL, SKIPPED, StressRow, StressRun, load
+from pybpfmap.stress.run import TRACEPOINT_NOTE, Options
+from pybpfmap.vm import catalog, default_results_dir, ensure_image
+from pybpfmap.vm.guest import marks
+from pybpfmap.vm.relay import GuestRun, forwarded_argv, run_command
+
+HANG_TIMEOUT = 30.0   # a CPU without heartbeat for this long is stuck (TCG included)
+BOOT_AND_LOAD = 420.0  # boot plus BCC compiles under TCG, generously
+# Options the host decides per boot: not passed on as typed.
+PER_BOOT = {"--scenario": "+", "--scenarios": "+", "--types": "+", "--isolate": 0,
+            "--no-isolate": 0, "--force": 0}
+
+
+def _rows_of(run: GuestRun) -> list[StressRow]:
+    return [r for s in load(run.data) for r in s.rows] if run.data is not None else []
+
+
+def _armed(console: str) -> dict[str, float]:
+    """Row label -> guest uptime of its first attach, from the progress marks."""
+    out: dict[str, float] = {}
+    for event, args, up in marks(console):
+        if event == "armed" and len(args) >= 2:
+            out.setdefault(" ".join(args[:2]), up)
+    return out
+
+
+def _started(console: str) -> list[str]:
+    return [" ".join(args[:2]) for event, args, _ in marks(console) if event == "row-start"]
+
+
+def _placeholder(scenario: str, kind: MapKind, opts: Options) -> StressRow:
+    return StressRow(scenario, kind.name, kind.spec.type, kind.spec.prealloc,
+                     kind.spec.value_size, "tracepoint" if opts.tracepoints else "kprobe",
+                     "", note=kind.note)
+
+
+def _one_boot(kernel: str, groups: list[tuple[str, MapKind]], opts: Options, argv: list[str],
+              folder: Path, release: str, preempt_rt: bool) -> list[StressRow]:
+    scenarios = list(dict.fromkeys(s for s, _ in groups))
+    kinds = list(dict.fromkeys(k.name for _, k in groups))
+    guest_argv = [*forwarded_argv(argv, PER_BOOT), "--scenario", *scenarios,
+                  "--types", *kinds]
+    per_row = opts.duration + opts.baseline_seconds() * 2 + 60
+    allowed = era.expected_splats(release, [k.spec for _, k in groups], preempt_rt)
+    run = run_command(kernel, guest_argv, results_dir=folder,
+                      timeout=BOOT_AND_LOAD + per_row * len(groups),
+                      hang_timeout=HANG_TIMEOUT, allow_splats=tuple(allowed))
+    got = {r.label: r for r in _rows_of(run)}
+    console = run.vm.console_path.read_text(errors="replace") \
+        if run.vm.console_path.exists() else ""
+    armed, started = _armed(console), _started(console)
+    rows = []
+    for scenario, kind in groups:
+        label = f"{scenario} {kind.name}"
+        row = got.get(label)
+        running = label == (started[-1] if started else None) or len(groups) == 1
+        if row is not None:
+            verdict.merge_vm_splats(row, run.vm, release, preempt_rt)
+        elif not run.vm.outcome.finished and running:
+            row = verdict.from_vm(_placeholder(scenario, kind, opts), run.vm,
+                                  armed.get(label), release, preempt_rt)
+        else:
+            row = _placeholder(scenario, kind, opts)
+            if run.vm.outcome.finished:
+                row.outcome, row.reasons = FAIL, [f"the guest gave no result for this row: "
+                                                  f"{run.problem or run.vm.message}"]
+            elif label in started:
+                row.outcome, row.reasons = FAIL, [f"voided: the boot ended ({run.vm.message}) "
+                                                  "before it printed this row"]
+            else:
+                row.outcome, row.reasons = SKIPPED, [f"not run: the boot ended "
+                                                     f"({run.vm.message}) before this row"]
+            row.vm = verdict.vm_summary(run.vm)
+            verdict.predict(row, release, preempt_rt)
+        rows.append(row)
+    return rows
+
+
+def run_in_vm(opts: Options, kernel: str, argv: list[str], isolate: bool,
+              results: str | None) -> StressRun:
+    """Every row of ``opts`` in catalog kernel ``kernel``'s test VM."""
+    entry = catalog.get(kernel)
+    image = ensure_image(kernel)
+    base = Path(results) if results else default_results_dir("stress", kernel)
+    groups = [(s, k) for s in opts.scenarios for k in opts.kinds]
+    batches = [[g] for g in groups] if isolate else [groups]
+    rows: list[StressRow] = []
+    for n, batch in enumerate(batches, 1):
+        names = ", ".join(f"{s} {k.name}" for s, k in batch)
+        print(f"pybpfmap stress: [{n}/{len(batches)}] {kernel}: {names}", file=sys.stderr,
+              flush=True)
+        folder = base / (f"{batch[0][0]}-{batch[0][1].name.replace('/', '-')}"
+                         if isolate else "all")
+        rows += _one_boot(kernel, batch, opts, argv, folder, image.release, entry.preempt_rt)
+        last = rows[-1]
+        print(f"pybpfmap stress: [{n}/{len(batches)}] {names}: {last.outcome}"
+              + (f" after {last.seconds} s" if last.seconds is not None else ""),
+              file=sys.stderr, flush=True)
+    first = next((r for r in rows if r.vm), None)
+    return StressRun(image.release, f"vm:{kernel}", era.era_of(image.release).name,
+                     opts.duration, isolate, era.expectations(image.release), rows,
+                     inject=opts.inject, accel=first.vm.accel if first and first.vm else None,
+                     note=TRACEPOINT_NOTE if opts.tracepoints else "")
