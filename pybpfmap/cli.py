@@ -42,6 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The option strings of the (sub)command ``argv`` runs."""
+    options: set[str] = set()
+    current = parser
+    for word in argv:
+        sub = next((a for a in current._actions
+                    if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None or word not in sub.choices:
+            break
+        current = sub.choices[word]
+    for action in current._actions:
+        options.update(action.option_strings)
+    return options
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -52,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except PybpfmapError as e:
+        e.as_option(_options(parser, argv))
         print(f"pybpfmap {args.command}: error: {e.message()}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -12,9 +12,10 @@ import os
 
 # Kernel-internal errnos that leak to user space but that Python's errno
 # module does not know (include/linux/errno.h).
+ENOTSUPP = 524
 KERNEL_ERRNOS: dict[int, tuple[str, str]] = {
     512: ("ERESTARTSYS", "Restart system call"),
-    524: ("ENOTSUPP", "Operation is not supported (kernel-internal ENOTSUPP)"),
+    ENOTSUPP: ("ENOTSUPP", "Operation is not supported (kernel-internal ENOTSUPP)"),
 }
 
 EXIT_KERNEL = 1
@@ -38,7 +39,9 @@ def errno_text(err: int) -> str:
 class PybpfmapError(Exception):
     """A failure explained for the user.
 
-    ``param`` names the parameter or object concerned, ``err`` is the errno
+    ``param`` names the parameter or object concerned (a library names the
+    field, ``max_entries``; the CLI shows the command's option for it,
+    ``--max-entries``: :meth:`as_option`), ``err`` is the errno
     the kernel returned (None for usage errors), ``meaning`` says what it means
     here.  ``exit_code`` is 2 for usage errors and 1 for kernel refusals.
     """
@@ -58,6 +61,20 @@ class PybpfmapError(Exception):
             return f"{self.param}: {self.meaning}"
         return (f"{self.param}: {errno_name(self.err)} ({self.err}, "
                 f"{errno_text(self.err)}): {self.meaning}")
+
+    def as_option(self, options: set[str]) -> PybpfmapError:
+        """This error with each field in ``param`` named by its command-line
+        option when the command has one (``max_entries`` -> ``--max-entries``;
+        ``prealloc`` -> ``--no-prealloc``)."""
+        def option(field: str) -> str:
+            for flag in (f"--{field.replace('_', '-')}", f"--no-{field.replace('_', '-')}",
+                         f"--{field.replace('_', '-')}s"):
+                if flag in options:
+                    return flag
+            return field
+
+        self.param = "/".join(option(f) for f in self.param.split("/"))
+        return self
 
 
 class UsageError(PybpfmapError):

@@ -16,10 +16,9 @@ import os
 from dataclasses import dataclass
 
 from pybpfmap import bpfsys
-from pybpfmap.errors import KernelError, UsageError
+from pybpfmap.errors import ENOTSUPP, KernelError, UsageError
 
 TYPES = tuple(bpfsys.MAP_TYPES)
-ENOTSUPP = 524
 PCPU_MAX_VALUE = 32768  # PCPU_MIN_UNIT_SIZE
 # htab_map_alloc(): n_buckets = roundup_pow_of_two(max_entries) must satisfy
 # n_buckets <= U32_MAX / sizeof(struct bucket); with 16-byte buckets the
@@ -28,6 +27,11 @@ MAX_BUCKETS = 1 << 27
 
 LRU_PREALLOC_ONLY = ("LRU maps are always preallocated: the kernel refuses "
                      "BPF_F_NO_PREALLOC for them (htab_map_alloc_check)")
+
+
+def alloc_label(prealloc: bool) -> str:
+    """How pybpfmap names an allocation mode everywhere: prealloc, no_prealloc."""
+    return "prealloc" if prealloc else "no_prealloc"
 
 
 @dataclass(frozen=True)
@@ -43,12 +47,12 @@ class MapSpec:
 
     def __post_init__(self) -> None:
         if self.type not in bpfsys.MAP_TYPES:
-            raise UsageError("--type", f"unknown map type {self.type!r}; "
+            raise UsageError("type", f"unknown map type {self.type!r}; "
                              f"choose from {', '.join(TYPES)}")
         for name in ("key_size", "value_size", "max_entries", "extra_flags"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0 or value >= 1 << 32:
-                raise UsageError(f"--{name.replace('_', '-')}",
+                raise UsageError(name,
                                  f"{value!r} is not a 32-bit unsigned integer")
 
     @property
@@ -65,7 +69,7 @@ class MapSpec:
 
     @property
     def label(self) -> str:
-        return f"{self.type}/{'prealloc' if self.prealloc else 'no_prealloc'}"
+        return f"{self.type}/{alloc_label(self.prealloc)}"
 
     def value_buffer_size(self) -> int:
         """Bytes user space passes for one value: per-CPU maps take one 8-byte
@@ -122,35 +126,35 @@ def old_memlock_estimate(spec: MapSpec) -> int:
 def explain_create_error(spec: MapSpec, err: int) -> KernelError:
     """Name the parameter behind a BPF_MAP_CREATE refusal and say what it means."""
     if err == ENOTSUPP and spec.lru and not spec.prealloc:
-        return KernelError("--no-prealloc", err, f"{spec.type}: {LRU_PREALLOC_ONLY}")
+        return KernelError("no_prealloc", err, f"{spec.type}: {LRU_PREALLOC_ONLY}")
     if err == errno.EINVAL:
         for name in ("max_entries", "key_size", "value_size"):
             if getattr(spec, name) == 0:
-                return KernelError(f"--{name.replace('_', '-')}", err,
+                return KernelError(name, err,
                                    f"{spec.type}: {name} must be at least 1")
         if spec.extra_flags & bpfsys.F_NO_COMMON_LRU and not spec.lru:
-            return KernelError("--map-flags", err, f"{spec.type}: BPF_F_NO_COMMON_LRU "
+            return KernelError("map_flags", err, f"{spec.type}: BPF_F_NO_COMMON_LRU "
                                "(0x2) is only valid for LRU maps")
         if spec.extra_flags:
-            return KernelError("--map-flags", err, f"{spec.type}: the kernel does not accept "
+            return KernelError("map_flags", err, f"{spec.type}: the kernel does not accept "
                                f"map_flags {spec.flags:#x} for this map type")
         return KernelError("map_flags", err, f"{spec.type}: the kernel rejected map_flags "
                            f"{spec.flags:#x} with these sizes")
     if err == errno.E2BIG:
         if spec.percpu and spec.value_size > PCPU_MAX_VALUE:
-            return KernelError("--value-size", err, f"{spec.type}: per-CPU values are at "
+            return KernelError("value_size", err, f"{spec.type}: per-CPU values are at "
                                f"most {PCPU_MAX_VALUE} bytes (PCPU_MIN_UNIT_SIZE)")
         if spec.max_entries > MAX_BUCKETS:
-            return KernelError("--max-entries", err, f"{spec.max_entries} entries need more "
+            return KernelError("max_entries", err, f"{spec.max_entries} entries need more "
                                "buckets than a hash map can index (its bucket array must "
                                "stay below 4 GiB)")
-        return KernelError("--key-size/--value-size", err,
+        return KernelError("key_size/value_size", err,
                            f"key {spec.key_size} B + value {spec.value_size} B is more "
                            "than one hash element may hold (KMALLOC_MAX_SIZE)")
     if err == errno.ENOMEM:
         what = ("preallocating every element up front" if spec.prealloc
                 else "allocating the bucket array")
-        return KernelError("--max-entries", err, f"{spec.type} with {spec.max_entries} "
+        return KernelError("max_entries", err, f"{spec.type} with {spec.max_entries} "
                            f"entries: the kernel ran out of memory {what}")
     if err == errno.EPERM:
         from pybpfmap import memlock
@@ -265,7 +269,7 @@ class BpfMap:
     def fill(self, count: int) -> None:
         """Insert keys 0..count-1 (BPF_NOEXIST)."""
         if count > 256 ** self.spec.key_size:
-            raise UsageError("--key-size", f"{self.spec.key_size}-byte keys cannot hold "
+            raise UsageError("key_size", f"{self.spec.key_size}-byte keys cannot hold "
                              f"{count} distinct keys")
         for key in range(count):
             self.update(key, key, bpfsys.NOEXIST)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pybpfmap import bpfsys, era, memcg
 from pybpfmap.commands.args import add_json, add_kernel, add_list
 from pybpfmap.errors import KernelError, errno_name
-from pybpfmap.maps import LRU_PREALLOC_ONLY, TYPES, MapSpec, old_memlock_estimate
+from pybpfmap.maps import LRU_PREALLOC_ONLY, TYPES, MapSpec, alloc_label, old_memlock_estimate
 from pybpfmap.output import Progress, human_bytes, md_table, print_json, text_table
 from pybpfmap.records import from_json
 
@@ -186,7 +186,7 @@ def render_text(records: list[MapRecord]) -> str:
     """The human table: one row per map, memory from the memory cgroup and memlock."""
     rows = []
     for r in records:
-        alloc = "prealloc" if r.prealloc else "no_prealloc"
+        alloc = alloc_label(r.prealloc)
         if r.skipped:
             rows.append([r.where, r.type, alloc, None, None, None, None, None, None, None,
                          f"skipped: {r.skipped}"])
@@ -215,7 +215,7 @@ def notes(records: list[MapRecord]) -> str:
 def render_markdown(records: list[MapRecord]) -> str:
     rows = []
     for r in records:
-        alloc = "prealloc" if r.prealloc else "no_prealloc"
+        alloc = alloc_label(r.prealloc)
         if r.skipped:
             rows.append([r.type, alloc, r.max_entries, None, None, None, None, None, None,
                          f"skipped: {r.skipped}"])

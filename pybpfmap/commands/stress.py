@@ -37,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from pybpfmap.stress.kinds import KINDS
     from pybpfmap.stress.records import SCENARIOS
     from pybpfmap.stress.run import INJECTIONS
+    from pybpfmap.stress.verdict import DEFAULT_HEARTBEAT_LIMIT_S
 
     p = subparsers.add_parser(
         "stress", help="hash map ops from kprobes on spin_unlock, and re-entry: deadlock check",
@@ -64,8 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tracepoints", action="store_true",
                    help="weaker variant for kernels without kprobes: attach to "
                         "lock:contention_begin/end and kmem:kmalloc/kfree instead")
-    p.add_argument("--heartbeat-limit", type=float, default=5.0, metavar="S",
-                   help="FAIL a row if its heartbeat is ever later than this (default 5)")
+    p.add_argument("--heartbeat-limit", type=float, default=DEFAULT_HEARTBEAT_LIMIT_S,
+                   metavar="S", help="FAIL a row if its heartbeat is ever later than this "
+                                     "(default %(default)g)")
     p.add_argument("--baseline", type=float, metavar="S",
                    help="seconds of workload without probes, for the throughput "
                         "comparison (default: duration/4, 1 to 3 s)")

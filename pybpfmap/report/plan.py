@@ -1,30 +1,60 @@
-"""What a report runs: one :class:`Section` per command and place."""
+"""What a report runs: one :class:`Section` per command and place, with its budget.
+
+On the host: info, maps, the in-kernel and tracepoint-triggered benchmark, the
+stress check (the tracepoint variant when the host has no kprobes; the kprobe
+scenarios only when it has them *and* is a VM: the report never passes
+``--force``) and the bcc tools that can attach.  In the test VM, for each
+kernel: info, maps, both stress scenarios, the kprobe-triggered benchmark and
+the kprobe-based bcc tools.  Every VM section goes through ``--kernel`` (the
+relay); every section is its own ``python3 -m pybpfmap ... --json`` process
+with a time limit.
+
+Stress rows run in their own boots only where the era predicts that a
+scenario may deadlock the kernel (a lockup then voids only its own row);
+elsewhere one boot per scenario keeps the report within its budget — an
+unexpected hang there still voids only that boot's rows, and says so.
+Maps are measured at the same max_entries everywhere, so that the
+across-kernels table compares like with like.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from pybpfmap import era
+from pybpfmap.stress.kinds import KINDS
+from pybpfmap.vm import catalog
+
+MAPS_ENTRIES = 10000      # everywhere: filling maps from Python under TCG costs ~40x
+BENCH_ENTRIES = 1000      # the across-kernels bench figure: inkernel, hash, 1 CPU
+SECTION_NAMES = ("info", "maps", "bench", "stress", "bcc-compare")
 
 
 @dataclass(frozen=True)
 class Section:
-    """One command of the report.
+    """One command of the report at one place.
 
     ``argv`` is given to ``python3 -m pybpfmap``; ``{out}`` in it is replaced
-    by the section's own output folder.  The command's JSON comes from stdout,
-    or from ``json_files`` (relative to that folder) when set: one file gives
-    its content, several a dict keyed by file stem.
-    """
+    by the section's own folder.  ``budget`` is the time it should take (s);
+    ``limit`` the time after which it is stopped (SIGINT, then SIGKILL)."""
 
-    name: str           # info, maps, bench, stress, bcc-compare
-    where: str          # "host" or a test-VM kernel name
-    argv: list[str]
-    timeout: float
-    json_files: tuple[str, ...] = ()
-    notes: list[str] = field(default_factory=list)
+    name: str       # info, maps, bench, stress, bcc-compare
+    where: str      # "host" or a catalog kernel
+    argv: tuple[str, ...]
+    budget: float
+    scenario: str = ""   # stress sections: which scenario
 
     @property
     def key(self) -> str:
-        return f"{self.name}@{self.where}"
+        return f"{self.name}{'-' + self.scenario if self.scenario else ''}@{self.where}"
+
+    @property
+    def folder(self) -> str:
+        return self.key.replace("@", "-")
+
+    @property
+    def limit(self) -> float:
+        return self.budget * 3 + 120
 
 
 def _kprobe_tools() -> list[str]:
@@ -33,57 +63,80 @@ def _kprobe_tools() -> list[str]:
     return [name for name, tool in TOOLS.items() if tool.needs_kprobes]
 
 
-def plan(kernels: list[str], quick: bool, host_kprobes: bool) -> list[Section]:
-    """The sections of a report.
+def _release(kernel: str) -> str:
+    """The kernel's release: the built image's, else its catalog series."""
+    from pybpfmap.vm.image import find_image
 
-    On the host: info, maps, the in-kernel and tracepoint-triggered benchmark,
-    the tracepoint variant of the stress check (or the kprobe one when the
-    host has kprobes) and the bcc tools that can attach.  In the test VM, for
-    each kernel: info and maps, the kprobe stress check, the kprobe-triggered
-    benchmark and the kprobe-based bcc tools.  ``quick`` keeps the whole
-    report to about 3 minutes on 2 CPUs (one small benchmark, one bcc tool,
-    in the VM only info, maps and the stress check); the default to about 15.
-    """
-    entries = "10000" if quick else "100000"
-    duration = "3" if quick else "10"
-    bench = (["--types", "hash", "--cpus", "1", "--max-entries", "1000", "--runs", "3"]
-             if quick else
-             ["--cpus", "1,2", "--max-entries", "1000,100000", "--runs", "3"])
-    tools = ["--tools", "runqlat", "--runs", "1", "--duration", "1"] if quick else \
-        ["--runs", "2", "--duration", "2"]
+    image = find_image(kernel)
+    return image.release if image else f"{catalog.get(kernel).series}.0"
+
+
+def stress_durations(release: str, scenario: str, quick: bool) -> tuple[float, bool]:
+    """(seconds per row, isolate) for one scenario on one kernel.
+
+    60 s per row where the era predicts the allocator scenario may deadlock:
+    a preallocated row that stays clean for a minute means something there."""
+    risky = era.deadlock_possible(release, [k.spec for k in KINDS], scenario)
+    if scenario == "reentry":  # its answer comes on the first nested update
+        return (3.0 if quick else 5.0), risky
+    if quick:
+        return 5.0, risky
+    return (60.0 if risky else 15.0), risky
+
+
+def plan(kernels: list[str], quick: bool, host_kprobes: bool, host_in_vm: bool
+         ) -> list[Section]:
+    """The sections of a report; ``quick`` keeps it to a few minutes."""
+    maps = ("maps", "--max-entries", str(MAPS_ENTRIES), "--json")
+    bench_host = (("bench", "--types", "hash", "--cpus", "1", "--max-entries",
+                   str(BENCH_ENTRIES), "--runs", "3") if quick else
+                  ("bench", "--cpus", "1,2", "--max-entries", f"{BENCH_ENTRIES},100000",
+                   "--runs", "3"))
+    tools_host = ("--tools", "runqlat") if quick else ()
     sections = [
-        Section("info", "host", ["info", "--json"], 60),
-        Section("maps", "host", ["maps", "--json", "--max-entries", entries], 300),
-        Section("bench", "host",
-                ["bench", "--mode", "both", *bench,
-                 "--json", "{out}/bench.json", "--plot", "{out}/bench.png"],
-                600, json_files=("bench.json",)),
-        Section("stress", "host",
-                ["stress", "--duration", duration, "--json", "--force"]
-                + ([] if host_kprobes else ["--tracepoints"]), 300),
-        Section("bcc-compare", "host", ["bcc-compare", "--json", *tools], 600),
+        Section("info", "host", ("info", "--json"), 10),
+        Section("maps", "host", maps, 30),
+        Section("bench", "host", (*bench_host, "--plot", "{out}/bench.png", "--json"),
+                60 if quick else 180),
     ]
-    # 10000 entries in the VM: filling maps from Python under TCG emulation
-    # costs about 40x what it does on the host.
-    guest_facts = ('python3 -m pybpfmap info --json > "$PYBPFMAP_RESULTS/info.json" && '
-                   'python3 -m pybpfmap maps --json --max-entries 10000 '
-                   '> "$PYBPFMAP_RESULTS/maps.json"')
+    if host_kprobes and host_in_vm:
+        for scenario in ("allocator", "reentry"):
+            secs, _ = stress_durations(_host_release(), scenario, quick)
+            sections.append(Section("stress", "host", (
+                "stress", "--scenario", scenario, "--duration", f"{secs:g}", "--json"),
+                secs * len(KINDS) + 60, scenario))
+    else:  # the weaker variant: lock and kmem tracepoints, never --force
+        secs = 3.0 if quick else 8.0
+        sections.append(Section("stress", "host", (
+            "stress", "--tracepoints", "--duration", f"{secs:g}", "--json"),
+            (secs + 4) * len(KINDS) + 30, "allocator"))
+    sections.append(Section("bcc-compare", "host", ("bcc-compare", *tools_host, "--json"),
+                            60 if quick else 240))
     for kernel in kernels:
-        sections.append(Section(
-                "info+maps", kernel,
-                ["vm", "run", "--kernel", kernel, "--quiet", "--results", "{out}",
-                 "--", "sh", "-c", guest_facts], 600, json_files=("info.json", "maps.json")))
-        sections.append(Section("stress", kernel, ["stress", "--kernel", kernel,
-                                                   "--duration", duration, "--json"], 900))
+        k = ("--kernel", kernel, "--results", "{out}/vm")
+        sections += [Section("info", kernel, ("info", *k, "--json"), 60),
+                     Section("maps", kernel, (*maps, *k), 120)]
+        release = _release(kernel)
+        for scenario in ("allocator", "reentry"):
+            secs, isolate = stress_durations(release, scenario, quick)
+            boots = len(KINDS) if isolate else 1
+            sections.append(Section("stress", kernel, (
+                "stress", "--scenario", scenario, "--duration", f"{secs:g}",
+                "--isolate" if isolate else "--no-isolate", *k, "--json"),
+                secs * len(KINDS) + 45 * boots, scenario))
         if not quick:
             sections += [
-                Section("bench", kernel,
-                        ["bench", "--kernel", kernel, "--mode", "syscall", "--types", "hash",
-                         "--cpus", "1,2", "--max-entries", "1000", "--runs", "3",
-                         "--json", "{out}/bench.json", "--plot", "{out}/bench.png"],
-                        900, json_files=("bench.json",)),
-                Section("bcc-compare", kernel,
-                        ["bcc-compare", "--kernel", kernel, "--json", "--runs", "1",
-                         "--duration", "2", "--tools", *_kprobe_tools()], 900),
+                Section("bench", kernel, (
+                    "bench", "--mode", "both", "--types", "hash", "--cpus", "1,2",
+                    "--max-entries", str(BENCH_ENTRIES), "--runs", "3",
+                    "--plot", "{out}/bench.png", *k, "--json"), 180),
+                Section("bcc-compare", kernel, (
+                    "bcc-compare", "--tools", ",".join(_kprobe_tools()), *k, "--json"), 240),
             ]
     return sections
+
+
+def _host_release() -> str:
+    import os
+
+    return os.uname().release

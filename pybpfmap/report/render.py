@@ -1,208 +1,172 @@
-"""``report.md`` from ``results.json``: tables per section, one table across kernels."""
+"""``report.md``: each section rendered by its command, and one table across kernels.
+
+The report only composes: every command renders its own records
+(``render_markdown``); this module builds the across-kernels table from
+those records — era, kprobes, probeable unlock functions, each stress
+scenario's outcome against its prediction, the prealloc ÷ NO_PREALLOC cost at
+1 CPU, memory per allocation mode at the same max_entries — and the table of
+how long each section took against its budget.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def cell(v: Any) -> str:
-        if v is None:
-            return "–"
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
-        return str(v).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+from pybpfmap import era
+from pybpfmap.output import md_table
+from pybpfmap.report.plan import BENCH_ENTRIES, MAPS_ENTRIES
+from pybpfmap.report.run import SectionResult
 
 
-def _records(data: Any) -> list[dict]:
-    """A command's records, whether it printed a list or an object holding one."""
-    if isinstance(data, list):
-        return [r for r in data if isinstance(r, dict)]
-    if isinstance(data, dict):
-        for key in ("records", "rows", "results"):
-            if isinstance(data.get(key), list):
-                return data[key]
-    return []
+@dataclass(frozen=True)
+class Renderer:
+    """How a command's JSON document becomes records and Markdown."""
+
+    load: Callable[[Any], list]
+    markdown: Callable[[list], str]
 
 
-def _mib(n: Any) -> Any:
-    return round(n / 2**20, 2) if isinstance(n, (int, float)) else None
+def renderers() -> dict[str, Renderer]:
+    from pybpfmap.bcc_compare import result as bcc
+    from pybpfmap.bench import record as bench
+    from pybpfmap.bench import table as bench_table
+    from pybpfmap.commands import info, maps
+    from pybpfmap.stress import records as stress
+
+    return {"info": Renderer(info.load, info.render_markdown),
+            "maps": Renderer(maps.load, maps.render_markdown),
+            "bench": Renderer(bench.load, bench_table.render_markdown),
+            "stress": Renderer(stress.load, stress.render_markdown),
+            "bcc-compare": Renderer(bcc.load, bcc.render_markdown)}
 
 
-def render_info(data: dict) -> str:
-    hdr = data.get("headers") or {}
-    rows = [
-        ["kernel", data.get("kernel_release")],
-        ["in a VM", f"{data.get('in_vm')} ({data.get('virt')})"],
-        ["kprobes", f"{data.get('kprobes')}: {data.get('kprobes_reason')}"],
-        ["headers", hdr.get("note", "none")],
-        ["unlock symbols", ", ".join(data.get("unlock_symbols") or []) or "none"],
-    ]
-    return md_table(["", ""], rows)
+@dataclass
+class Report:
+    """Everything a report found (``results.json``)."""
+
+    generated: str
+    command: str
+    host_release: str
+    places: list[str]
+    seconds: float
+    sections: list[SectionResult]
 
 
-def render_maps(data: Any) -> str:
+def _records(report: Report, name: str, where: str) -> list:
+    load = renderers()[name].load
+    return [rec for s in report.sections if s.name == name and s.where == where
+            and s.data is not None for rec in load(s.data)]
+
+
+def _stress_cell(runs: list, scenario: str) -> str | None:
+    rows = [r for run in runs for r in run.rows if r.scenario == scenario]
+    if not rows:
+        return None
+    counts: dict[str, list[str]] = {}
+    for r in rows:
+        counts.setdefault(r.outcome, []).append(r.kind)
+    parts = []
+    for outcome, kinds in counts.items():
+        shown = f" ({', '.join(kinds)})" if outcome != "PASS" else ""
+        parts.append(f"{len(kinds)} {outcome}{shown}")
+    unexpected = [r.kind for r in rows if r.as_predicted is False]
+    variant = " [tracepoint variant]" if rows[0].variant == "tracepoint" else ""
+    errnos = sorted({e for r in rows for errs in r.errors.values() for e in errs})
+    return (", ".join(parts) + (f"; errors {', '.join(errnos)}" if errnos else "")
+            + ("; as predicted" if not unexpected else f"; UNEXPECTED: {', '.join(unexpected)}")
+            + variant)
+
+
+def _memory_cell(maps: list, prealloc: bool, stage: str) -> str | None:
+    rec = next((m for m in maps if m.type == "hash" and m.prealloc is prealloc
+                and not m.skipped and m.max_entries == MAPS_ENTRIES), None)
+    if rec is None or stage not in rec.memory:
+        return None
+    mem = rec.memory[stage]
+    if mem.memcg is not None:
+        return f"{mem.memcg / 2**20:.2f}"
+    return f"{(mem.system_slab + mem.system_percpu) / 2**20:.2f} (system-wide)"
+
+
+def across_kernels(report: Report) -> str:
+    """One row per place measured."""
+    from pybpfmap.bench.record import pre_no_ratio
+
     rows = []
-    for r in _records(data):
-        if r.get("skipped"):
-            rows.append([r["type"], "prealloc" if r["prealloc"] else "no_prealloc", None, None,
-                         None, None, None, f"skipped: {r['skipped']}"])
-            continue
-        rows.append([r["type"], "prealloc" if r["prealloc"] else "no_prealloc",
-                     hex(r["map_flags"]), r["create_ms"], _mib(r["memlock_empty"]),
-                     _mib(r["memlock_full"]), _mib(r["memlock_drained"]),
-                     r.get("new_key_when_full")])
-    return md_table(["type", "alloc", "map_flags", "create ms", "MiB empty", "MiB full",
-                     "MiB drained", "new key when full"], rows)
+    for where in report.places:
+        info = _records(report, "info", where)
+        k = info[0] if info else None
+        stress = _records(report, "stress", where)
+        maps = _records(report, "maps", where)
+        ratio = pre_no_ratio(_records(report, "bench", where), mode="inkernel",
+                                   type="hash", cpus=1, max_entries=BENCH_ENTRIES)
+        release = k.kernel_release if k else (stress[0].kernel_release if stress else None)
+        rows.append([
+            where, release, era.era_of(release).name if release else None,
+            ("yes" if k.kprobes else "no") if k else None,
+            (", ".join(k.unlock_symbols) or "none") if k else None,
+            _stress_cell(stress, "allocator"), _stress_cell(stress, "reentry"),
+            None if ratio is None else f"{ratio:.2f}x",
+            _memory_cell(maps, True, "full"), _memory_cell(maps, False, "empty"),
+            _memory_cell(maps, False, "full")])
+    return md_table(["where", "kernel", "era", "kprobes", "probeable unlock functions",
+                     "stress: allocator", "stress: re-entry",
+                     f"prealloc ÷ NO_PREALLOC speed (inkernel, hash, 1 CPU, "
+                     f"{BENCH_ENTRIES} entries)",
+                     f"hash prealloc MiB (full, {MAPS_ENTRIES})",
+                     f"hash NO_PREALLOC MiB (empty, {MAPS_ENTRIES})",
+                     f"hash NO_PREALLOC MiB (full, {MAPS_ENTRIES})"], rows) + (
+        "\nMemory is what the memory cgroup charged for the map (kernel memory of a fresh "
+        "child cgroup); \"system-wide\" marks kernels that charge BPF maps to no cgroup "
+        f"(before {era.MEMCG.cite()}), where /proc/meminfo's Slab + Percpu deltas stand "
+        "in. Stress cells count rows by outcome; the era's prediction for each row is in "
+        "its section.\n")
 
 
-def render_bench(data: Any) -> str:
-    rows = []
-    for r in _records(data):
-        rows.append([r.get("mode"), r.get("type"),
-                     "prealloc" if r.get("prealloc") else "no_prealloc", r.get("cpus"),
-                     r.get("max_entries"), r.get("ns_per_op"), r.get("events_per_sec"),
-                     r.get("runs"), r.get("cv")])
-    return md_table(["mode", "type", "alloc", "CPUs", "max_entries", "ns/op", "events/s",
-                     "runs", "CV"], rows)
-
-
-def render_stress(data: Any) -> str:
-    out = ""
-    if isinstance(data, dict) and "verdict" in data:
-        out += f"**Verdict: {data['verdict']}**"
-        if data.get("variant") == "tracepoint":
-            out += (" — the weaker tracepoint variant (no kprobes on this kernel: lock and "
-                    "kmem tracepoints instead of spin_unlock)")
-        for reason in data.get("reasons") or []:
-            out += f"\n- {reason}"
-        out += "\n\n"
-    rows = []
-    for r in _records(data):
-        errors = r.get("errors")
-        if isinstance(errors, dict):
-            errors = ", ".join(f"{k}: {v}" for k, v in errors.items() if v) or "none"
-        rows.append([r.get("probe"), r.get("type"),
-                     "prealloc" if r.get("prealloc") else "no_prealloc",
-                     r.get("events"), errors, r.get("verdict")])
-    return out + md_table(["probe", "type", "alloc", "events", "errors", "verdict"], rows)
-
-
-def render_bcc_compare(data: Any) -> str:
-    rows = []
-    for r in _records(data):
-        if r.get("status", "ok") != "ok":
-            rows.append([r.get("tool"), None, None, None, None, None, r.get("where"),
-                         f"{r.get('status')}: {r.get('reason')}"])
-            continue
-        flags = r.get("map_flags")
-        if isinstance(flags, dict):
-            flags = ", ".join(f"{k}={v}" for k, v in flags.items())
-        rows.append([r.get("tool"), r.get("mode") or ("prealloc" if r.get("prealloc")
-                                                      else "no_prealloc"),
-                     flags, r.get("baseline"), r.get("with_tool"),
-                     r.get("overhead_ns_per_event"), r.get("where"), None])
-    return md_table(["tool", "maps", "map_flags (kernel)", "baseline ops/s",
-                     "with tool ops/s", "overhead ns/event", "where", "note"], rows)
-
-
-def render_info_maps(data: Any) -> str:
-    data = data or {}
-    return render_info(data.get("info") or {}) + "\n" + render_maps(data.get("maps"))
-
-
-RENDERERS = {
-    "info": render_info,
-    "maps": render_maps,
-    "bench": render_bench,
-    "stress": render_stress,
-    "bcc-compare": render_bcc_compare,
-    "info+maps": render_info_maps,
-}
-
-
-def _release_of(results: dict, where: str) -> str | None:
-    """The kernel release measured at ``where``, from whichever section says."""
-    for s in results["sections"]:
-        data = s.get("data")
-        if s["where"] != where or not isinstance(data, dict):
-            continue
-        release = data.get("kernel_release") or (data.get("info") or {}).get("kernel_release")
-        if release:
-            return release
-    return None
-
-
-def across_kernels(results: dict) -> str:
-    """One row per place measured: release, kprobes, stress verdict, memory of a
-    hash map in both modes."""
-    rows = []
-    for where in results["places"]:
-        by = {s["name"]: s for s in results["sections"] if s["where"] == where}
-        facts = (by.get("info") or {}).get("data") or \
-            ((by.get("info+maps") or {}).get("data") or {}).get("info") or {}
-        maps = (by.get("maps") or {}).get("data") or \
-            ((by.get("info+maps") or {}).get("data") or {}).get("maps")
-        mem = {r["prealloc"]: r for r in _records(maps) if r.get("type") == "hash"
-               and not r.get("skipped")}
-        stress = (by.get("stress") or {}).get("data") or {}
-        verdict = stress.get("verdict") if isinstance(stress, dict) else None
-        if verdict and stress.get("variant") == "tracepoint":
-            verdict += " (tracepoint variant)"
-        rows.append([where, _release_of(results, where), facts.get("kprobes"), verdict,
-                     _mib((mem.get(True) or {}).get("memlock_empty")),
-                     _mib((mem.get(False) or {}).get("memlock_empty")),
-                     _mib((mem.get(False) or {}).get("memlock_full"))])
-    return md_table(["where", "kernel", "kprobes", "stress verdict",
-                     "hash prealloc MiB (empty)", "hash no_prealloc MiB (empty)",
-                     "hash no_prealloc MiB (full)"], rows)
-
-
-def era_notes(results: dict) -> str:
-    from pybpfmap.stress import era
-
+def era_notes(report: Report) -> str:
     out = []
-    for where in results["places"]:
-        release = _release_of(results, where)
-        if not release:
+    for where in report.places:
+        info = _records(report, "info", where)
+        if not info:
             continue
+        release = info[0].kernel_release
         out.append(f"**{where} ({release})**\n")
         out += [f"- {line}" for line in era.expectations(release)]
         out.append("")
     return "\n".join(out) + "\n"
 
 
-def render(results: dict) -> str:
+def budgets(report: Report) -> str:
+    rows = [[s.key, s.seconds, s.budget, "over budget" if s.seconds > s.budget else "ok"]
+            for s in report.sections]
+    total = sum(s.seconds for s in report.sections)
+    return md_table(["section", "seconds", "budget", ""], rows) + f"\nTotal {total:.0f} s.\n"
+
+
+def render(report: Report) -> str:
     """The whole report as Markdown."""
-    parts = [f"# pybpfmap report\n\nGenerated {results['generated']} by "
-             f"`{results['command']}` on {results['host_release']}.  Every figure below "
-             "was measured in this run; the raw data is in `results.json`, each command's "
-             "output in its folder.  Figures from a test VM under TCG are emulated, not "
-             "hardware figures.\n"]
-    parts.append("## Across kernels\n\n" + across_kernels(results))
-    parts.append("## What each kernel era predicts\n\n" + era_notes(results))
-    failed = [s for s in results["sections"] if s.get("error")]
+    parts = [f"# pybpfmap report\n\nGenerated {report.generated} by `{report.command}` on "
+             f"{report.host_release}.  Every figure below was measured in this run; the raw "
+             "data is in `results.json`, each command's output in its folder.  Figures from a "
+             "test VM under TCG are emulated, not hardware figures.\n"]
+    failed = [s for s in report.sections if s.error]
     if failed:
         parts.append("## Sections that failed\n\n" + md_table(
-            ["section", "where", "error"], [[s["name"], s["where"], s["error"]] for s in failed]))
-    for s in results["sections"]:
-        title = f"## {s['name']} on {s['where']}\n\n"
-        body = f"`pybpfmap {' '.join(s['argv'])}` — {s['seconds']} s, output in " \
-               f"`{s['folder']}/`\n\n"
-        if s.get("data") is None:
-            body += f"No result: {s.get('error')}\n"
+            ["section", "error"], [[s.key, s.error] for s in failed]))
+    parts.append("## Across kernels\n\n" + across_kernels(report))
+    parts.append("## What each kernel era predicts\n\n" + era_notes(report))
+    r = renderers()
+    for s in report.sections:
+        body = (f"`pybpfmap {' '.join(s.argv)}` — {s.seconds} s (budget {s.budget:.0f} s), "
+                f"output in `{s.folder}/`\n\n")
+        if s.data is None:
+            body += f"No result: {s.error}\n"
         else:
-            try:
-                body += RENDERERS[s["name"]](s["data"])
-            except (KeyError, TypeError, AttributeError, ValueError):
-                body += "```json\n" + json.dumps(s["data"], indent=1)[:20000] + "\n```\n"
-        for png in s.get("plots", []):
-            body += f"\n![{s['name']} {s['where']}]({png})\n"
-        parts.append(title + body)
+            body += r[s.name].markdown(r[s.name].load(s.data))
+        for png in s.plots:
+            body += f"\n![{s.key}]({png})\n"
+        parts.append(f"## {s.key}\n\n{body}")
+    parts.append("## Time per section\n\n" + budgets(report))
     return "\n".join(parts)

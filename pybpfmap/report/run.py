@@ -1,88 +1,127 @@
-"""Run a report's sections and collect their JSON into ``results.json``."""
+"""Run a report's sections, each as its own process with a time limit.
+
+A section past its limit gets SIGINT — the same as Ctrl-C, so the command's
+own context managers detach its probes, unload its programs and maps, remove
+its network namespaces and stop its VM — then SIGKILL after
+:data:`GRACE` seconds if it is still there.  Its stdout is its JSON document.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pybpfmap.report.plan import Section
+
+GRACE = 30.0
+
+
+@dataclass
+class SectionResult:
+    """What one section did: its document (``data``) or why there is none."""
+
+    name: str
+    where: str
+    scenario: str
+    argv: list[str]
+    folder: str
+    budget: float
+    seconds: float = 0.0
+    status: int | None = None
+    data: Any = None
+    error: str | None = None
+    stopped: bool = False          # stopped at its time limit
+    plots: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}{'-' + self.scenario if self.scenario else ''}@{self.where}"
 
 
 def _log(msg: str) -> None:
     print(f"pybpfmap report: {msg}", file=sys.stderr, flush=True)
 
 
-def run_section(section: Section, out: Path) -> dict:
-    """Run one section as ``python3 -m pybpfmap ...``; return its record."""
-    folder = out / section.key.replace("@", "-")
+def _default_sigint() -> None:
+    # A background job inherits SIGINT ignored; the section must get Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def run_section(section: Section, out: Path, limit: float | None = None) -> SectionResult:
+    """Run one section as ``python3 -m pybpfmap ...``; its result."""
+    folder = out / section.folder
     folder.mkdir(parents=True, exist_ok=True)
     argv = [a.replace("{out}", str(folder)) for a in section.argv]
-    cmd = [sys.executable, "-m", "pybpfmap", *argv]
-    record: dict = {"name": section.name, "where": section.where, "argv": argv,
-                    "folder": str(folder.relative_to(out)), "data": None, "error": None}
+    res = SectionResult(section.name, section.where, section.scenario, argv,
+                        section.folder, section.budget)
+    limit = section.limit if limit is None else limit
     start = time.monotonic()
-    stderr_path = folder / "stderr.txt"
-    try:
-        with open(stderr_path, "w") as err:
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
-                                  timeout=section.timeout, stdin=subprocess.DEVNULL,
-                                  env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        record["status"] = proc.returncode
-        (folder / "stdout.txt").write_text(proc.stdout)
-        record["data"] = _collect(section, folder, proc.stdout)
-    except subprocess.TimeoutExpired:
-        # subprocess.run killed it; the command's own context managers do not
-        # get to run, but its VM runner and BCC objects die with the process.
-        record["status"] = None
-        record["error"] = f"did not finish within {section.timeout:.0f} s"
-    except (ValueError, OSError) as e:
-        record.setdefault("status", None)
-        record["error"] = f"no JSON result: {e}"
-    record["seconds"] = round(time.monotonic() - start, 1)
-    if record["error"] is None and record["status"] not in (0, None):
-        record["error"] = _last_error(stderr_path) or f"exit status {record['status']}"
-    return record
-
-
-def _collect(section: Section, folder: Path, stdout: str):
-    if not section.json_files:
-        # every command's --json puts only the JSON document on stdout
-        return json.loads(stdout) if stdout.strip() else None
-    found = {}
-    for name in section.json_files:
-        path = folder / name
-        if path.exists():
-            found[Path(name).stem] = json.loads(path.read_text())
-    if len(section.json_files) == 1:
-        return next(iter(found.values()), None)
-    return found or None
+    stdout_path, stderr_path = folder / "stdout.txt", folder / "stderr.txt"
+    with open(stdout_path, "w") as out_f, open(stderr_path, "w") as err_f:
+        proc = subprocess.Popen([sys.executable, "-m", "pybpfmap", *argv], stdout=out_f,
+                                stderr=err_f, stdin=subprocess.DEVNULL,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                                preexec_fn=_default_sigint)
+        try:
+            res.status = proc.wait(limit)
+        except subprocess.TimeoutExpired:
+            res.stopped = True
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(GRACE)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            res.error = (f"stopped at its time limit of {limit:.0f} s (SIGINT; exit "
+                         f"status {proc.returncode})")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    res.seconds = round(time.monotonic() - start, 1)
+    text = stdout_path.read_text()
+    if not res.stopped:
+        try:
+            res.data = json.loads(text) if text.strip() else None
+        except ValueError as e:
+            res.error = f"its output is not JSON: {e}"
+        if res.data is None and res.error is None:
+            res.error = _last_error(stderr_path) or f"no result (exit status {res.status})"
+        elif res.status not in (0, None) and res.name != "stress":
+            # stress exits 1 or 3 with a full result: its rows say why.
+            res.error = _last_error(stderr_path) or f"exit status {res.status}"
+    res.plots = sorted(str(p.relative_to(out)) for p in folder.glob("*.png"))
+    return res
 
 
 def _last_error(stderr_path: Path) -> str | None:
-    """The line of a failed command's stderr that best says why: its last line
-    mentioning an error or a failure, else its last line that is not guest
-    kernel console output."""
+    """The line of a failed command's stderr that best says why: its last
+    "pybpfmap ...: error:" line, else its last line that is not guest console
+    output."""
     lines = [ln.strip() for ln in stderr_path.read_text(errors="replace").splitlines()
              if ln.strip() and not re.match(r"\s*\[\s*\d+\.\d+\]", ln)]
     for line in reversed(lines):
-        if re.search(r"error|fail", line, re.IGNORECASE):
+        if re.match(r"pybpfmap [\w-]+: error: ", line):
             return line
     return lines[-1] if lines else None
 
 
-def run_all(sections: list[Section], out: Path) -> list[dict]:
-    """Run every section in order, with progress on stderr."""
-    records = []
+def run_all(sections: list[Section], out: Path) -> list[SectionResult]:
+    """Run every section in order, with progress (and budget) on stderr."""
+    results = []
     for n, section in enumerate(sections, 1):
-        _log(f"[{n}/{len(sections)}] {section.name} on {section.where} ...")
-        record = run_section(section, out)
-        state = "ok" if record["error"] is None else f"FAILED: {record['error']}"
-        _log(f"[{n}/{len(sections)}] {section.name} on {section.where}: {state} "
-             f"({record['seconds']} s)")
-        records.append(record)
-    return records
+        _log(f"[{n}/{len(sections)}] {section.key} (budget {section.budget:.0f} s) ...")
+        res = run_section(section, out)
+        state = "ok" if res.error is None else f"FAILED: {res.error}"
+        _log(f"[{n}/{len(sections)}] {section.key}: {state} ({res.seconds} s of "
+             f"{section.budget:.0f})")
+        results.append(res)
+    return results

@@ -233,7 +233,7 @@ def render_markdown(runs: list[StressRun]) -> str:
         for r in run.rows:
             why = "; ".join(r.reasons)
             if r.evidence is not None:
-                why = (why + "; " if why else "") + r.evidence.diagnosis
+                why = (why + "; " if why else "") + r.evidence.brief()
             rows.append([*_row_cells(r), why or None])
         out.append(f"**{run.kernel_release}** ({run.where}), {run.duration_s:g} s per row"
                    + (", one VM boot per row" if run.isolated else "") + "\n")

@@ -187,6 +187,19 @@ class Evidence:
     def stuck_cpus(self) -> list[VcpuEvidence]:
         return [v for v in self.vcpus if v.stuck]
 
+    def brief(self, frames: int = 8) -> str:
+        """One line per stuck CPU: where, IRQ state, the lock, the top of its stack."""
+        if not self.qemu_answers:
+            return self.diagnosis
+        parts = []
+        for v in self.stuck_cpus():
+            irq = {None: "", True: ", IRQs on", False: ", IRQs off"}[v.irqs_enabled]
+            lock = f", spinning on {v.spin_lock.split(' (')[0]}" if v.spin_lock else ""
+            chain = " <- ".join(f.split("+")[0] for f in v.stack[:frames])
+            parts.append(f"CPU#{v.cpu} in {v.symbol.split('+')[0]}{irq}{lock}"
+                         + (f"; stack {chain}" if chain else ""))
+        return "; ".join(parts) or self.diagnosis
+
     def text(self) -> str:
         """The human report."""
         out = [self.note] if self.note else []
