@@ -4,6 +4,8 @@ Markers (registered in pyproject.toml):
   root     needs root for bpf(2)
   kprobes  needs CONFIG_KPROBES; on a host without them, run inside the test VM
   vm       boots the test VM with qemu (skipped inside the VM itself)
+
+``tests/helpers.py`` has what test modules import (``image()``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from collections.abc import Callable
 import pytest
 
 from pybpfmap import kernel as kernel_probe
-from pybpfmap.headers import ensure_headers, ensure_tracefs
+from pybpfmap.headers import ensure_headers
+from pybpfmap.tracefs import ensure_tracefs
 from pybpfmap.vm.guest import in_test_vm
 
 IN_TEST_VM = in_test_vm()

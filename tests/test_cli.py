@@ -118,25 +118,42 @@ def test_unprivileged_user_is_told_to_use_sudo():
 
 @pytest.mark.root
 def test_maps_json_shows_prealloc_charging_up_front():
-    result = run("maps", "--json", "--type", "hash", "--type", "percpu_hash",
-                 "--max-entries", "20000")
+    result = run("maps", "--json", "--type", "hash", "percpu_hash", "--max-entries", "20000")
     assert result.returncode == 0, result.stderr
     records = json.loads(result.stdout)
     assert len(records) == 4
-    keys = {"type", "prealloc", "max_entries", "map_flags", "memlock_empty", "memlock_full",
-            "memlock_drained", "create_ms"}
     by = {(r["type"], r["prealloc"]): r for r in records}
     for r in records:
-        assert keys <= set(r)
         assert r["map_flags"] == (0 if r["prealloc"] else 1)
         assert r["new_key_when_full"] == "E2BIG"
         assert r["entries_full"] == 20000
+        assert set(r["memory"]) == {"empty", "full", "drained"}
+        assert r["where"] == "host" and r["kernel_release"] == os.uname().release
     for t in ("hash", "percpu_hash"):
-        assert by[(t, True)]["memlock_empty"] == by[(t, True)]["memlock_full"]
+        pre, no = by[(t, True)]["memory"], by[(t, False)]["memory"]
+        assert pre["empty"]["memlock"] == pre["full"]["memlock"]
         if by[(t, False)]["memlock_is_estimate"]:
             continue  # pre-v6.4 kernel: fdinfo shows an estimate (test_maps.py says so)
-        assert by[(t, True)]["memlock_empty"] > 2 * by[(t, False)]["memlock_empty"]
-        assert by[(t, False)]["memlock_full"] > by[(t, False)]["memlock_empty"]
+        assert pre["empty"]["memlock"] > 2 * no["empty"]["memlock"]
+        assert no["full"]["memlock"] > no["empty"]["memlock"]
+
+
+@pytest.mark.root
+def test_memory_cgroup_charges_at_least_the_element_area():
+    """A preallocated hash of N entries allocates N elements of 48 + 8 + 8 bytes
+    up front: the memory cgroup's kernel-memory charge must be at least that,
+    and a NO_PREALLOC map's must grow when it is filled."""
+    from pybpfmap import memcg
+
+    if memcg.charges_maps() is not True:
+        pytest.skip(f"no memory cgroup figures here: {memcg.unavailable_reason() or ''} "
+                    "(or the kernel does not charge BPF maps to it)")
+    n = 50000
+    result = run("maps", "--json", "--type", "hash", "--max-entries", str(n))
+    pre, no = json.loads(result.stdout)
+    assert pre["memory"]["empty"]["memcg"] >= n * (48 + 8 + 8), pre
+    assert no["memory"]["full"]["memcg"] - no["memory"]["empty"]["memcg"] >= n * 48, no
+    assert pre["memcg"].startswith("cgroup v")
 
 
 @pytest.mark.root

@@ -43,4 +43,4 @@ def test_refused_map_is_explained_before_bcc_and_leaves_nothing():
     with pytest.raises(KernelError) as e, \
             bcc_program("maps.c", maps={"MAP": MapSpec("hash", max_entries=0)}):
         pass
-    assert e.value.err == errno.EINVAL and e.value.param == "--max-entries"
+    assert e.value.err == errno.EINVAL and e.value.param == "max_entries"

@@ -1,89 +1,161 @@
-"""The report: its files are complete and valid, failures are recorded, not hidden."""
+"""The report: sections run with time limits and clean up, each renders its own
+records, the across-kernels table compares like with like, and --merge of
+separate runs gives the same table as one run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 
 import pytest
 
+from pybpfmap.records import from_json, to_json
+from pybpfmap.report import plan as plan_mod
 from pybpfmap.report.plan import Section, plan
-from pybpfmap.report.render import render
-from pybpfmap.report.run import run_all
+from pybpfmap.report.render import Report, across_kernels, render
+from pybpfmap.report.run import run_all, run_section
+from pybpfmap.stress import leftovers
 
 pytestmark = pytest.mark.root
 
 
-def _results(records, places=("host",)):
-    return {"generated": "now", "command": "test", "host_release": "x",
-            "places": list(places), "seconds": 0, "sections": records}
+def _report(results, places=("host",)) -> Report:
+    return Report("now", "test", "x", list(places), 0, list(results))
 
 
-def test_sections_run_and_render(tmp_path):
-    sections = [Section("info", "host", ["info", "--json"], 60),
-                Section("maps", "host", ["maps", "--json", "--max-entries", "100",
-                                         "--type", "hash"], 60)]
-    records = run_all(sections, tmp_path)
-    assert [r["error"] for r in records] == [None, None]
-    info, maps = (r["data"] for r in records)
-    assert info["kernel_release"]
-    assert {(m["type"], m["prealloc"]) for m in maps} == {("hash", True), ("hash", False)}
-    text = render(_results(records))
-    assert "## Across kernels" in text
-    assert "| hash | prealloc | 0x0 |" in text and "| hash | no_prealloc | 0x1 |" in text
-    assert "## What each kernel era predicts" in text
+def pybpfmap(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pybpfmap", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def host_sections(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    sections = [Section("info", "host", ("info", "--json"), 60),
+                Section("maps", "host", ("maps", "--json", "--max-entries",
+                                         str(plan_mod.MAPS_ENTRIES), "--types", "hash"), 60)]
+    return out, run_all(sections, out)
+
+
+def test_sections_run_and_every_record_renders_a_row(host_sections):
+    _, results = host_sections
+    assert [r.error for r in results] == [None, None]
+    text = render(_report(results))
+    assert "## Across kernels" in text and "## What each kernel era predicts" in text
+    assert "## Time per section" in text
+    maps = next(r for r in results if r.name == "maps").data
+    for rec in maps:
+        alloc = "prealloc" if rec["prealloc"] else "no_prealloc"
+        assert f"| {rec['type']} | {alloc} | {plan_mod.MAPS_ENTRIES} |" in text
+    info = next(r for r in results if r.name == "info").data
     assert info["kernel_release"] in text
 
 
-def test_failed_and_hung_sections_are_recorded(tmp_path):
-    sections = [Section("maps", "host", ["maps", "--json", "--max-entries", "0",
-                                         "--type", "hash"], 60),
-                Section("maps", "slow", ["maps", "--json", "--max-entries", "3000000",
-                                         "--type", "percpu_hash"], 0.5)]
-    bad, slow = run_all(sections, tmp_path)
-    assert bad["status"] == 1
-    assert "--max-entries: EINVAL" in bad["error"]
-    assert slow["status"] is None and "did not finish" in slow["error"]
-    text = render(_results([bad, slow], places=("host", "slow")))
+def test_across_kernels_table_uses_one_max_entries_and_real_memory(host_sections):
+    _, results = host_sections
+    table = across_kernels(_report(results))
+    row = next(line for line in table.splitlines() if line.startswith("| host |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == results[0].data["kernel_release"]
+    assert cells[8] != "–" and cells[10] != "–"  # memory figures for both allocation modes
+    assert f"(full, {plan_mod.MAPS_ENTRIES})" in table
+
+
+def test_merge_reproduces_the_across_kernels_table(host_sections, tmp_path):
+    out, results = host_sections
+    # A second place, as a separate report of its own (the same records, another name).
+    other = [dataclasses.replace(r, where="bookworm", folder=r.folder + "-b") for r in results]
+    for r in other:
+        (out / r.folder).mkdir(exist_ok=True)
+    one_run = _report([*results, *other], ("host", "bookworm"))
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, part, places in ((a, results, ["host"]), (b, other, ["bookworm"])):
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps(to_json(_report(part, places))))
+    merged = tmp_path / "merged"
+    p = pybpfmap("report", "--merge", str(a), str(b), "--out", str(merged))
+    assert p.returncode == 0, p.stderr
+    report = from_json(Report, json.loads((merged / "results.json").read_text()))
+    assert report.places == ["host", "bookworm"]
+    assert across_kernels(report) == across_kernels(one_run)
+    assert "## Across kernels" in (merged / "report.md").read_text()
+
+
+def test_merge_bad_input_is_one_clear_line(tmp_path):
+    p = pybpfmap("report", "--merge", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert p.returncode == 1 and "--merge:" in p.stderr and "Traceback" not in p.stderr
+    p = pybpfmap("report", "--merge", str(tmp_path), "--kernel", "bookworm")
+    assert p.returncode == 2 and "--merge" in p.stderr
+
+
+def test_failed_and_stopped_sections_are_recorded(tmp_path):
+    bad = run_section(Section("maps", "host", ("maps", "--json", "--max-entries", "0",
+                                                "--types", "hash"), 60), tmp_path)
+    assert bad.status == 1 and "--max-entries: EINVAL" in bad.error
+    slow = run_section(Section("maps", "slow", ("maps", "--json", "--max-entries", "3000000",
+                                                 "--types", "percpu_hash"), 1), tmp_path,
+                       limit=0.5)
+    assert slow.stopped and "time limit" in slow.error
+    text = render(_report([bad, slow], ("host", "slow")))
     assert "## Sections that failed" in text and "EINVAL" in text
 
 
-def test_plan_puts_kprobe_parts_in_the_vm():
-    sections = plan(["bookworm", "trixie"], quick=True, host_kprobes=False)
-    where = {(s.name, s.where) for s in sections}
-    assert ("stress", "bookworm") in where and ("stress", "trixie") in where
-    host_stress = next(s for s in sections if s.key == "stress@host")
+def test_a_stress_section_stopped_by_its_time_limit_leaves_nothing(tmp_path):
+    """SIGINT at the limit: kprobe_events, bpftool's program and map lists and
+    the network namespaces are as they were."""
+    from pybpfmap.stress.allocator import tracepoints_available
+
+    if not tracepoints_available()[0]:
+        pytest.skip("none of the lock:/kmem: tracepoints exist here: "
+                    + "; ".join(tracepoints_available()[1].values()))
+    before = leftovers.snapshot()
+    res = run_section(Section("stress", "host", ("stress", "--tracepoints", "--duration", "120",
+                                                  "--types", "hash/prealloc", "--json"), 1),
+                      tmp_path, limit=12)
+    assert res.stopped and res.seconds < 60, res
+    assert leftovers.settled(before) == {}
+
+
+def test_plan_puts_kprobe_parts_in_the_vm_and_never_forces():
+    sections = plan(["bullseye", "bookworm"], quick=False, host_kprobes=False,
+                    host_in_vm=True)
+    keys = {s.key for s in sections}
+    for kernel in ("bullseye", "bookworm"):
+        assert {f"stress-allocator@{kernel}", f"stress-reentry@{kernel}",
+                f"info@{kernel}", f"maps@{kernel}"} <= keys
+    assert all("--force" not in s.argv for s in sections)
+    host_stress = next(s for s in sections if s.key.startswith("stress") and s.where == "host")
     assert "--tracepoints" in host_stress.argv
-    assert all("--kernel" in s.argv for s in sections if s.where != "host"
-               and s.name != "info+maps")
+    assert all("--kernel" in s.argv for s in sections if s.where != "host")
+    # rows in their own boots where the era predicts a deadlock, 60 s each there
+    by = {s.key: s for s in sections}
+    assert "--isolate" in by["stress-allocator@bullseye"].argv
+    assert "60" in by["stress-allocator@bullseye"].argv
+    assert "--no-isolate" in by["stress-allocator@bookworm"].argv
+    # maps everywhere at the same size
+    sizes = {s.argv[s.argv.index("--max-entries") + 1] for s in sections if s.name == "maps"}
+    assert sizes == {str(plan_mod.MAPS_ENTRIES)}
 
 
-def test_report_cli_rejects_unknown_kernel(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pybpfmap", "report", "--kernel", "nosuch",
-                             "--out", str(tmp_path)], capture_output=True, text=True)
-    assert result.returncode == 2
-    assert "--kernel" in result.stderr and "Traceback" not in result.stderr
+def test_report_cli_rejects_unknown_kernel_and_section(tmp_path):
+    p = pybpfmap("report", "--kernel", "nosuch", "--out", str(tmp_path))
+    assert p.returncode == 2 and "--kernel" in p.stderr and "Traceback" not in p.stderr
+    p = pybpfmap("report", "--only", "maps,nope", "--out", str(tmp_path))
+    assert p.returncode == 2 and "--only" in p.stderr
 
 
 def test_report_command_writes_complete_files(tmp_path):
     out = tmp_path / "rep"
-    result = subprocess.run([sys.executable, "-m", "pybpfmap", "report", "--no-vm", "--quick",
-                             "--only", "info,maps", "--out", str(out)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    p = pybpfmap("report", "--no-vm", "--quick", "--only", "info,maps", "--out", str(out))
+    assert p.returncode == 0, p.stderr
     results = json.loads((out / "results.json").read_text())
     assert [(s["name"], s["where"]) for s in results["sections"]] == [("info", "host"),
                                                                     ("maps", "host")]
     assert all(s["data"] and s["error"] is None for s in results["sections"])
     report = (out / "report.md").read_text()
     assert report.startswith("# pybpfmap report")
-    assert "## maps on host" in report and "| hash | no_prealloc | 0x1 |" in report
+    assert "## maps@host" in report and "| hash | no_prealloc |" in report
     for s in results["sections"]:
         assert (out / s["folder"] / "stdout.txt").exists()
-
-
-def test_report_only_rejects_unknown_section(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pybpfmap", "report", "--only", "maps,nope",
-                             "--out", str(tmp_path)], capture_output=True, text=True)
-    assert result.returncode == 2 and "--only" in result.stderr

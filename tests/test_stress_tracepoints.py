@@ -6,25 +6,25 @@ controls, and cleanup on normal exit, on error and on Ctrl-C.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from pybpfmap.stress import leftovers, programs, run, verdict
+from pybpfmap.stress import allocator, kinds, leftovers, run
 
 pytestmark = pytest.mark.root
 
-TP_NEEDED = pytest.mark.skipif(
-    not programs.tracepoints_available()[0],
-    reason="none of the lock:/kmem: tracepoints exist: "
-           + "; ".join(programs.tracepoints_available()[1].values()))
+AVAILABLE, WHY_NOT = allocator.tracepoints_available()
+TP_NEEDED = pytest.mark.skipif(not AVAILABLE, reason="none of the lock:/kmem: tracepoints "
+                               "exist here: " + "; ".join(WHY_NOT.values()))
 
 
-def stress(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pybpfmap", "stress", "--tracepoints",
-                           "--json", *args], capture_output=True, text=True, timeout=timeout)
+def stress(*args: str, timeout: float = 180) -> tuple[subprocess.CompletedProcess, dict]:
+    p = subprocess.run([sys.executable, "-m", "pybpfmap", "stress", "--tracepoints",
+                        "--json", *args], capture_output=True, text=True, timeout=timeout)
+    assert p.stdout.strip(), p.stderr
+    return p, json.loads(p.stdout)
 
 
 @pytest.fixture
@@ -37,46 +37,40 @@ def clean():
 
 @TP_NEEDED
 def test_every_row_fires_and_passes(clean):
-    p = stress("--duration", "2", "--baseline", "1")
+    p, res = stress("--duration", "1", "--baseline", "0.5")
     assert p.returncode == 0, p.stderr
-    res = json.loads(p.stdout)
-    assert res["verdict"] == "PASS", res["reasons"]
-    assert res["variant"] == "tracepoint" and "WEAKER TRACEPOINT VARIANT" in res["note"]
-    available = programs.tracepoints_available()[0]
-    assert {r["probe"] for r in res["rows"]} == set(available)
-    assert len(res["rows"]) == len(available) * len(programs.MAPS)
+    assert "WEAKER TRACEPOINT VARIANT" in res["note"]
+    assert [r["kind"] for r in res["rows"]] == [k.name for k in kinds.KINDS]
     for row in res["rows"]:
-        assert {"probe", "type", "prealloc", "events", "errors", "verdict"} <= row.keys()
-        assert row["events"] > 0, row
-        assert row["prog_run_cnt"] > 0, row
-    for name, w in res["workloads"]["stressed"].items():
-        assert w["ops"] > 0, name
-    assert "verdict: PASS" in p.stderr  # the human table goes to stderr with --json
+        assert (row["outcome"], row["as_predicted"], row["variant"]) == (
+            "PASS", True, "tracepoint"), row["reasons"]
+        assert [p["probe"] for p in row["per_probe"]] == AVAILABLE
+        assert all(p["events"] > 0 and p["prog_run_cnt"] > 0 for p in row["per_probe"]), row
+        for name, w in row["workloads"]["stressed"].items():
+            assert w["ops"] > 0, name
 
 
 @TP_NEEDED
 def test_negative_control_injected_splat_fails(clean):
-    """A WARN line written to the kernel log during the run must turn the verdict to FAIL."""
-    p = stress("--duration", "1", "--baseline", "0.5", "--types", "hash/prealloc",
-               "--inject", "splat")
+    """A WARN line written to the kernel log during the run must turn the row to FAIL."""
+    p, res = stress("--duration", "1", "--baseline", "0.5", "--types", "hash/prealloc",
+                    "--inject", "splat")
     assert p.returncode == 1, p.stderr
-    res = json.loads(p.stdout)
-    assert res["verdict"] == "FAIL"
-    assert [s["kind"] for s in res["splats"]] == ["warning"]
-    assert "pybpfmap-negative-control" in res["splats"][0]["line"]
-    assert all(r["verdict"] == "FAIL" for r in res["rows"])
+    (row,) = res["rows"]
+    assert (row["outcome"], row["as_predicted"]) == ("FAIL", False)
+    assert [s["kind"] for s in row["splats"]] == ["warning"]
+    assert "pybpfmap-negative-control" in row["splats"][0]["line"]
 
 
 @TP_NEEDED
 def test_negative_control_stalled_heartbeat_fails(clean):
     """The whole process stopped (SIGSTOP) longer than the limit: reported as unresponsive."""
-    p = stress("--duration", "2", "--baseline", "0.5", "--types", "hash/prealloc",
-               "--inject", "stall", "--heartbeat-limit", "0.5")
+    p, res = stress("--duration", "2", "--baseline", "0.5", "--types", "hash/prealloc",
+                    "--inject", "stall", "--heartbeat-limit", "0.5")
     assert p.returncode == 1, p.stderr
-    res = json.loads(p.stdout)
-    assert res["verdict"] == "FAIL"
-    assert res["heartbeat"]["max_delay_s"] > 0.5
-    assert any("unresponsive" in r for r in res["reasons"])
+    (row,) = res["rows"]
+    assert row["outcome"] == "FAIL" and row["heartbeat_max_delay_s"] > 0.5
+    assert any("unresponsive" in r for r in row["reasons"])
 
 
 @TP_NEEDED
@@ -85,7 +79,7 @@ def test_cleanup_on_error(clean, monkeypatch):
     from pybpfmap import kernel
 
     calls = []
-    real_go = run.workloads.Started.go
+    real_go = allocator.workloads.Started.go
 
     def failing(self):
         calls.append(self)
@@ -94,8 +88,9 @@ def test_cleanup_on_error(clean, monkeypatch):
             raise RuntimeError("boom")
         real_go(self)
 
-    monkeypatch.setattr(run.workloads.Started, "go", failing)
-    opts = run.Options(duration=1, tracepoints=True, baseline=0.3, types=["hash"])
+    monkeypatch.setattr(allocator.workloads.Started, "go", failing)
+    opts = run.Options(duration=1, tracepoints=True, baseline=0.3,
+                       kinds=kinds.select(["hash/prealloc"]))
     with pytest.raises(RuntimeError, match="boom"):
         run.run_local(opts, kernel.probe())
     assert len(calls) == 2
@@ -112,6 +107,7 @@ def test_cleanup_on_ctrl_c(clean, ctrl_c):
 
 def test_refuses_outside_a_vm_without_force(monkeypatch, capsys):
     from pybpfmap import cli, kernel
+    from pybpfmap.vm import guest
 
     real = kernel.probe
 
@@ -121,18 +117,46 @@ def test_refuses_outside_a_vm_without_force(monkeypatch, capsys):
         return k
 
     monkeypatch.setattr(kernel, "probe", not_a_vm)
-    monkeypatch.delenv("PYBPFMAP_IN_TEST_VM", raising=False)
+    monkeypatch.delenv(guest.ENV_KERNEL, raising=False)
     assert cli.main(["stress", "--tracepoints", "--duration", "1"]) == 1
-    assert "not a VM" in capsys.readouterr().err
+    assert "--force: this machine is not a VM" in capsys.readouterr().err
 
 
-def test_bad_types_is_a_usage_error(capsys):
+def test_predicted_deadlocks_never_run_outside_the_test_vm(monkeypatch, capsys):
+    """--force or not: on a 5.10 kernel the allocator scenario with NO_PREALLOC
+    maps is refused outside the test VM."""
+    from pybpfmap import cli, kernel
+    from pybpfmap.vm import guest
+
+    real = kernel.probe
+
+    def old_kernel():
+        k = real()
+        k.kernel_release, k.kprobes = "5.10.0-46-amd64", True
+        return k
+
+    monkeypatch.setattr(kernel, "probe", old_kernel)
+    monkeypatch.delenv(guest.ENV_KERNEL, raising=False)
+    assert cli.main(["stress", "--force", "--duration", "1", "--types",
+                     "percpu_hash/no_prealloc"]) == 1
+    assert "predicted to deadlock" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("types", [["lru_hash/no_prealloc"], ["hash,nosuch"]])
+def test_bad_types_is_a_usage_error(capsys, types):
     from pybpfmap import cli
 
-    assert cli.main(["stress", "--tracepoints", "--types", "lru_hash/no_prealloc"]) == 2
-    assert "LRU maps exist preallocated only" in capsys.readouterr().err
+    assert cli.main(["stress", "--tracepoints", "--types", *types]) == 2
+    err = capsys.readouterr().err
+    assert "--types" in err and "LRU maps exist preallocated only" in err
 
 
-def test_verdict_constants():
-    assert verdict.PASS == "PASS" and verdict.FAIL == "FAIL"
-    assert os.path.basename(programs.KPROBE_EVENTS) == "kprobe_events"
+def test_types_take_commas_and_spaces_alike():
+    assert kinds.select(["hash/prealloc", "percpu_hash"]) == [
+        kinds.BY_NAME["hash/prealloc"], kinds.BY_NAME["percpu_hash/prealloc"],
+        kinds.BY_NAME["percpu_hash/no_prealloc"]]
+    from pybpfmap.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["stress", "--types", "hash,lru_hash"]).types == \
+        parse(["stress", "--types", "hash", "lru_hash"]).types == ["hash", "lru_hash"]

@@ -1,4 +1,4 @@
-"""The test VM for real: each test boots the cached image once (~15 s under TCG).
+"""The test VM for real: each test boots the cached default image once (~15 s under TCG).
 
 Skipped (with the reason) inside the VM itself, without root or qemu, or when
 the image is not built yet (`pybpfmap vm build`; CI builds it first).
@@ -6,8 +6,8 @@ the image is not built yet (`pybpfmap vm build`; CI builds it first).
 
 from __future__ import annotations
 
+import functools
 import os
-import shutil
 import signal
 import threading
 import time
@@ -15,33 +15,19 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.vm
+from pybpfmap.vm import Outcome, catalog
+from tests.helpers import image
+
+pytestmark = [pytest.mark.vm, pytest.mark.root]
 
 
-def _skip_reason() -> str | None:
-    from pybpfmap.vm.guest import in_test_vm
-
-    if in_test_vm():
-        return "already inside the test VM"
-    if os.geteuid() != 0:
-        return "needs root (image cache in /var/cache/pybpfmap)"
-    if not shutil.which("qemu-system-x86_64"):
-        return "qemu-system-x86_64 not installed (vagrant/provision.sh --host)"
-    from pybpfmap.vm import find_image
-
-    if find_image("bookworm") is None:
-        return "no bookworm image built for the current inputs: run `pybpfmap vm build`"
-    return None
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture
 def vm():
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
+    """run_in_vm on the default catalog kernel; never builds the image."""
     from pybpfmap.vm import run_in_vm
 
-    return run_in_vm
+    image(catalog.DEFAULT)
+    return functools.partial(run_in_vm, kernel=catalog.DEFAULT, build=False)
 
 
 def _qemu_pids_for(results: Path) -> list[int]:
@@ -59,21 +45,21 @@ def _qemu_pids_for(results: Path) -> list[int]:
 
 
 def test_exit_status_results_and_dmesg_come_back(vm, tmp_path):
-    r = vm(["sh", "-c", 'uname -r > "$PYBPFMAP_RESULTS/uname.txt"; exit 7'],
-           results_dir=tmp_path, hang_timeout=60, timeout=300, stream=False)
-    assert (r.outcome, r.exit_code, r.status) == ("failed", 7, 7), r.evidence
-    assert r.kernel_release and r.kernel_release.startswith("6.1.")
+    r = vm(["sh", "-c", 'uname -r > "$PYBPFMAP_RESULTS/uname.txt"; echo out; echo err >&2; '
+                        'exit 7'], results_dir=tmp_path, hang_timeout=60, timeout=300)
+    assert (r.outcome, r.exit_code, r.status) == (Outcome.FAILED, 7, 7), r.evidence_text()
+    assert r.kernel_release and catalog.get(catalog.DEFAULT).matches_release(r.kernel_release)
     assert (tmp_path / "uname.txt").read_text().strip() == r.kernel_release
+    assert r.stdout() == "out\n"  # CMD's stdout on its own port, stderr on the console
+    assert "err" in r.console_path.read_text()
     assert r.dmesg_path and "Linux version" in r.dmesg_path.read_text()
-    assert r.accel in ("kvm", "tcg", "tcg-mttcg")
     assert not _qemu_pids_for(tmp_path)
 
 
 def test_panic_is_reported_as_panic(vm, tmp_path):
-    r = vm(["sh", "-c", "echo c > /proc/sysrq-trigger"], results_dir=tmp_path,
-           timeout=300, stream=False)
-    assert (r.outcome, r.status) == ("panic", 122)
-    assert "sysrq triggered crash" in r.evidence
+    r = vm(["sh", "-c", "echo c > /proc/sysrq-trigger"], results_dir=tmp_path, timeout=300)
+    assert (r.outcome, r.status) == (Outcome.PANIC, 122)
+    assert "sysrq triggered crash" in r.message
     assert not _qemu_pids_for(tmp_path)
 
 
@@ -92,22 +78,40 @@ def test_frozen_qemu_is_hung_within_hang_timeout(vm, tmp_path):
     t = threading.Thread(target=freeze, daemon=True)
     t.start()
     r = vm(["sh", "-c", 'touch "$PYBPFMAP_RESULTS/started"; sleep 300'], results_dir=tmp_path,
-           hang_timeout=hang_timeout, timeout=300, stream=False)
+           hang_timeout=hang_timeout, timeout=300)
     done = time.monotonic()
     t.join(5)
     assert "at" in stopped, "the guest never started CMD"
-    assert (r.outcome, r.status) == ("hung", 123)
+    assert (r.outcome, r.status) == (Outcome.HUNG, 123)
     assert done - stopped["at"] <= hang_timeout + margin
-    assert "qemu does not answer its monitor" in r.evidence
+    assert not r.evidence.qemu_answers and r.evidence.qemu_threads
     assert not _qemu_pids_for(tmp_path)
 
 
+# Stop the heartbeat loop pinned to the given vCPUs (children of init; their
+# last argument is the CPU): qemu stays healthy, so the runner must dump and
+# symbolize every vCPU.
+STOP_BEATS = ('for p in $(pgrep -f "echo \\"hb"); do c=$(tr "\\0" "\\n" </proc/$p/cmdline | '
+              'tail -n 1); case " $CPUS " in *" $c "*) kill -STOP "$p";; esac; done; sleep 300')
+
+
 def test_stuck_guest_reports_every_vcpu(vm, tmp_path):
-    # Stop the guest's heartbeat loop (a child of init) but not CMD itself:
-    # qemu stays healthy, so the runner must dump and symbolize the vCPUs.
-    script = 'for p in $(pgrep -P 1 -x sh); do [ "$p" = $$ ] || kill -STOP "$p"; done; sleep 300'
-    r = vm(["sh", "-c", script], results_dir=tmp_path, cpus=2, hang_timeout=5, timeout=300,
-           stream=False)
-    assert (r.outcome, r.status) == ("hung", 123)
-    assert "CPU#0 RIP=" in r.evidence and "CPU#1 RIP=" in r.evidence
+    r = vm(["env", "CPUS=0 1", "sh", "-c", STOP_BEATS], results_dir=tmp_path, cpus=2,
+           hang_timeout=5, timeout=300)
+    assert (r.outcome, r.status) == (Outcome.HUNG, 123)
+    assert "no heartbeat from any vCPU" in r.message
+    assert [v.cpu for v in r.evidence.vcpus] == [0, 1] and r.evidence.qemu_answers
+    assert "CPU#0 RIP=" in r.evidence_text() and "CPU#1 RIP=" in r.evidence_text()
+    assert not _qemu_pids_for(tmp_path)
+
+
+def test_one_stuck_cpu_is_seen_while_the_other_lives(vm, tmp_path):
+    """The per-vCPU heartbeat: one CPU silent while the other beats is a hang
+    within hang_timeout, not a timeout minutes later."""
+    t0 = time.monotonic()
+    r = vm(["env", "CPUS=1", "sh", "-c", STOP_BEATS], results_dir=tmp_path, cpus=2,
+           hang_timeout=5, timeout=300)
+    assert (r.outcome, r.status) == (Outcome.HUNG, 123)
+    assert "CPU#1 stuck" in r.message and "CPU#0 went on" in r.message
+    assert time.monotonic() - t0 < 120
     assert not _qemu_pids_for(tmp_path)

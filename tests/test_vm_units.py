@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import shlex
 
-from pybpfmap.vm import guest
-from pybpfmap.vm.qemu import QemuConfig, kernel_cmdline, qemu_argv
-from pybpfmap.vm.watchdog import SymbolMap, diagnose, parse_registers
+import pytest
+
+from pybpfmap.errors import UsageError
+from pybpfmap.vm import catalog, guest
+from pybpfmap.vm.qemu import Accel, QemuConfig, kernel_cmdline, qemu_argv
+from pybpfmap.vm.relay import forwarded_argv
+from pybpfmap.vm.watchdog import (
+    SymbolMap,
+    VcpuEvidence,
+    diagnose,
+    lock_name,
+    parse_registers,
+    stack_words,
+)
 
 KALLSYMS = """\
 ffffffff81000000 T _stext
+ffffffff810f2010 T native_queued_spin_lock_slowpath
 ffffffff81a3c2d0 T default_idle
 ffffffff81a3c300 t default_idle_call
 ffffffff812b4a10 T htab_map_update_elem
+ffffffff81a4f600 T _raw_spin_lock_irqsave
+ffffffff81a4f620 T _raw_spin_unlock_irqrestore
+ffffffff81e00000 T _etext
 ffffffff82000000 D some_data
+ffffffff83b9d628 b pcpu_lock
 ffffffffc0200000 t bpf_prog_x [bpf]
 """
 
@@ -24,7 +40,17 @@ RSI=0000000000000083 RDI=0000000000004e34 RBP=ffffffff82a0a8c0 RSP=ffffffff82a03
 RIP=ffffffff81a3c2de RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1
 CPU#1
 RAX=0000000000000001 RBX=ffff888004b2c000
-RIP=ffffffff812b4a5d RFL=00000086 [--S--P-] CPL=0 II=0 A20=1 SMM=0 HLT=0
+RSI=0000000000000001 RDI=ffffffff83b9d628 RBP=ffffc90000103d20 RSP=ffffc90000103cf8
+RIP=ffffffff810f2034 RFL=00000086 [--S--P-] CPL=0 II=0 A20=1 SMM=0 HLT=0
+"""
+
+# HMP `x/4gx` output: a return address into _raw_spin_lock_irqsave, a word
+# pointing exactly at a function (a pointer, not a return address), a heap
+# word, a trampoline address past _etext, a return address into the update.
+STACK = """\
+ffffc90000103cf8: 0xffffffff81a4f610 0xffffffff81a4f620
+ffffc90000103d08: 0xffff888004b2c000 0xffffffff81f00010
+ffffc90000103d18: 0xffffffff812b4a91 0xffffffff812b4a91
 """
 
 
@@ -32,16 +58,41 @@ def test_symbolize_kallsyms_and_data_is_skipped():
     syms = SymbolMap(KALLSYMS)
     assert syms.symbolize(0xffffffff81a3c2de) == "default_idle+0xe"
     assert syms.symbolize(0xffffffff812b4a10) == "htab_map_update_elem+0x0"
-    assert syms.symbolize(0x4f399d2).startswith("?")
-    assert syms.symbolize(0xffffffffc0100000) == "? (module or BPF program)"
+    assert syms.symbolize(0x4f399d2).startswith("? (user space")
+    assert syms.symbolize(0xffffffffc0100000).startswith("? (module")
+    assert syms.symbolize(0xffffffff81f00010).startswith("? (module, trampoline")
     assert syms.symbolize(0xffffffffc0200004) == "bpf_prog_x+0x4"
 
 
-def test_parse_info_registers():
+def test_parse_info_registers_irq_flag_and_lock_argument():
     cpus = parse_registers(REGISTERS, SymbolMap(KALLSYMS))
-    assert [(c.cpu, c.symbol, c.halted) for c in cpus] == [
-        (0, "default_idle+0xe", True), (1, "htab_map_update_elem+0x4d", False)]
-    assert str(cpus[1]).startswith("CPU#1 RIP=0xffffffff812b4a5d htab_map_update_elem+0x4d")
+    assert [(c.cpu, c.symbol, c.halted, c.irqs_enabled) for c in cpus] == [
+        (0, "default_idle+0xe", True, True),
+        (1, "native_queued_spin_lock_slowpath+0x24", False, False)]
+    assert cpus[1].rdi == 0xffffffff83b9d628 and cpus[1].rsp == 0xffffc90000103cf8
+    assert "IRQS OFF" in str(cpus[1])
+
+
+def test_stack_words_keep_return_addresses_only():
+    assert stack_words(STACK, SymbolMap(KALLSYMS)) == [
+        "_raw_spin_lock_irqsave+0x10", "htab_map_update_elem+0x81"]
+
+
+def test_lock_name_from_data_symbols():
+    data = SymbolMap(KALLSYMS, kinds=SymbolMap.DATA)
+    assert lock_name(0xffffffff83b9d628, data).startswith("pcpu_lock (")
+    assert "not a static kernel symbol" in lock_name(0xffff888006f03358, data)
+    assert lock_name(0x4e34, data) is None
+
+
+def test_diagnose_stuck_cpu_vs_idle():
+    stuck = VcpuEvidence(0, "native_queued_spin_lock_slowpath+0x24", False, False, True,
+                         "pcpu_lock (0xffffffff83b9d628)")
+    idle = VcpuEvidence(1, "default_idle+0xe", True, True, False)
+    line = diagnose([stuck, idle])
+    assert "CPU#0 in native_queued_spin_lock_slowpath with interrupts off spinning on " \
+           "pcpu_lock" in line and "CPU#1 idle" in line
+    assert "every vCPU is idle" in diagnose([idle])
 
 
 def test_cmd_sh_quotes_exactly():
@@ -57,14 +108,24 @@ def test_is_pytest():
     assert not guest.is_pytest(["uname", "-r"])
 
 
-def test_env_sh_exports_results_and_in_vm_flags():
-    env = guest.env_sh("/work/main", {"EXTRA": "x y"})
+def test_env_sh_exports_results_kernel_and_accel():
+    env = guest.env_sh("/work/main", "bullseye", "tcg", {"EXTRA": "x y"})
     assert "export PYBPFMAP_RESULTS=/run/pybpfmap/results" in env
-    assert "export PYBPFMAP_IN_TEST_VM=1" in env
+    assert f"export {guest.ENV_KERNEL}=bullseye" in env
+    assert f"export {guest.ENV_ACCEL}=tcg" in env
     assert "export EXTRA='x y'" in env
 
 
-def test_qemu_argv_is_read_only_base_and_no_reboot(tmp_path):
+def test_marks_round_trip(monkeypatch, capsys):
+    monkeypatch.setenv(guest.ENV_KERNEL, "bookworm")
+    guest.mark("armed", "allocator", "hash/prealloc", "_raw_spin_unlock")
+    console = "[ 1.0] boot\n" + capsys.readouterr().err + "[ 2.0] other\n"
+    ((event, args, up),) = guest.marks(console)
+    assert (event, args) == ("armed", ["allocator", "hash/prealloc", "_raw_spin_unlock"])
+    assert up > 0
+
+
+def test_qemu_argv_is_read_only_base_two_ports_and_no_reboot(tmp_path):
     c = QemuConfig(kernel=tmp_path / "vmlinuz", initrd=tmp_path / "initrd.img",
                    disk=tmp_path / "overlay.qcow2", ctl_dir=tmp_path, repo=tmp_path,
                    results=tmp_path / "r", run_dir=tmp_path)
@@ -72,10 +133,35 @@ def test_qemu_argv_is_read_only_base_and_no_reboot(tmp_path):
     assert "-no-reboot" in argv
     assert argv[argv.index("-accel") + 1] == "tcg,thread=single"
     assert any("overlay.qcow2" in a for a in argv)
+    assert any(guest.CTL_PORT in a for a in argv) and any(guest.OUT_PORT in a for a in argv)
     assert "panic=-1" in kernel_cmdline() and "nokaslr" in kernel_cmdline()
 
 
-def test_diagnose_spin_vs_idle():
-    cpus = parse_registers(REGISTERS, SymbolMap(KALLSYMS))
-    assert "CPU#1 in htab_map_update_elem" in diagnose([cpus, cpus, cpus])
-    assert "every vCPU is idle" in diagnose([[cpus[0]], [cpus[0]]])
+def test_accel_override_is_validated():
+    assert Accel.parse("tcg") is Accel.TCG and Accel.KVM.emulated is False
+    with pytest.raises(UsageError, match="PYBPFMAP_VM_ACCEL: unknown accelerator 'fast'"):
+        Accel.parse("fast")
+
+
+def test_catalog_names_all_and_eras():
+    assert catalog.DEFAULT in catalog.NAMES and catalog.ALL not in catalog.NAMES
+    assert [k.name for k in catalog.resolve(["all"])] == list(catalog.NAMES)
+    assert [k.name for k in catalog.resolve(["trixie", "bullseye", "trixie"])] == [
+        "trixie", "bullseye"]
+    with pytest.raises(UsageError, match="--kernel: unknown test-VM kernel 'sid'"):
+        catalog.resolve(["sid"])
+    bullseye, rt = catalog.get("bullseye"), catalog.get("bullseye-rt")
+    assert bullseye.matches_release("5.10.0-46-amd64")
+    assert not bullseye.matches_release("5.10.0-43-rt-amd64")
+    assert rt.matches_release("5.10.0-43-rt-amd64") and rt.preempt_rt
+    assert catalog.get("trixie-backports").headers_for("linux-image-7.3.4+deb13-amd64") == \
+        "linux-headers-7.3.4+deb13-amd64"
+
+
+def test_forwarded_argv_drops_host_options_only():
+    argv = ["stress", "--kernel", "bullseye", "bookworm", "--types", "hash,percpu_hash",
+            "--results=/tmp/x", "--duration", "5", "--plot", "p.png", "--json"]
+    assert forwarded_argv(argv, {"--plot": 1}) == [
+        "stress", "--types", "hash,percpu_hash", "--duration", "5", "--json"]
+    assert forwarded_argv(["vm", "run", "--kernel", "all", "--", "uname", "-r"]) == [
+        "vm", "run", "--", "uname", "-r"]

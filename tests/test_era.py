@@ -1,0 +1,134 @@
+"""The kernel-era table: citations, predictions per scenario and map kind,
+explained errnos and excused splats (pure functions, no kernel needed)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from pybpfmap import era
+from pybpfmap.maps import MapSpec
+from pybpfmap.vm.splats import classify
+
+HASH, PERCPU = MapSpec("hash", True), MapSpec("percpu_hash", True)
+HASH_NO, PERCPU_NO = MapSpec("hash", False), MapSpec("percpu_hash", False)
+LRU = MapSpec("lru_hash", True)
+
+
+def test_citations_are_drgn_style_and_unique():
+    pattern = re.compile(r'^Linux kernel commit [0-9a-f]{12} \("[^"]+"\) \(in v\d+\.\d+\)$')
+    for change in era.CHANGES:
+        assert pattern.match(change.cite()), change
+    assert len({c.commit for c in era.CHANGES}) == len(era.CHANGES)
+    assert era.MAP_LOCKED.version == (5, 11)  # not 5.10: Debian's 5.10.262 has no map_locked
+
+
+@pytest.mark.parametrize("release,name", [
+    ("5.10.0-46-amd64", "5.7-5.10"), ("5.11.0", "5.11-6.0"), ("6.1.0-50-amd64", "6.1-6.14"),
+    ("6.12.117+deb13-amd64", "6.1-6.14"), ("7.3.4+deb13-amd64", "6.15+"), ("4.19.0", "4.6-5.6")])
+def test_era_of(release, name):
+    assert era.era_of(release).name == name
+
+
+@pytest.mark.parametrize("release,spec,rt,expect", [
+    ("5.10.0-46-amd64", PERCPU_NO, False, era.Expect.DEADLOCK),
+    ("5.10.0-46-amd64", HASH_NO, False, era.Expect.MAY_DEADLOCK),
+    ("5.10.0-46-amd64", HASH, False, era.Expect.PASS),
+    ("5.10.0-46-amd64", LRU, False, era.Expect.PASS),
+    ("5.10.0-43-rt-amd64", PERCPU_NO, True, era.Expect.REFUSED),
+    ("5.10.0-43-rt-amd64", HASH_NO, True, era.Expect.REFUSED),
+    ("5.10.0-43-rt-amd64", HASH, True, era.Expect.PASS),
+    ("6.1.0-50-amd64", PERCPU_NO, False, era.Expect.PASS),
+    ("6.1.0-50-amd64", HASH_NO, False, era.Expect.PASS),
+    ("7.3.4+deb13-amd64", HASH_NO, False, era.Expect.PASS),
+])
+def test_allocator_predictions(release, spec, rt, expect):
+    p = era.allocator_prediction(release, spec, rt)
+    assert p.expect is expect
+    assert "Linux kernel commit" in p.why and p.changes
+
+
+@pytest.mark.parametrize("release,expect,errnos", [
+    ("5.10.0-46-amd64", era.Expect.DEADLOCK, ()),
+    ("5.11.0", era.Expect.ERRNO, ("EBUSY",)),
+    ("6.12.117+deb13-amd64", era.Expect.ERRNO, ("EBUSY",)),
+    ("6.15.0", era.Expect.ERRNO, ("EDEADLK", "ETIMEDOUT")),
+])
+def test_reentry_predictions(release, expect, errnos):
+    p = era.reentry_prediction(release)
+    assert (p.expect, p.errnos) == (expect, errnos)
+
+
+def test_prediction_matching():
+    busy = era.reentry_prediction("6.1.0")
+    assert busy.matches("PASS", {"EBUSY"}) and not busy.matches("PASS", set())
+    assert not busy.matches("DEADLOCK", set())
+    dead = era.reentry_prediction("5.10.0")
+    assert dead.matches("DEADLOCK", set()) and not dead.matches("PASS", set())
+    maybe = era.allocator_prediction("5.10.0", HASH_NO, False)
+    assert maybe.matches("PASS", set()) and maybe.matches("DEADLOCK", set())
+    assert not maybe.matches("FAIL", set())
+    refused = era.allocator_prediction("5.10.0-rt", HASH_NO, True)
+    assert refused.matches("REFUSED", {"EINVAL"}) and not refused.matches("REFUSED", {"EPERM"})
+
+
+def test_reentry_targets_follow_the_lock():
+    assert era.reentry_targets("5.10.0", HASH)[:2] == ["lookup_elem_raw", "alloc_htab_elem"]
+    assert "_raw_spin_unlock_irqrestore" in era.reentry_targets("6.1.0", HASH)
+    assert "alloc_htab_elem" not in era.reentry_targets("6.1.0", LRU)
+    assert era.reentry_targets("7.3.4", LRU) == ["lookup_elem_raw"]  # rqspinlock: no unlock fn
+
+
+@pytest.mark.parametrize("release,err,explained", [
+    ("5.10.0", "EBUSY", False),
+    ("5.11.0", "EBUSY", True),
+    ("6.14.2", "EBUSY", True),
+    ("6.15.0", "EBUSY", False),
+    ("6.15.0", "EDEADLK", True),
+    ("7.3.4", "ETIMEDOUT", True),
+    ("6.12.57", "EDEADLK", False),
+    ("6.12.57", "EINVAL", False),
+])
+def test_reentry_errno_is_explained_only_in_its_era(release, err, explained):
+    assert (era.explain_error(release, HASH, "update", err) is not None) is explained
+
+
+def test_enoent_and_enomem_explanations():
+    assert era.explain_error("6.1.0", HASH, "lookup", "ENOENT", 2, 2)
+    assert era.explain_error("6.1.0", HASH, "lookup", "ENOENT", 2, 5) is None
+    assert era.explain_error("6.1.0", HASH_NO, "update", "ENOMEM") is not None
+    assert era.explain_error("6.1.0", HASH, "update", "ENOMEM") is None
+
+
+WARN = """\
+[    5.100000] trace type BPF program uses run-time allocation
+[    5.100001] WARNING: CPU: 1 PID: 242 at kernel/bpf/verifier.c:10519 bpf_check+0x1e7f/0x2a20
+[    5.100002] Modules linked in: 9p
+[    5.100003] CPU: 1 PID: 242 Comm: python3 Not tainted 5.10.0-46-amd64 #1 Debian 5.10.262-1
+[    5.100004] Call Trace:
+[    5.100005]  bpf_prog_load+0x3e4/0x8e0
+[    5.100006] ---[ end trace 4a5c1b2d3e4f5a6b ]---
+"""
+
+
+def test_the_5_7_to_6_0_warn_is_excused_once_and_only_there():
+    allowed = era.expected_splats("5.10.0-46-amd64", [HASH_NO])
+    found, excused = classify(WARN, allowed)
+    assert (found, len(excused)) == ([], 1)
+    # the same WARN twice in one boot: the second is reported (WARN_ONCE cannot repeat)
+    found, excused = classify(WARN + WARN.replace("5.1", "9.1"), allowed)
+    assert len(found) == 1 and len(excused) == 1
+    assert era.expected_splats("5.10.0-46-amd64", [HASH]) == []   # preallocated only
+    assert era.expected_splats("6.1.0-50-amd64", [HASH_NO]) == []  # removed in v6.1
+    assert era.expected_splats("5.10.0-43-rt-amd64", [HASH_NO], preempt_rt=True) == []
+    # another WARN in verifier.c is not excused by it
+    other = WARN.replace("trace type BPF program uses run-time allocation", "something else")
+    assert len(classify(other, allowed)[0]) == 1
+
+
+def test_expectations_cite_their_commits():
+    lines = era.expectations("5.10.0-46-amd64")
+    assert any("RLIMIT_MEMLOCK" in line and era.NO_RLIMIT.commit in line for line in lines)
+    assert any("DEADLOCK" in line and era.MAP_LOCKED.commit in line for line in lines)
+    assert not any("RLIMIT_MEMLOCK" in line for line in era.expectations("6.1.0"))
