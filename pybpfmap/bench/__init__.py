@@ -1,14 +1,23 @@
-"""``pybpfmap bench``: what an update -> lookup -> delete triple costs on this kernel.
+"""``pybpfmap bench``: what an update -> lookup -> delete triple costs on this
+kernel, and the proof that each figure is what it says.
 
-Two ways to run the triple, as in the kernel's own tools:
+- :mod:`.program` loads ``bpf/bench_triple.c`` on a map pybpfmap made itself
+  and reads back what the program counted (its runs, failed map calls by
+  errno) and what the kernel counted (bpf_prog_info);
+- :mod:`.inkernel` times it with BPF_PROG_TEST_RUN, by test_run's clock, by
+  bpf_stats and by CLOCK_MONOTONIC;
+- :mod:`.syscall` triggers it from getuid() on a kprobe (or tracepoint), one
+  pinned trigger process per CPU, as samples/bpf/map_perf_test does;
+- :mod:`.peer` runs map_perf_test itself and :mod:`.compare` puts it beside
+  the syscall mode (``--peer``);
+- :mod:`.run` turns options into :mod:`.record` records, made from
+  :mod:`.machine` facts; :mod:`.table` and :mod:`.plot` show them.
 
-- :mod:`.inkernel` runs it with BPF_PROG_TEST_RUN (no trigger at all) and
-  reports the kernel's own per-run duration minus that of an empty program;
-- :mod:`.syscall` runs it from a program on a syscall, triggered by one
-  pinned process per CPU, as samples/bpf/map_perf_test does, and reports
-  events per second.
-
-:mod:`.run` turns options into measurements and records, :mod:`.stats`
-summarises repeated runs, :mod:`.table` and :mod:`.plot` show them,
-:mod:`.guest` runs the whole bench inside the test VM (``--kernel``).
+``--kernel`` runs the same command in the test VM through
+:mod:`pybpfmap.vm.relay`.
 """
+
+from pybpfmap.bench.record import BenchRecord, load, pre_no_ratio
+from pybpfmap.bench.table import render_markdown, render_text
+
+__all__ = ["BenchRecord", "load", "pre_no_ratio", "render_markdown", "render_text"]

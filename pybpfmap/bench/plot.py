@@ -1,37 +1,37 @@
-"""PNG plots of bench records (matplotlib, Agg backend): rate against CPUs,
-and cost and memory against max_entries."""
+"""PNG plots of bench records (matplotlib, Agg backend), made on the host
+from the records (also those that came back from the test VM): speed per CPU
+against CPUs, ns per triple against max_entries (one line per fill), and
+memory against max_entries (the memory cgroup's charge, else fdinfo memlock)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pybpfmap.bench.record import BenchRecord
 from pybpfmap.errors import EnvironmentProblem
 
 STYLE = {"inkernel": "-", "syscall": "--"}
+PALETTE = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7"]
 
 
-def _label(r: dict) -> str:
-    return f"{r['type']} {'prealloc' if r['prealloc'] else 'no_prealloc'} {r['mode']}"
-
-
-def _look(label: str, colors: dict[str, str]) -> dict:
+def _look(r: BenchRecord, colors: dict[str, str]) -> dict:
     """Same colour for a map in both modes; solid in kernel, dashed syscall."""
-    what, mode = label.rsplit(" ", 1)
-    palette = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7"]
-    color = colors.setdefault(what, palette[len(colors) % len(palette)])
-    return {"color": color, "linestyle": STYLE.get(mode, "-"), "marker": "o"}
+    color = colors.setdefault(r.label, PALETTE[len(colors) % len(PALETTE)])
+    return {"color": color, "linestyle": STYLE.get(r.mode, "-"), "marker": "o"}
 
 
-def _series(records: list[dict], x: str, y: str, **fixed) -> dict[str, list[tuple]]:
-    out: dict[str, list[tuple]] = {}
+def _series(records: list[BenchRecord], x, y) -> dict[tuple, tuple[BenchRecord, list]]:
+    out: dict[tuple, tuple[BenchRecord, list]] = {}
     for r in records:
-        if "refused" in r or r.get(y) is None or any(r[k] != v for k, v in fixed.items()):
+        value = y(r)
+        if value is None:
             continue
-        out.setdefault(_label(r), []).append((r[x], r[y]))
-    return {k: sorted(v) for k, v in out.items()}
+        key = (r.label, r.mode, r.fill_percent)
+        out.setdefault(key, (r, []))[1].append((x(r), value))
+    return {k: (r, sorted(pts)) for k, (r, pts) in out.items()}
 
 
-def plot(records: list[dict], path: str | Path) -> None:
+def plot(records: list[BenchRecord], path: str | Path) -> None:
     """Write one PNG with three panels to ``path``."""
     try:
         import matplotlib
@@ -41,41 +41,52 @@ def plot(records: list[dict], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in records if "refused" not in r]
+    ok = [r for r in records if r.refused is None]
     if not ok:
         raise EnvironmentProblem("--plot", "nothing was measured, nothing to plot")
     first = ok[0]
     fig, (ax_rate, ax_cost, ax_mem) = plt.subplots(1, 3, figsize=(16, 5))
-    size = min(r["max_entries"] for r in ok)
+    size, fill, cpus = (min(r.max_entries for r in ok), min(r.fill_percent for r in ok),
+                        min(r.cpus or 1 for r in ok))
     colors: dict[str, str] = {}
-    for mode, key, unit in (("inkernel", "ops_per_sec_total", "triples/s"),
-                            ("syscall", "events_per_sec_total", "events/s")):
-        for label, pts in _series(ok, "cpus", key, mode=mode, max_entries=size).items():
-            ax_rate.plot(*zip(*pts, strict=True), **_look(label, colors),
-                         label=f"{label} ({unit})")
-    ax_rate.set(title=f"rate against CPUs (max_entries={size})", xlabel="CPUs",
-                ylabel="total per second")
+    at = [r for r in ok if r.max_entries == size and r.fill_percent == fill]
+    for (label, mode, _), (r, pts) in _series(at, lambda r: r.cpus, BenchRecord.speed).items():
+        unit = "triples/s" if mode == "inkernel" else "events/s"
+        ax_rate.plot(*zip(*pts, strict=True), **_look(r, colors),
+                     label=f"{label} {mode} ({unit})")
+    ax_rate.set(title=f"speed per CPU (max_entries={size}, fill {fill}%)", xlabel="CPUs",
+                ylabel="per second per CPU")
     ax_rate.xaxis.get_major_locator().set_params(integer=True)
-    cpus = min(r["cpus"] for r in ok)
-    for label, pts in _series(ok, "max_entries", "ns_per_op", cpus=cpus).items():
-        ax_cost.plot(*zip(*pts, strict=True), **_look(label, colors), label=label)
+    one = [r for r in ok if r.cpus == cpus]
+    for (label, mode, f), (r, pts) in _series(
+            one, lambda r: r.max_entries,
+            lambda r: r.ns_per_triple.median if r.ns_per_triple else None).items():
+        ax_cost.plot(*zip(*pts, strict=True), **_look(r, colors),
+                     label=f"{label} {mode}" + (f" fill {f}%" if f else ""))
     ax_cost.set(title=f"ns per triple against max_entries ({cpus} CPU)", xscale="log",
                 xlabel="max_entries", ylabel="ns per triple")
-    mem = _series([r for r in ok if r["mode"] == ok[0]["mode"]], "max_entries", "memlock",
-                  cpus=cpus)
-    for label, pts in mem.items():
-        ax_mem.plot(*zip(*pts, strict=True), **{**_look(label, colors), "linestyle": "-"},
-                    label=label.rsplit(" ", 1)[0])
-    est = " (kernel's old estimate, < v6.4)" if any(r.get("memlock_is_estimate")
-                                                    for r in ok) else ""
-    ax_mem.set(title=f"memory charged (fdinfo memlock){est}", xscale="log", yscale="log",
+    memcg = all(r.memory and r.memory.memcg_after is not None for r in one)
+
+    def mem(r: BenchRecord) -> float | None:
+        if r.memory is None or r.mode != first.mode:
+            return None
+        return r.memory.memcg_after if memcg else r.memory.memlock_after
+
+    for (label, _, f), (r, pts) in _series(one, lambda r: r.max_entries, mem).items():
+        ax_mem.plot(*zip(*pts, strict=True), **{**_look(r, colors), "linestyle": "-"},
+                    label=label + (f" fill {f}%" if f else ""))
+    what = "memory cgroup charge" if memcg else "fdinfo memlock"
+    if not memcg and any(r.memory and r.memory.memlock_is_estimate for r in one):
+        what += " (the kernel's estimate, < v6.4)"
+    ax_mem.set(title=f"memory after the runs: {what}", xscale="log", yscale="log",
                xlabel="max_entries", ylabel="bytes")
     for ax in (ax_rate, ax_cost, ax_mem):
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    where = first["where"] + (f", {first['accel']}" if "accel" in first else "")
-    fig.suptitle(f"pybpfmap bench, kernel {first['kernel']} ({where})")
+    m = first.machine
+    where = m.where + (f", {m.accel}" if m.accel else "")
+    fig.suptitle(f"pybpfmap bench, kernel {m.kernel_release} ({where})")
     fig.tight_layout()
     fig.savefig(str(path), dpi=100)
     plt.close(fig)

@@ -1,54 +1,53 @@
-"""The triple triggered by a syscall, as samples/bpf/map_perf_test does.
+"""The triple triggered by a syscall, as samples/bpf/map_perf_test does it.
 
-A program (``trig_triple`` or ``trig_empty`` in bpf/bench_triple.c) runs on
-every getuid(): on a kprobe on the syscall's entry function where the kernel
-has kprobes (map_perf_test's way), else on the ``syscalls:sys_enter_getuid``
+``trig_triple`` or ``trig_empty`` (bpf/bench_triple.c) runs on every
+getuid(): on a kprobe on the syscall's entry function where the kernel has
+kprobes (map_perf_test's way), else on the ``syscalls:sys_enter_getuid``
 tracepoint, else on the ``sys_enter`` raw tracepoint filtered by syscall
-number.  One forked process per CPU, pinned with sched_setaffinity, calls
-getuid() in a tight loop for the same wall-clock window and counts its calls:
-events per second.  The empty program, attached the same way, gives the
-trigger's own cost; the difference in ns per event is the map's.
+number.  One trigger process per CPU, pinned, calls getuid() in a tight loop
+— the compiled loop ``trigger_loop.c`` for every CPU count wherever a C
+compiler exists (the Python loop only as the labelled fallback: it is
+slower per call, so it would lower the rate per CPU and hide contention).
+All start at one moment, warm up (discarded), then count their calls over
+the same window: events per second per CPU, the whole window's mean, with
+the median burst and its spread beside it (a burst median would drop the
+deferred work — irq_work refills, RCU callbacks — that the mean keeps).
+
+Every window is verified: the program's own count of runs on each CPU
+against that CPU's trigger calls.  The kernel's ``run_time_ns / run_cnt``
+of the program (bpf_stats) is taken over the warm-up only, so that the
+measured window runs without the stats' two clock reads per event.
 
 A tracing program on a BPF_F_NO_PREALLOC hash is what Linux kernel commit
 94dacdbd5d2d ("bpf: Tighten the requirements for preallocated hash maps")
-(in v5.7) warns about (a one-time WARN splat and a verifier message; refused
-on PREEMPT_RT) until Linux kernel commit 34dd3bad1a6f ("bpf: Relax the
-requirement to use preallocated hash maps in tracing progs.") (in v6.1): on
-such kernels run the syscall mode in the test VM, not on a machine you care
-about.
-
-The Python loop drives ``os.getuid`` from C-level iterators (no bytecode per
-call); :func:`compiled_rate` runs the same loop compiled with gcc so that the
-Python trigger's rate can be reported as a fraction of it.
+(in v5.7) warns about (a one-time WARN splat; refused on PREEMPT_RT) until
+Linux kernel commit 96da3f7d489d ("bpf: Remove tracing program restriction
+on map types") (in v6.1): on such kernels run the syscall mode in the test VM.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import os
 import shutil
 import subprocess
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import repeat, starmap
 from pathlib import Path
 
+from pybpfmap import bpfsys
+from pybpfmap.bench.program import TRACEPOINT, Bench, Counts, ProgStats
 from pybpfmap.errors import EnvironmentProblem, UsageError
-from pybpfmap.headers import TRACEFS
 from pybpfmap.kernel import kprobes_available
-from pybpfmap.loader import bcc_program, map_fd
-from pybpfmap.maps import MapSpec
+from pybpfmap.tracefs import TRACEFS
 
-SOURCE = "bench_triple.c"
-SYSCALL = "getuid"
-TRACEPOINT = f"syscalls:sys_enter_{SYSCALL}"
-TRIGGERS = ("kprobe", "tracepoint", "raw_tp")
 LOOP_C = Path(__file__).resolve().parent / "trigger_loop.c"
-CHUNK = 4096  # getuid() calls per C-level burst in the Python trigger
+COMPILERS = ("cc", "gcc", "clang")
+BURST_NS = 50_000   # as trigger_loop.c: a burst grows until it lasts this long
+START_DELAY = 0.02  # s between "everyone ready" and the common start
 
 
 def choose_trigger(requested: str = "auto") -> tuple[str, str]:
@@ -58,7 +57,7 @@ def choose_trigger(requested: str = "auto") -> tuple[str, str]:
     tp = os.path.isdir(os.path.join(TRACEFS, "events", *TRACEPOINT.split(":")))
     if requested == "kprobe" and not kprobes:
         raise UsageError("--trigger", f"kprobe: {kreason}; or run the bench in the test VM "
-                         "with --kernel SUITE")
+                         "with --kernel K")
     if requested == "tracepoint" and not tp:
         raise UsageError("--trigger", f"tracepoint {TRACEPOINT} not in {TRACEFS}/events "
                          "(kernel without CONFIG_FTRACE_SYSCALLS?)")
@@ -71,152 +70,271 @@ def choose_trigger(requested: str = "auto") -> tuple[str, str]:
     return "raw_tp", f"no kprobes and no {TRACEPOINT}"
 
 
+# --- the trigger processes -------------------------------------------------
+
 @dataclass
-class Attached:
-    """A loaded bench object whose ``attach(name)`` puts trig_<name> on the trigger."""
+class Loop:
+    """The trigger program: the compiled loop, or None for the Python fallback."""
 
-    bpf: object
-    trigger: str
-    map_fd: int
-    triples: int
-    _current: str | None = None
-
-    def attach(self, name: str) -> None:
-        self.detach()
-        fn = f"trig_{name}".encode()
-        b = self.bpf
-        if self.trigger == "kprobe":
-            b.attach_kprobe(event=b.get_syscall_fnname(SYSCALL), fn_name=fn)
-        elif self.trigger == "tracepoint":
-            b.attach_tracepoint(tp=TRACEPOINT.encode(), fn_name=fn)
-        else:
-            b.attach_raw_tracepoint(tp=b"sys_enter", fn_name=fn)
-        self._current = name
-
-    def detach(self) -> None:
-        if self._current is None:
-            return
-        b = self.bpf
-        if self.trigger == "kprobe":
-            b.detach_kprobe(event=b.get_syscall_fnname(SYSCALL))
-        elif self.trigger == "tracepoint":
-            b.detach_tracepoint(tp=TRACEPOINT.encode())
-        else:
-            b.detach_raw_tracepoint(tp=b"sys_enter")
-        # bcc keeps the loaded function cached by name; a re-attach reuses it.
-        self._current = None
+    exe: Path | None
+    label: str       # "compiled (cc -O2)" or "python (fallback: ...)"
 
 
-@contextmanager
-def load(spec: MapSpec, trigger: str, triples: int = 1) -> Iterator[Attached]:
-    """Load bench_triple.c for ``trigger``; nothing is attached until ``attach``."""
-    cflags = [f"-DTRIPLES={triples}"]
-    if trigger == "raw_tp":
-        cflags.append(f"-DTRIGGER_RAW_TP_NR={_syscall_nr(SYSCALL)}")
-    with bcc_program(SOURCE, maps={"MAP": spec}, cflags=cflags) as b:
-        att = Attached(b, trigger, map_fd(b, "MAP"), triples)
-        try:
-            yield att
-        finally:
-            att.detach()
+def compiled_loop() -> Loop:
+    """trigger_loop.c built with the first C compiler found, cached by source hash."""
+    cc = next((p for p in map(shutil.which, COMPILERS) if p), None)
+    if cc is None:
+        return Loop(None, f"python (fallback: no C compiler, none of {', '.join(COMPILERS)})")
+    src = LOOP_C.read_bytes()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pybpfmap"
+    exe = cache / f"trigger_loop-{hashlib.sha256(src).hexdigest()[:12]}"
+    label = f"compiled ({Path(cc).name} -O2)"
+    if exe.exists():
+        return Loop(exe, label)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = exe.with_suffix(f".{os.getpid()}")
+        out = subprocess.run([cc, "-O2", "-o", str(tmp), str(LOOP_C)],
+                             capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return Loop(None, f"python (fallback: building {LOOP_C.name} failed: {e})")
+    if out.returncode != 0:
+        why = (out.stderr.strip().splitlines() or ["no message"])[-1][:160]
+        return Loop(None, f"python (fallback: {Path(cc).name} failed: {why})")
+    tmp.replace(exe)
+    return Loop(exe, label)
 
 
-def _syscall_nr(name: str) -> int:
-    from bcc.syscall import syscalls  # {nr: name} for this architecture
+@dataclass
+class Calls:
+    """What one trigger process did."""
 
-    for nr, sname in syscalls.items():
-        if sname == name.encode():
-            return nr
-    raise EnvironmentProblem("--trigger raw_tp", f"syscall number of {name} unknown")
+    cpu: int
+    warmup_calls: int
+    calls: int
+    window_ns: int
+    bursts: int
+    median_ns: float   # ns per call within a burst: median, 10th, 90th percentile
+    p10_ns: float
+    p90_ns: float
+
+    @property
+    def rate(self) -> float:
+        """Calls (events) per second over the whole window."""
+        return self.calls * 1e9 / self.window_ns if self.window_ns else 0.0
+
+    @property
+    def burst_rate(self) -> float:
+        return 1e9 / self.median_ns if self.median_ns else 0.0
 
 
-def _python_loop(end: float) -> tuple[int, int, int]:
-    """getuid() in bursts of CHUNK until monotonic ``end``:
-    (calls, elapsed ns, median ns per burst)."""
-    getuid = os.getuid
-    clock = time.monotonic_ns
-    end_ns = int(end * 1e9)
-    bursts = []
-    start = t = clock()
-    while t < end_ns or not bursts:
+def _parse(cpu: int, text: str) -> Calls:
+    try:
+        w, c, ns, n, med, p10, p90 = text.split()
+        return Calls(cpu, int(w), int(c), int(ns), int(n), float(med), float(p10), float(p90))
+    except ValueError:
+        raise EnvironmentProblem("bench --mode syscall", f"trigger on CPU {cpu} printed "
+                                 f"{text.strip()[:80]!r}") from None
+
+
+def _python_loop(start: int, warmup: int, window: int) -> str:
+    """The Python trigger: trigger_loop.c's loop, getuid() from C-level
+    iterators (no bytecode per call)."""
+    getuid, clock = os.getuid, time.monotonic_ns
+    while clock() < start:
+        pass
+    warm_end, end = start + warmup, start + warmup + window
+    burst, warm_calls, t = 1, 0, clock()
+    while t < warm_end:
         t0 = t
-        deque(starmap(getuid, repeat((), CHUNK)), maxlen=0)
+        deque(starmap(getuid, repeat((), burst)), maxlen=0)
+        warm_calls += burst
         t = clock()
-        bursts.append(t - t0)
-    bursts.sort()
-    return len(bursts) * CHUNK, t - start, bursts[len(bursts) // 2]
+        if t - t0 < BURST_NS and burst < 1 << 20:
+            burst *= 2
+    begin, per_call, calls = t, [], 0
+    while True:
+        t0 = t
+        deque(starmap(getuid, repeat((), burst)), maxlen=0)
+        calls += burst
+        t = clock()
+        per_call.append((t - t0) / burst)
+        if t >= end:
+            break
+    per_call.sort()
+    n = len(per_call)
+    return (f"{warm_calls} {calls} {t - begin} {n} {per_call[n // 2]:.3f} "
+            f"{per_call[n // 10]:.3f} {per_call[n - 1 - n // 10]:.3f}")
 
 
-@dataclass
-class Rate:
-    """One trigger's events per second: over its whole window (``mean``) and in
-    its median burst (``burst``), which ignores time the CPU was taken away."""
+class _Trigger:
+    """One pinned trigger process (compiled or a forked Python loop)."""
 
-    mean: float
-    burst: float
-
-
-def python_rates(cpus: list[int], seconds: float) -> list[Rate]:
-    """One pinned, forked Python trigger per CPU, all over the same window."""
-    start = time.monotonic() + 0.05 + 0.01 * len(cpus)
-    end = start + seconds
-    children = []
-    for cpu in cpus:
-        r, w = os.pipe()
+    def __init__(self, loop: Loop, cpu: int, warmup_ns: int, window_ns: int):
+        self.cpu = cpu
+        self.proc: subprocess.Popen | None = None
+        self.pid = 0
+        if loop.exe is not None:
+            self.proc = subprocess.Popen(
+                [str(loop.exe), str(warmup_ns), str(window_ns)], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, text=True,
+                preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+            self._in, self._out = self.proc.stdin, self.proc.stdout
+            return
+        start_r, start_w = os.pipe()
+        out_r, out_w = os.pipe()
         pid = os.fork()
-        if pid == 0:  # child: pin, wait for the common start, loop, report
+        if pid == 0:  # child: pin, say ready, wait for the start, loop, report
             code = 1
             try:
-                os.close(r)
+                os.close(start_w)
+                os.close(out_r)
                 os.sched_setaffinity(0, {cpu})
-                while time.monotonic() < start:
-                    pass
-                os.write(w, json.dumps(_python_loop(end)).encode())
+                os.write(out_w, b"ready\n")
+                with os.fdopen(start_r) as f:
+                    start = int(f.readline())
+                os.write(out_w, (_python_loop(start, warmup_ns, window_ns) + "\n").encode())
                 code = 0
             finally:
                 os._exit(code)
-        os.close(w)
-        children.append((pid, r))
-    rates = []
-    for pid, r in children:
-        with os.fdopen(r) as f:
-            text = f.read()
-        _, status = os.waitpid(pid, 0)
-        if status != 0 or not text:
-            raise EnvironmentProblem("bench --mode syscall", "a trigger process failed")
-        calls, ns, burst_ns = json.loads(text)
-        rates.append(Rate(calls * 1e9 / ns, CHUNK * 1e9 / burst_ns))
-    return rates
+        os.close(start_r)
+        os.close(out_w)
+        self.pid = pid
+        self._in, self._out = os.fdopen(start_w, "w"), os.fdopen(out_r)
+
+    def ready(self) -> None:
+        line = self._out.readline()
+        if line.strip() != "ready":
+            raise EnvironmentProblem("bench --mode syscall",
+                                     f"the trigger for CPU {self.cpu} did not start")
+
+    def start(self, at_ns: int) -> None:
+        self._in.write(f"{at_ns}\n")
+        self._in.flush()
+        self._in.close()
+
+    def result(self) -> Calls:
+        text = self._out.read()
+        self._out.close()
+        if self.proc is not None:
+            status = self.proc.wait()
+        else:
+            status = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        if status != 0:
+            raise EnvironmentProblem("bench --mode syscall",
+                                     f"the trigger for CPU {self.cpu} failed (status {status})")
+        return _parse(self.cpu, text)
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.proc is not None:
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                    self.proc.wait()
+            elif self.pid:
+                os.kill(self.pid, 9)
+                os.waitpid(self.pid, 0)
 
 
-def compiled_loop() -> tuple[Path | None, str]:
-    """(path, "") of trigger_loop.c built with gcc into the cache, or (None, why)."""
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        return None, "no C compiler (gcc) on this machine"
-    src = LOOP_C.read_bytes()
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pybpfmap"
-    exe = cache / f"trigger_loop-{hashlib.sha256(src).hexdigest()[:12]}"
-    if exe.exists():
-        return exe, ""
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = exe.with_suffix(f".{os.getpid()}")
-    out = subprocess.run([gcc, "-O2", "-o", str(tmp), str(LOOP_C)],
-                         capture_output=True, text=True, timeout=60)
-    if out.returncode != 0:
-        return None, f"gcc failed: {out.stderr.strip()[:200]}"
-    tmp.replace(exe)
-    return exe, ""
+# --- one window --------------------------------------------------------------
+
+@dataclass
+class Phase:
+    """One program on k CPUs: warm-up, then the window."""
+
+    calls: list[Calls]
+    counts: Counts
+    stats: ProgStats | None          # the kernel's counters over the warm-up (None: unavailable)
+    recursion_misses: int | None     # over warm-up and window (None: no such field)
+
+    @property
+    def cpus(self) -> list[int]:
+        return [c.cpu for c in self.calls]
+
+    def rate(self) -> float:
+        """Events per second per CPU (mean over CPUs of whole-window means)."""
+        return sum(c.rate for c in self.calls) / len(self.calls)
+
+    def burst_rate(self) -> float:
+        """Events per second per CPU in the median burst."""
+        return sum(c.burst_rate for c in self.calls) / len(self.calls)
+
+    def burst_rate_at(self, percentile: int) -> float:
+        """Events per second per CPU at the 10th or 90th percentile of ns per call."""
+        ns = {10: "p10_ns", 90: "p90_ns"}[percentile]
+        return sum(1e9 / getattr(c, ns) for c in self.calls if getattr(c, ns)) / len(self.calls)
+
+    def total_rate(self) -> float:
+        return sum(c.rate for c in self.calls)
+
+    def triggers(self) -> int:
+        return sum(c.warmup_calls + c.calls for c in self.calls)
+
+    def events(self) -> int:
+        """Program runs on the trigger CPUs (stray getuid() calls of other
+        processes there count too; those elsewhere are :meth:`elsewhere`)."""
+        return sum(self.counts.events[c] for c in self.cpus if c < len(self.counts.events))
+
+    def elsewhere(self) -> int:
+        return sum(n for c, n in enumerate(self.counts.events) if c not in self.cpus)
 
 
-def compiled_rate(exe: Path, cpu: int, seconds: float) -> Rate:
-    """Events per second of the compiled loop pinned to ``cpu``."""
-    out = subprocess.run([str(exe), f"{seconds:.3f}", str(CHUNK)], capture_output=True,
-                         text=True, timeout=seconds + 30,
-                         preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+def window(bench: Bench, prog: str, loop: Loop, cpus: list[int], warmup: float,
+           seconds: float) -> Phase:
+    """Attach ``trig_<prog>``, run one pinned trigger per CPU, detach."""
+    name = f"trig_{prog}"
+    bench.attach(prog)
+    triggers: list[_Trigger] = []
+    stats = contextlib.ExitStack()
     try:
-        calls, ns, burst_ns = (int(x) for x in out.stdout.split())
-    except ValueError:
-        raise EnvironmentProblem(str(exe), f"compiled trigger failed: {out.stderr[:200]}") \
-            from None
-    return Rate(calls * 1e9 / ns, CHUNK * 1e9 / burst_ns)
+        bench.reset()
+        before = bench.stats(name)
+        with contextlib.suppress(bpfsys.BpfSyscallError):  # no BPF_ENABLE_STATS (< 5.8)
+            stats.enter_context(bpfsys.stats_enabled())
+        for cpu in cpus:
+            triggers.append(_Trigger(loop, cpu, int(warmup * 1e9), int(seconds * 1e9)))
+        for t in triggers:
+            t.ready()
+        start = time.monotonic_ns() + int(START_DELAY * 1e9)
+        for t in triggers:
+            t.start(start)
+        time.sleep(max(0.0, (start + warmup * 1e9 - time.monotonic_ns()) / 1e9))
+        warm = bench.stats(name).minus(before)
+        stats.close()  # the window runs without the stats' two clock reads per event
+        calls = [t.result() for t in triggers]
+        triggers = []
+        counts = bench.read()
+        misses = bench.stats(name).minus(before).recursion_misses
+    finally:
+        stats.close()
+        for t in triggers:
+            t.kill()
+        bench.detach()
+    return Phase(calls, counts, warm if warm.run_cnt else None, misses)
+
+
+@dataclass
+class Sample:
+    """One run on k CPUs: the empty program's window, then the triple's."""
+
+    empty: Phase
+    triple: Phase
+    triples: int   # per event
+
+    def net_ns(self) -> float:
+        """ns per triple: the difference in ns per event, per triple."""
+        t, e = self.triple.rate(), self.empty.rate()
+        return (1e9 / t - 1e9 / e) / self.triples if t and e else 0.0
+
+    def stats_net_ns(self) -> float | None:
+        """ns per triple by the kernel's bpf_stats over the warm-ups."""
+        t = self.triple.stats.ns_per_run if self.triple.stats else None
+        e = self.empty.stats.ns_per_run if self.empty.stats else None
+        return None if t is None or e is None else (t - e) / self.triples
+
+
+def measure(bench: Bench, loop: Loop, cpus: list[int], warmup: float,
+            seconds: float) -> Sample:
+    empty = window(bench, "empty", loop, cpus, warmup, seconds)
+    triple = window(bench, "triple", loop, cpus, warmup, seconds)
+    return Sample(empty, triple, bench.work.syscall_triples)

@@ -1,114 +1,229 @@
-"""The human table: for each type, rows = allocation mode, columns = CPUs,
-shaped like the table in kernel commit 6c9059817432 ("bpf: pre-allocate hash
-map elements") (in v4.6), with the prealloc / NO_PREALLOC ratio beside the
-seed's own."""
+"""The bench's two renderings of its records.
+
+:func:`render_text` is the human table: for each map type, mode, max_entries
+and fill, rows are the allocation modes and columns the CPU counts, shaped
+like the table in Linux kernel commit 6c9059817432 ("bpf: pre-allocate hash
+map elements") (in v4.6), with this kernel's prealloc / NO_PREALLOC ratio
+beside the seed's, the independent clock under each figure, map_perf_test's
+figure when it ran, and the memory each map cost.
+:func:`render_markdown` is the report's section: one row per record.
+"""
 
 from __future__ import annotations
 
 from itertools import groupby
 
+from pybpfmap import era
+from pybpfmap.bench.record import BenchRecord, pre_no_ratio
 from pybpfmap.maps import TYPES
+from pybpfmap.output import human_bytes, md_table, text_table
 
 # The seed's per-CPU events/s (millions), samples/bpf/map_perf_test, one
 # update/lookup/delete round per event: pcpu_freelist (what preallocation
 # became) and kmalloc (what BPF_F_NO_PREALLOC kept).
 SEED_RATES = {1: (2.6, 1.8), 4: (2.0, 0.7), 8: (1.5, 0.4), 32: (0.49, 0.13)}
-TRIGGER_GOAL = 0.70  # Python trigger's event rate as a fraction of the compiled loop's
 SEED_RATIOS = {k: pre / kmalloc for k, (pre, kmalloc) in SEED_RATES.items()}
 
-MODE_TITLE = {"inkernel": "in kernel (BPF_PROG_TEST_RUN), ns per triple net of an empty "
-                          "program; M triples/s per CPU",
-              "syscall": "syscall-triggered (map_perf_test style), M events/s per CPU "
-                         "(ns per triple net of the trigger)"}
+MODE_TITLE = {"inkernel": "in kernel (BPF_PROG_TEST_RUN): ns per triple net of the empty "
+                          "program, M triples/s per CPU",
+              "syscall": "syscall-triggered (map_perf_test style): M events/s per CPU, "
+                         "whole-window mean (ns per triple net of the empty program)"}
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+def _m(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate / 1e6:.2f}M"
 
 
-def _cell(rec: dict) -> str:
-    mark = "!" if rec.get("cv_warning") else ""
-    if rec["mode"] == "inkernel":
-        rate = rec["ops_per_sec_per_cpu"] or 0
-        return f"{rec['ns_per_op']:.1f} ns {rate / 1e6:.2f}M{mark}"
-    return f"{rec['events_per_sec'] / 1e6:.2f}M ({rec['ns_per_op']:.0f} ns){mark}"
+def _marks(r: BenchRecord) -> str:
+    return ("!" if r.noisy else "") + ("✗" if r.flagged else "")
 
 
-def _rate(rec: dict) -> float:
-    if rec["mode"] == "inkernel":
-        return 1.0 / rec["ns_per_op"] if rec["ns_per_op"] > 0 else 0.0
-    return float(rec["events_per_sec"])
+def _cell(r: BenchRecord) -> str:
+    if r.refused is not None:
+        return "refused"
+    ns = r.ns_per_triple.median if r.ns_per_triple else None
+    if r.mode == "inkernel":
+        return f"{ns:.1f} ns {_m(r.triples_per_sec_per_cpu)}{_marks(r)}"
+    return f"{_m(r.speed())} ({ns:.0f} ns){_marks(r)}"
 
 
-def render(records: list[dict]) -> str:
-    """The table for every (type, mode, max_entries) group in ``records``."""
-    out: list[str] = []
+def _clock_cell(r: BenchRecord) -> str:
+    b = r.ns_per_triple_bpf_stats
+    if b is None:
+        return "-"
+    agree = {True: "", False: " ≠", None: ""}[r.clocks_agree]
+    return f"{b.median:.1f} ns{agree}"
+
+
+def _bytes(n: int | None, estimate: bool = False) -> str:
+    text = human_bytes(n)
+    return "-" if text is None else ("~" if estimate else "") + text
+
+
+def _header(r: BenchRecord) -> str:
+    m = r.machine
+    where = m.where + (f", {m.accel}" if m.accel else "") + \
+        (f", virt {m.virt}" if m.virt != "none" and not m.where.startswith("vm:") else "")
+    return f"kernel {m.kernel_release} ({where}), {m.online_cpus} online / " \
+           f"{m.possible_cpus} possible CPUs, jit {m.bpf_jit_enable}, bpf_stats_enabled " \
+           f"{'on' if m.bpf_stats_enabled else 'off'}"
+
+
+def _workload(r: BenchRecord) -> str:
+    what = (f"{r.triples_per_event} triple{'s' if r.triples_per_event != 1 else ''} per "
+            f"{'run' if r.mode == 'inkernel' else 'event'}, key {r.key}")
+    if r.mode == "syscall":
+        what += f", trigger {r.trigger} ({r.trigger_loop})"
+    return what
+
+
+def _group_key(r: BenchRecord) -> tuple:
     order = {t: i for i, t in enumerate(TYPES)}
-    key = lambda r: (order.get(r["type"], 99), r["type"], r["mode"], r["max_entries"])  # noqa: E731
-    warned = estimate = False
-    for (_, type_, mode, n), group in groupby(sorted(records, key=key), key=key):
+    return (r.machine.where, r.machine.kernel_release, order.get(r.type, 99), r.type, r.mode,
+            r.max_entries, r.fill_percent)
+
+
+def render_text(records: list[BenchRecord]) -> str:
+    """The seed-shaped tables, one per (type, mode, max_entries, fill)."""
+    out: list[str] = []
+    last_header = None
+    problems: list[str] = []
+    estimate = noisy = False
+    for _, group in groupby(sorted(records, key=_group_key), key=_group_key):
         group = list(group)
         first = group[0]
-        where = f"{first['where']}" + (f", {first['accel']}" if "accel" in first else "")
-        trig = f", trigger {first['trigger']}" if mode == "syscall" else ""
-        out.append(f"{type_}  max_entries={n}  kernel {first['kernel']} ({where}{trig})")
-        out.append(f"  {MODE_TITLE[mode]}")
-        cpus = sorted({r["cpus"] for r in group if r["cpus"] is not None})
-        head = f"  {'':<14}" + "".join(f"{f'{k} CPU' + ('s' if k > 1 else ''):>22}"
-                                        for k in cpus) + f"{'memlock':>12}"
-        out.append(head)
-        rows: dict[bool, dict[int, dict]] = {}
+        if _header(first) != last_header:
+            out.append(_header(first))
+            last_header = _header(first)
+        fill = (f"  fill {first.fill_percent}% ({first.resident_keys} resident keys, map "
+                f"max_entries {first.map_max_entries})" if first.fill_percent else "")
+        out.append(f"{first.type}  max_entries={first.max_entries}{fill}  "
+                   f"{MODE_TITLE[first.mode]}")
+        workloads = sorted({_workload(r) for r in group if r.refused is None})
+        out.append("  " + "; ".join(workloads))
+        cpus = sorted({r.cpus for r in group if r.cpus is not None})
+        heads = ["", *(f"{k} CPU{'s' if k > 1 else ''}" for k in cpus), "memcg", "memlock"]
+        rows = []
+        refusals: list[str] = []
+        by_alloc: dict[bool, dict[int, BenchRecord]] = {}
         for prealloc in (True, False):
-            recs = [r for r in group if r["prealloc"] is prealloc]
+            recs = [r for r in group if r.prealloc is prealloc]
             if not recs:
                 continue
             label = "prealloc" if prealloc else "no_prealloc"
-            refused = [r for r in recs if "refused" in r]
-            if refused:
-                out.append(f"  {label:<14}refused: {refused[0]['refused']['reason']}")
+            refused = next((r for r in recs if r.refused is not None), None)
+            if refused is not None:
+                rows.append([label, f"refused: {refused.refused.errno_name}",
+                             *([""] * (len(cpus) + 1))])
+                refusals.append(f"  {label}: {refused.refused.reason}")
                 continue
-            rows[prealloc] = {r["cpus"]: r for r in recs}
-            cells = "".join(f"{_cell(rows[prealloc][k]) if k in rows[prealloc] else '-':>22}"
-                            for k in cpus)
-            mem = ("~" if recs[0].get("memlock_is_estimate") else "") + _size(recs[0]["memlock"])
-            estimate |= bool(recs[0].get("memlock_is_estimate"))
-            out.append(f"  {label:<14}{cells}{mem:>12}")
-            warned |= any(r.get("cv_warning") for r in recs)
-        if len(rows) == 2:
-            ratios = []
-            for k in cpus:
-                a, b = rows[True].get(k), rows[False].get(k)
-                ratios.append(f"{_rate(a) / _rate(b):.2f}x" if a and b and _rate(b) else "-")
-            out.append(f"  {'pre/no ratio':<14}" + "".join(f"{x:>22}" for x in ratios))
-            out.append(f"  {'seed ratio':<14}" + "".join(
-                f"{f'{SEED_RATIOS[k]:.2f}x' if k in SEED_RATIOS else '-':>22}" for k in cpus))
-        if mode == "syscall" and (one := next((r for r in group if r["cpus"] == 1
-                                               and "trigger_ratio" in r), None)):
-            if one["trigger_ratio"] is None:
-                out.append(f"  Python trigger vs compiled loop: unavailable "
-                           f"({one['trigger_ratio_unavailable']})")
-            else:
-                low = one["trigger_ratio"] < TRIGGER_GOAL
-                out.append(f"  Python trigger vs compiled loop (1 CPU): "
-                           f"{one['trigger_ratio']:.0%} of its event rate with the triple, "
-                           f"{one['trigger_ratio_empty']:.0%} with the empty program"
-                           + (f"  (below {TRIGGER_GOAL:.0%}: the Python loop hides part "
-                              "of the map cost)" if low else ""))
+            by_alloc[prealloc] = cells = {r.cpus: r for r in recs}
+            mem = recs[0].memory
+            estimate |= bool(mem and mem.memlock_is_estimate)
+            rows.append([label, *(_cell(cells[k]) if k in cells else "-" for k in cpus),
+                         _bytes(mem.memcg_after if mem else None),
+                         _bytes(mem.memlock_after if mem else None,
+                                bool(mem and mem.memlock_is_estimate))])
+            rows.append(["  bpf_stats", *(_clock_cell(cells[k]) if k in cells else "-"
+                                          for k in cpus), "", ""])
+            if any(r.peer for r in recs):
+                rows.append([f"  {next(r.peer.tool for r in recs if r.peer)}",
+                             *(_peer_cell(cells.get(k)) for k in cpus), "", ""])
+            for r in recs:
+                noisy |= r.noisy
+                if r.verification and r.verification.problems:
+                    problems += [f"{r.label} {r.mode} {r.cpus} CPU: {p}"
+                                 for p in r.verification.problems]
+            counter = recs[0].element_counter
+            if not prealloc and counter:
+                rows.append(["  counter", counter, *([""] * (len(cpus) + 1))])
+        if len(by_alloc) == 2:
+            ratio = [pre_no_ratio(group, mode=first.mode, type=first.type, cpus=k,
+                                  max_entries=first.max_entries,
+                                  fill_percent=first.fill_percent) for k in cpus]
+            rows.append(["pre/no ratio", *(f"{x:.2f}x" if x else "-" for x in ratio), "", ""])
+            if any(r.peer for r in group):
+                peer = [pre_no_ratio(group, mode=first.mode, type=first.type, cpus=k,
+                                     max_entries=first.max_entries,
+                                     fill_percent=first.fill_percent, peer=True) for k in cpus]
+                rows.append(["  peer ratio", *(f"{x:.2f}x" if x else "-" for x in peer),
+                             "", ""])
+            rows.append(["seed ratio", *(f"{SEED_RATIOS[k]:.2f}x" if k in SEED_RATIOS else "-"
+                                         for k in cpus), "", ""])
+        smt = sorted({str(p) for r in group for p in r.smt_siblings})
+        table = text_table(heads, rows)
+        out += ["  " + line for line in table.rstrip("\n").splitlines()]
+        out += refusals
+        if smt:
+            out.append(f"  SMT siblings among the CPUs used: {', '.join(smt)}")
         out.append("")
+    out += notes(records, estimate=estimate, noisy=noisy)
+    if problems:
+        out.append("✗ = the run did not prove itself (the figure is not to be trusted):")
+        out += [f"  {p}" for p in problems]
+    return "\n".join(out) + "\n"
+
+
+def _peer_cell(r: BenchRecord | None) -> str:
+    if r is None or r.peer is None:
+        return "-"
+    ratio = f" x{r.peer.ratio:.2f}" if r.peer.ratio is not None else ""
+    return f"{_m(r.peer.events_per_sec.median)}{ratio}"
+
+
+def notes(records: list[BenchRecord], *, estimate: bool, noisy: bool) -> list[str]:
     seed = ", ".join(f"{SEED_RATIOS[k]:.2f}x at {k}" for k in sorted(SEED_RATIOS))
-    out.append(f"seed ratios (6c9059817432, pcpu_freelist / kmalloc, CPUs): {seed}")
-    out.append("  (since Linux kernel commit fba1a1c6c912 (\"bpf: Convert hash map to "
-               "bpf_mem_alloc.\") (in v6.1) NO_PREALLOC no longer means kmalloc)")
-    out.append("memlock: fdinfo memlock after the runs; every triple deletes what it "
-               "inserted, so a NO_PREALLOC map is then empty")
+    out = [f"seed ratios ({era.PREALLOC.commit}, pcpu_freelist / kmalloc, per CPU count): "
+           f"{seed}; since {era.MEM_ALLOC.cite()} NO_PREALLOC no longer means kmalloc",
+           "bpf_stats = the kernel's run_time_ns / run_cnt of the same programs (an "
+           "independent clock; ≠ = more than 10% from the figure above it)",
+           "memcg = the map's memory cgroup charge after the runs; memlock = fdinfo"]
+    if any(r.peer for r in records):
+        out.append("map_perf_test = the kernel's samples/bpf/map_perf_test in the same boot, "
+                   "M events/s per CPU and pybpfmap / it (see --json peer.differences)")
     if estimate:
-        out.append("~ = the kernel's fdinfo memlock is its old estimate (round_up(key + value, "
-                   "8) * max_entries), not usage: real figures since Linux kernel commit "
-                   "304849a27b34 (\"bpf: hashtab memory usage\") (in v6.4)")
-    if warned:
-        out.append("! = runs disagree: coefficient of variation above 5% (see --json cv)")
-    return "\n".join(out)
+        out.append(f"~ = fdinfo memlock is the kernel's estimate from max_entries, not usage "
+                   f"(real since {era.MEMORY_USAGE.cite()})")
+    if noisy:
+        out.append("! = runs disagree: coefficient of variation above 5% (see --json)")
+    if any(r.machine.accel == "tcg" for r in records):
+        out.append("tcg = figures from an emulated CPU (QEMU TCG), not hardware figures")
+    return out
+
+
+def render_markdown(records: list[BenchRecord]) -> str:
+    """One row per record, for the report."""
+    rows = []
+    for r in sorted(records, key=lambda r: (*_group_key(r), not r.prealloc, r.cpus or 0)):
+        m = r.machine
+        where = m.where + (f" ({m.accel})" if m.accel else "")
+        if r.refused is not None:
+            rows.append([where, m.kernel_release, r.mode, r.type, r.alloc, r.max_entries,
+                         r.fill_percent, None, None, None, None, None, None, None, None, None,
+                         None, f"refused: {r.refused.errno_name}"])
+            continue
+        ns = r.ns_per_triple.median if r.ns_per_triple else None
+        clock = r.ns_per_triple_bpf_stats.median if r.ns_per_triple_bpf_stats else None
+        mem = r.memory
+        verified = "yes" if not r.flagged else "no: " + "; ".join(r.verification.problems)
+        rows.append([where, m.kernel_release, r.mode, r.type, r.alloc, r.max_entries,
+                     r.fill_percent, r.cpus, r.triples_per_event, r.key, ns, clock,
+                     None if r.speed() is None else round(r.speed() / 1e6, 3),
+                     round(r.peer.events_per_sec.median / 1e6, 3) if r.peer else None,
+                     round(r.peer.ratio, 3) if r.peer and r.peer.ratio else None,
+                     _kib(mem.memcg_after if mem else None),
+                     (_kib(mem.memlock_after) if mem else None)
+                     if not (mem and mem.memlock_is_estimate)
+                     else f"{_kib(mem.memlock_after)} (estimate)",
+                     verified + ("" if not r.noisy else " (cv > 5%)")])
+    heads = ["where", "kernel", "mode", "type", "alloc", "max_entries", "fill %", "CPUs",
+             "triples/event", "key", "ns/triple", "bpf_stats ns", "M/s per CPU",
+             "map_perf_test M/s", "ratio", "memcg KiB", "memlock KiB", "verified"]
+    return md_table(heads, rows) + "\n" + "\n".join(
+        notes(records, estimate=any(r.memory and r.memory.memlock_is_estimate
+                                    for r in records),
+              noisy=any(r.noisy for r in records))) + "\n"
+
+
+def _kib(n: int | None) -> float | None:
+    return None if n is None else round(n / 1024, 1)

@@ -1,0 +1,269 @@
+"""The bench's BPF side: ``bpf/bench_triple.c`` on one map, and what it counted.
+
+:func:`load` compiles the program with BCC for a map that pybpfmap created
+itself (in its own memory cgroup, see :mod:`pybpfmap.bench.run`) and pinned
+for a moment in a bpffs, so that BCC uses that map instead of making one.
+:class:`Bench` then gives the programs' fds, attaches the syscall-triggered
+one, and reads back after every window what the program counted on each CPU
+(:class:`Counts`: runs, and failed map calls by errno) and what the kernel
+counted for each program (:class:`ProgStats`: ``run_cnt``, ``run_time_ns``,
+``recursion_misses``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pybpfmap import bpfsys
+from pybpfmap.errors import EnvironmentProblem, KernelError
+from pybpfmap.loader import bcc_program
+from pybpfmap.maps import MapSpec
+
+SOURCE = "bench_triple.c"
+SYSCALL = "getuid"
+TRACEPOINT = f"syscalls:sys_enter_{SYSCALL}"
+TRIGGERS = ("kprobe", "tracepoint", "raw_tp")
+KEYS = ("random", "tid")
+# The errno slots of struct counts, in bench_triple.c's order (slot()).
+FAIL_SLOTS = ("other", "E2BIG", "ENOMEM", "EBUSY", "ENOENT", "EEXIST", "EINVAL", "EDEADLK",
+              "ETIMEDOUT", "EAGAIN", "ENOTSUPP", "EFAULT", "EPERM", "ENOSPC", "EOPNOTSUPP",
+              "EINTR")
+OPS = ("update", "lookup", "delete")
+_WORDS = 2 + len(OPS) * len(FAIL_SLOTS)   # events, sink, fail[op][slot]
+KEY_BASE = 1 << 31   # the triple's keys; resident (--fill) keys are below
+OBJ_PIN = 6
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one program run does, beyond the map: compiled into the program."""
+
+    key: str = "random"          # "random": a random key in this CPU's slice; "tid": thread id
+    inkernel_triples: int = 100  # triples per BPF_PROG_TEST_RUN run
+    syscall_triples: int = 1     # triples per syscall event
+    trigger: str | None = None   # kprobe, tracepoint or raw_tp; None: no syscall mode
+
+
+@dataclass
+class Counts:
+    """What the program counted during one window: its runs on each CPU
+    (index = CPU number) and its failed map calls, op -> errno -> count."""
+
+    events: list[int]
+    failures: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, other: Counts) -> None:
+        for op, errs in other.failures.items():
+            mine = self.failures.setdefault(op, {})
+            for name, n in errs.items():
+                mine[name] = mine.get(name, 0) + n
+        if len(self.events) < len(other.events):
+            self.events += [0] * (len(other.events) - len(self.events))
+        for i, n in enumerate(other.events):
+            self.events[i] += n
+
+    @property
+    def failed(self) -> int:
+        return sum(n for errs in self.failures.values() for n in errs.values())
+
+
+@dataclass
+class ProgStats:
+    """The kernel's own counters of one program (bpf_prog_info)."""
+
+    run_cnt: int
+    run_time_ns: int
+    recursion_misses: int | None   # None: this kernel's bpf_prog_info has no such field
+
+    def minus(self, before: ProgStats) -> ProgStats:
+        misses = None
+        if self.recursion_misses is not None and before.recursion_misses is not None:
+            misses = self.recursion_misses - before.recursion_misses
+        return ProgStats(self.run_cnt - before.run_cnt, self.run_time_ns - before.run_time_ns,
+                         misses)
+
+    @property
+    def ns_per_run(self) -> float | None:
+        return self.run_time_ns / self.run_cnt if self.run_cnt else None
+
+
+def key_range(max_entries: int, possible_cpus: int) -> int:
+    """Keys per CPU slice: max_entries (as many keys as the map may hold, so
+    the triple's keys spread over its buckets as a full map's would), less
+    when the slices of every possible CPU would not fit above KEY_BASE."""
+    return max(1, min(max_entries, ((1 << 32) - KEY_BASE) // max(possible_cpus, 1)))
+
+
+def cflags(spec: MapSpec, work: Workload, pinned: str | None) -> list[str]:
+    """The -D defines of bench_triple.c for this map and workload."""
+    flags = [*spec.cflags("MAP"), f"-DINKERNEL_TRIPLES={work.inkernel_triples}",
+             f"-DSYSCALL_TRIPLES={work.syscall_triples}", f"-DKEY_BASE={KEY_BASE}u",
+             f"-DKEY_RANGE={key_range(spec.max_entries, bpfsys.possible_cpus())}u"]
+    if work.key == "tid":
+        flags.append("-DKEY_TID")
+    if pinned:
+        flags.append(f'-DMAP_PINNED="{pinned}"')
+    if work.trigger == "raw_tp":
+        flags.append(f"-DTRIGGER_RAW_TP_NR={syscall_nr(SYSCALL)}")
+    return flags
+
+
+def syscall_nr(name: str) -> int:
+    """This architecture's number of syscall ``name`` (BCC's table)."""
+    from bcc.syscall import syscalls  # {nr: name}
+
+    for nr, sname in syscalls.items():
+        if sname == name.encode():
+            return nr
+    raise EnvironmentProblem("--trigger raw_tp", f"syscall number of {name} unknown")
+
+
+# --- a bpffs to hand the map over to BCC ------------------------------------
+
+def _bpffs_mounts() -> list[str]:
+    with open("/proc/self/mounts") as f:
+        return [line.split()[1] for line in f if line.split()[2:3] == ["bpf"]]
+
+
+@contextlib.contextmanager
+def bpffs() -> Iterator[Path]:
+    """A bpffs directory: the first mounted one, else a private instance
+    mounted on a temporary directory for the duration (and unmounted)."""
+    mounts = _bpffs_mounts()
+    if mounts:
+        yield Path(mounts[0])
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    with tempfile.TemporaryDirectory(prefix="pybpfmap-bpffs-") as tmp:
+        if libc.mount(b"bpf", tmp.encode(), b"bpf", 0, None) != 0:
+            err = ctypes.get_errno()
+            raise EnvironmentProblem("bpffs", f"no bpf filesystem mounted and mounting one "
+                                     f"on {tmp} failed: {os.strerror(err)}", err)
+        try:
+            yield Path(tmp)
+        finally:
+            libc.umount2(tmp.encode(), 2)  # MNT_DETACH
+
+
+class _PinAttr(ctypes.Structure):
+    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32),
+                ("file_flags", ctypes.c_uint32), ("_pad", ctypes.c_char * 112)]
+
+
+@contextlib.contextmanager
+def pinned(fd: int, directory: Path) -> Iterator[str]:
+    """``fd`` pinned under ``directory`` while inside; the path."""
+    path = directory / f"pybpfmap-bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    name = ctypes.create_string_buffer(str(path).encode())
+    try:
+        bpfsys.bpf(OBJ_PIN, _PinAttr(pathname=ctypes.addressof(name), bpf_fd=fd))
+    except bpfsys.BpfSyscallError as e:
+        raise KernelError("bpffs", e.errno, f"could not pin the bench map at {path}") \
+            from None
+    try:
+        yield str(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+# --- the loaded programs -----------------------------------------------------
+
+class Bench:
+    """bench_triple.c loaded on one map (a BCC object)."""
+
+    def __init__(self, bpf, spec: MapSpec, map_fd: int, work: Workload):
+        self.bpf = bpf
+        self.spec = spec
+        self.map_fd = map_fd
+        self.work = work
+        self.counts_fd = bpf[b"COUNTS"].map_fd
+        self._attached: str | None = None
+        self._cpus = bpfsys.possible_cpus()
+
+    # programs
+    def prog_fd(self, name: str) -> int:
+        """The fd of ``bench_<name>`` (SCHED_CLS) or ``trig_<name>`` (the trigger's type)."""
+        from bcc import BPF
+
+        kind, _, _ = name.partition("_")
+        types = {"kprobe": BPF.KPROBE, "tracepoint": BPF.TRACEPOINT,
+                 "raw_tp": BPF.RAW_TRACEPOINT}
+        prog_type = BPF.SCHED_CLS if kind == "bench" else types[self.work.trigger or ""]
+        return self.bpf.load_func(name.encode(), prog_type).fd
+
+    def stats(self, name: str) -> ProgStats:
+        info, has_misses = bpfsys.prog_info(self.prog_fd(name))
+        return ProgStats(info.run_cnt, info.run_time_ns,
+                         info.recursion_misses if has_misses else None)
+
+    def attach(self, name: str) -> None:
+        """Put ``trig_<name>`` on the syscall trigger (detaching any other)."""
+        self.detach()
+        fn = f"trig_{name}".encode()
+        self.prog_fd(f"trig_{name}")
+        b, trigger = self.bpf, self.work.trigger
+        if trigger == "kprobe":
+            b.attach_kprobe(event=b.get_syscall_fnname(SYSCALL), fn_name=fn)
+        elif trigger == "tracepoint":
+            b.attach_tracepoint(tp=TRACEPOINT.encode(), fn_name=fn)
+        else:
+            b.attach_raw_tracepoint(tp=b"sys_enter", fn_name=fn)
+        self._attached = name
+
+    def detach(self) -> None:
+        if self._attached is None:
+            return
+        b, trigger = self.bpf, self.work.trigger
+        if trigger == "kprobe":
+            b.detach_kprobe(event=b.get_syscall_fnname(SYSCALL))
+        elif trigger == "tracepoint":
+            b.detach_tracepoint(tp=TRACEPOINT.encode())
+        else:
+            b.detach_raw_tracepoint(tp=b"sys_enter")
+        self._attached = None
+
+    # the program's own counters
+    def _buffer(self) -> ctypes.Array:
+        return (ctypes.c_uint64 * (_WORDS * self._cpus))()
+
+    def reset(self) -> None:
+        """Zero the program's counters on every CPU."""
+        bpfsys.update(self.counts_fd, (ctypes.c_uint32 * 1)(0), self._buffer())
+
+    def read(self) -> Counts:
+        """The program's counters since the last :meth:`reset`."""
+        buf = self._buffer()
+        bpfsys.lookup(self.counts_fd, (ctypes.c_uint32 * 1)(0), buf)
+        words = list(buf)
+        events = [words[c * _WORDS] for c in range(self._cpus)]
+        failures: dict[str, dict[str, int]] = {}
+        for c in range(self._cpus):
+            base = c * _WORDS + 2
+            for o, op in enumerate(OPS):
+                for s, name in enumerate(FAIL_SLOTS):
+                    n = words[base + o * len(FAIL_SLOTS) + s]
+                    if n:
+                        failures.setdefault(op, {})
+                        failures[op][name] = failures[op].get(name, 0) + n
+        return Counts(events, failures)
+
+
+@contextlib.contextmanager
+def load(spec: MapSpec, map_fd: int, work: Workload) -> Iterator[Bench]:
+    """Compile and load bench_triple.c on the existing map ``map_fd`` (made from
+    ``spec``); everything is detached and unloaded on exit."""
+    with contextlib.ExitStack() as stack:
+        fs = stack.enter_context(bpffs())
+        with pinned(map_fd, fs) as path:
+            b = stack.enter_context(bcc_program(SOURCE, cflags=cflags(spec, work, path)))
+        bench = Bench(b, spec, map_fd, work)
+        stack.callback(bench.detach)
+        yield bench

@@ -1,0 +1,228 @@
+"""What ``pybpfmap bench --json`` prints: one :class:`BenchRecord` per map,
+mode and CPU count.
+
+A record says what was measured (map kind, max_entries and how full it was,
+what one event does), the figures with their spread over runs, the proof
+that the program ran as often as it was triggered and that its map calls
+succeeded (:class:`Verification`; a record that fails it is *flagged*, never
+silently faster), the memory the map cost by the memory cgroup and by fdinfo
+(:class:`Memory`), map_perf_test's figure beside it when asked
+(:class:`PeerFigure`), and the machine it ran on
+(:class:`pybpfmap.bench.machine.Machine`).  A map the kernel refuses (LRU
+with BPF_F_NO_PREALLOC: ENOTSUPP) is a record too, with ``refused``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pybpfmap.bench.machine import Machine
+from pybpfmap.records import from_json
+from pybpfmap.stats import CV_WARN, summarise
+
+CLOCK_TOLERANCE = 0.10  # the independent clock must agree within this
+PEER_TOLERANCE = 0.10   # pybpfmap vs map_perf_test: the issue's target
+
+
+@dataclass
+class Spread:
+    """One figure over repeated runs."""
+
+    median: float
+    min: float
+    max: float
+    cv: float | None    # None: one run
+    values: list[float]
+
+    @classmethod
+    def of(cls, values: list[float], digits: int = 2) -> Spread:
+        s = summarise(values)
+        return cls(round(s.median, digits), round(s.low, digits), round(s.high, digits),
+                   round(s.cv, 4) if s.runs > 1 else None,
+                   [round(v, digits) for v in values])
+
+    @property
+    def noisy(self) -> bool:
+        return self.cv is not None and self.cv > CV_WARN
+
+
+@dataclass
+class Verification:
+    """Whether the program ran once per trigger and its map calls succeeded,
+    summed over every run of the record (triple and empty windows)."""
+
+    events: int                  # program runs counted by the program itself
+    triggers: int                # test_run: calls x repeat; syscall: trigger calls
+    difference: int              # events - triggers
+    elsewhere: int               # runs on CPUs outside the run (others' getuid(): syscall)
+    failures: dict[str, dict[str, int]]   # update/lookup/delete -> errno -> count
+    recursion_misses: int | None          # None: not counted for this program here
+    recursion_misses_note: str
+    problems: list[str] = field(default_factory=list)   # why the record is flagged
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class Memory:
+    """What the map cost: fdinfo memlock and the memory cgroup's charge
+    (bytes), right after creation, after the --fill, and after the runs."""
+
+    memlock_empty: int
+    memlock_full: int
+    memlock_after: int
+    memlock_is_estimate: bool     # before v6.4 fdinfo shows an estimate from max_entries
+    memcg_empty: int | None = None
+    memcg_full: int | None = None
+    memcg_after: int | None = None
+    memcg_percpu_after: int | None = None
+    memcg_slab_after: int | None = None
+    memcg: str = ""               # "cgroup v2", or "unavailable: why"
+
+
+@dataclass
+class PeerFigure:
+    """The kernel's own tool on the same map kind, CPU count and max_entries,
+    in the same boot."""
+
+    tool: str                      # "map_perf_test"
+    test: str                      # its test as it prints it: "hash_map_perf pre-alloc"
+    events_per_sec: Spread         # per CPU (mean over CPUs), over runs
+    triples_per_event: int
+    ratio: float | None            # pybpfmap's events/s per CPU / the tool's
+    within: bool | None            # ratio within ±10% (the issue's target)
+    build: str                     # what was built: source version, allocator
+    differences: list[str]         # what pybpfmap's event does that the tool's does not
+
+
+@dataclass
+class Refusal:
+    errno: int
+    errno_name: str
+    param: str
+    reason: str
+
+
+@dataclass
+class BenchRecord:
+    """One map kind, mode (inkernel or syscall) and CPU count."""
+
+    mode: str
+    type: str
+    prealloc: bool
+    max_entries: int               # as asked: the workload axis
+    cpus: int | None               # None: refused
+    machine: Machine
+    fill_percent: int = 0
+    key_size: int = 4
+    value_size: int = 8
+    map_max_entries: int = 0       # as created: max_entries + room for the triple's keys
+    resident_keys: int = 0         # preloaded keys (disjoint from the triple's)
+    resident_after: int | None = None   # keys in the map after the runs (None: not filled)
+    element_counter: str = ""
+    key: str = "random"            # the triple's key: "random" (own slice per CPU) or "tid"
+    triples_per_event: int = 1     # triples per program run
+    trigger: str = ""              # test_run, kprobe, tracepoint or raw_tp
+    trigger_loop: str = ""         # syscall: compiled, or the Python fallback (and why)
+    cpu_list: list[int] = field(default_factory=list)
+    smt_siblings: list[list[int]] = field(default_factory=list)
+    runs: int = 0
+    # the figures (ns per triple: triple program minus empty program)
+    ns_per_triple: Spread | None = None            # test_run clock / trigger rates
+    ns_per_triple_bpf_stats: Spread | None = None  # the independent clock
+    ns_per_triple_wall: Spread | None = None       # inkernel: CLOCK_MONOTONIC around test_run
+    ns_per_triple_median_call: Spread | None = None  # inkernel: the median call, not the mean
+    clocks_agree: bool | None = None     # bpf_stats within ±10% of ns_per_triple (None: no
+                                         # second clock)
+    resolution_ns: float | None = None   # inkernel: test_run's 1 ns per run, per triple
+    repeat: int | None = None            # inkernel: runs per test_run call
+    triple_run_ns: float | None = None   # inkernel: gross ns per program run (median)
+    empty_run_ns: float | None = None
+    triples_per_sec_per_cpu: float | None = None   # inkernel: 1e9 / ns_per_triple
+    events_per_sec: Spread | None = None           # syscall: per CPU, whole-window mean
+    events_per_sec_burst: Spread | None = None     # syscall: per CPU, median burst
+    burst_p10: float | None = None                 # events/s of the slow / fast bursts
+    burst_p90: float | None = None
+    events_per_sec_total: float | None = None      # syscall: summed over CPUs
+    empty_events_per_sec: Spread | None = None     # syscall: the trigger with the empty program
+    prog_ns_per_event: float | None = None         # syscall: bpf_stats of the triple program
+    verification: Verification | None = None
+    memory: Memory | None = None
+    peer: PeerFigure | None = None
+    refused: Refusal | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.type}/{'prealloc' if self.prealloc else 'no_prealloc'}"
+
+    @property
+    def alloc(self) -> str:
+        return "prealloc" if self.prealloc else "no_prealloc"
+
+    @property
+    def flagged(self) -> bool:
+        """The run did not prove itself: a refused map, events that do not
+        match the triggers, or failed map calls."""
+        return self.refused is not None or (self.verification is not None
+                                            and not self.verification.ok)
+
+    @property
+    def noisy(self) -> bool:
+        main = self.ns_per_triple if self.mode == "inkernel" else self.events_per_sec
+        return bool(main and main.noisy)
+
+    def speed(self) -> float | None:
+        """This record's speed per CPU, the one the seed's table compares:
+        triples/s in the kernel, events/s when syscall-triggered."""
+        if self.mode == "inkernel":
+            return self.triples_per_sec_per_cpu
+        return self.events_per_sec.median if self.events_per_sec else None
+
+
+def agree(a: Spread | None, b: Spread | None, tolerance: float = CLOCK_TOLERANCE
+          ) -> bool | None:
+    """Whether two clocks' medians agree within ``tolerance`` (None: one is missing)."""
+    if a is None or b is None or not a.median:
+        return None
+    return abs(b.median / a.median - 1) <= tolerance
+
+
+def within(ratio: float | None, tolerance: float = PEER_TOLERANCE) -> bool | None:
+    return None if ratio is None else abs(ratio - 1) <= tolerance
+
+
+def load(data: Any) -> list[BenchRecord]:
+    """The records of a ``pybpfmap bench --json`` document."""
+    if not isinstance(data, list):
+        raise ValueError("a bench document is a list of records")
+    return [from_json(BenchRecord, r) for r in data]
+
+
+def _find(records: list[BenchRecord], mode: str, type: str, prealloc: bool, cpus: int,
+          max_entries: int, fill_percent: int) -> BenchRecord | None:
+    return next((r for r in records if (r.mode, r.type, r.prealloc, r.cpus, r.max_entries,
+                                        r.fill_percent)
+                 == (mode, type, prealloc, cpus, max_entries, fill_percent)), None)
+
+
+def pre_no_ratio(records: list[BenchRecord], *, mode: str, type: str, cpus: int,
+                 max_entries: int, fill_percent: int = 0, peer: bool = False) -> float | None:
+    """Prealloc speed / BPF_F_NO_PREALLOC speed for one map type, mode, CPU
+    count and size (the seed's "pcpu_freelist / kmalloc"); ``peer`` gives
+    map_perf_test's own ratio from the same records.  None when either side
+    is missing, refused or flagged (a run that failed its checks is no figure)."""
+    pair = [_find(records, mode, type, p, cpus, max_entries, fill_percent)
+            for p in (True, False)]
+    if any(r is None or r.flagged for r in pair):
+        return None
+    if peer:
+        rates = [r.peer.events_per_sec.median if r.peer else None for r in pair]
+    else:
+        rates = [r.speed() for r in pair]
+    if rates[0] is None or not rates[1]:
+        return None
+    return rates[0] / rates[1]
