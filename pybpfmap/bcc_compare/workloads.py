@@ -1,8 +1,11 @@
 """Workloads that make a BCC tool's probes fire, each bounded in time.
 
-Each workload runs for about ``duration`` seconds in its own process (so the
-parent's threads reading the tool's output do not compete with it for the
-GIL) and returns ``(operations, elapsed_seconds)``.  One operation is:
+A workload runs in its own process (so the parent's threads reading the
+tools' output do not compete with it for the GIL), set up once and then
+asked for one *window* at a time (:func:`serve`: a file, a listening socket
+or a pinned echo child is made once, not per window; under TCG a Python
+start alone takes seconds).  A window runs for about ``duration`` seconds and
+returns ``(operations, elapsed_seconds)``.  One operation is:
 
 ``wakeups``      a pipe round trip between two processes pinned to one CPU
                  (two wakeups, two context switches)
@@ -13,7 +16,9 @@ GIL) and returns ``(operations, elapsed_seconds)``.  One operation is:
 ``block_io``     one 4 KiB O_DIRECT read at a random offset of a 16 MiB file
                  on a block device (never tmpfs or 9p)
 
-Run one by hand: ``python -m pybpfmap.bcc_compare.workloads open 1``.
+Run one window by hand: ``python -m pybpfmap.bcc_compare.workloads open 1``;
+serve windows: ``python -m pybpfmap.bcc_compare.workloads --serve open`` (a
+duration per line in, one JSON line out).
 """
 
 from __future__ import annotations
@@ -31,79 +36,116 @@ from collections.abc import Callable
 
 from pybpfmap.errors import EnvironmentProblem
 
-CHECK_EVERY = 200  # operations between clock reads
+CHECK_EVERY = 200  # operations between clock reads (for the sub-microsecond ones)
 
 
-def _timed(op: Callable[[], None], duration: float) -> tuple[int, float]:
+def _timed(op: Callable[[], None], duration: float,
+           check_every: int = CHECK_EVERY) -> tuple[int, float]:
     ops = 0
     start = time.perf_counter()
     deadline = start + duration
     while True:
-        for _ in range(CHECK_EVERY):
+        for _ in range(check_every):
             op()
-        ops += CHECK_EVERY
+        ops += check_every
         now = time.perf_counter()
         if now >= deadline:
             return ops, now - start
 
 
-def wakeups(duration: float) -> tuple[int, float]:
-    """Pipe ping-pong between this process and a child on the same CPU."""
-    cpu = min(os.sched_getaffinity(0))
-    to_child, from_parent = os.pipe()
-    to_parent, from_child = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: echo until EOF
-        try:
-            os.sched_setaffinity(0, {cpu})
-            os.close(from_parent)
-            os.close(to_parent)
-            while os.read(to_child, 1):
-                os.write(from_child, b"x")
-        finally:
-            os._exit(0)
-    os.close(to_child)
-    os.close(from_child)
-    old = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpu})
-    try:
-        def op() -> None:
-            os.write(from_parent, b"x")
-            os.read(to_parent, 1)
-        return _timed(op, duration)
-    finally:
-        os.close(from_parent)
-        os.close(to_parent)
-        os.waitpid(pid, 0)
-        os.sched_setaffinity(0, old)
+class Workload:
+    """Set up once (``with``), then :meth:`window` as often as needed."""
+
+    name = ""
+    check_every = CHECK_EVERY
+
+    def __enter__(self) -> Workload:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def op(self) -> None:
+        raise NotImplementedError
+
+    def window(self, duration: float) -> tuple[int, float]:
+        return _timed(self.op, duration, self.check_every)
 
 
-def getpid(duration: float) -> tuple[int, float]:
-    return _timed(os.getpid, duration)
+class Wakeups(Workload):
+    """Pipe ping-pong between this process and a child, both pinned to one CPU."""
+
+    name = "wakeups"
+
+    def __enter__(self) -> Wakeups:
+        cpu = min(os.sched_getaffinity(0))
+        to_child, self._from_parent = os.pipe()
+        self._to_parent, from_child = os.pipe()
+        self._pid = os.fork()
+        if self._pid == 0:  # child: echo until EOF
+            try:
+                os.sched_setaffinity(0, {cpu})
+                os.close(self._from_parent)
+                os.close(self._to_parent)
+                while os.read(to_child, 1):
+                    os.write(from_child, b"x")
+            finally:
+                os._exit(0)
+        os.close(to_child)
+        os.close(from_child)
+        self._old = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {cpu})
+        return self
+
+    def op(self) -> None:
+        os.write(self._from_parent, b"x")
+        os.read(self._to_parent, 1)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._from_parent)
+        os.close(self._to_parent)
+        os.waitpid(self._pid, 0)
+        os.sched_setaffinity(0, self._old)
 
 
-def open_close(duration: float) -> tuple[int, float]:
-    def op() -> None:
+class Getpid(Workload):
+    name = "getpid"
+
+    def op(self) -> None:
+        os.getpid()
+
+
+class OpenClose(Workload):
+    name = "open"
+
+    def op(self) -> None:
         os.close(os.open("/dev/null", os.O_RDONLY))
-    return _timed(op, duration)
 
 
-def tcp_connect(duration: float) -> tuple[int, float]:
-    """connect()/accept() pairs to a listener on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(128)
-        addr = listener.getsockname()
-        linger = struct.pack("ii", 1, 0)
+class TcpConnect(Workload):
+    """connect()/accept() pairs to a listener on 127.0.0.1, closed with RST."""
 
-        def op() -> None:
-            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-            c.connect(addr)
-            s, _ = listener.accept()
-            c.close()
-            s.close()
-        return _timed(op, duration)
+    name = "tcp_connect"
+    check_every = 10  # tens of microseconds each, milliseconds under TCG
+
+    def __enter__(self) -> TcpConnect:
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(128)
+        self._addr = self._listener.getsockname()
+        self._linger = struct.pack("ii", 1, 0)
+        return self
+
+    def op(self) -> None:
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, self._linger)
+        c.connect(self._addr)
+        s, _ = self._listener.accept()
+        c.close()
+        s.close()
+
+    def __exit__(self, *exc: object) -> None:
+        self._listener.close()
 
 
 BLOCK_DIRS = ("/var/tmp", "/root", "/")
@@ -124,42 +166,63 @@ def _block_dir() -> str:
                              "writable directory on a block device")
 
 
-def block_io(duration: float) -> tuple[int, float]:
-    """Random 4 KiB O_DIRECT reads, each a real block I/O (the page cache is bypassed)."""
-    fd_w, path = tempfile.mkstemp(prefix="pybpfmap-bio-", dir=_block_dir())
-    try:
-        chunk = os.urandom(1 << 20)
-        for _ in range(BLOCK_FILE_SIZE // len(chunk)):
-            os.write(fd_w, chunk)
-        os.fsync(fd_w)
-        os.close(fd_w)
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-        buf = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT needs
-        blocks = BLOCK_FILE_SIZE // BLOCK
-        rnd = random.Random(0)
+class BlockIo(Workload):
+    """Random 4 KiB O_DIRECT reads of a 16 MiB file: each a real block I/O
+    (the page cache is bypassed)."""
+
+    name = "block_io"
+    check_every = 10
+
+    def __enter__(self) -> BlockIo:
+        fd_w, self._path = tempfile.mkstemp(prefix="pybpfmap-bio-", dir=_block_dir())
         try:
-            def op() -> None:
-                os.preadv(fd, [buf], rnd.randrange(blocks) * BLOCK)
-            return _timed(op, duration)
+            chunk = os.urandom(1 << 20)
+            for _ in range(BLOCK_FILE_SIZE // len(chunk)):
+                os.write(fd_w, chunk)
+            os.fsync(fd_w)
         finally:
-            os.close(fd)
-            buf.close()
-    finally:
-        os.unlink(path)
+            os.close(fd_w)
+        self._fd = os.open(self._path, os.O_RDONLY | os.O_DIRECT)
+        self._buf = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT needs
+        self._blocks = BLOCK_FILE_SIZE // BLOCK
+        self._rnd = random.Random(0)
+        return self
+
+    def op(self) -> None:
+        os.preadv(self._fd, [self._buf], self._rnd.randrange(self._blocks) * BLOCK)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._fd)
+        self._buf.close()
+        os.unlink(self._path)
 
 
-WORKLOADS: dict[str, Callable[[float], tuple[int, float]]] = {
-    "wakeups": wakeups,
-    "getpid": getpid,
-    "open": open_close,
-    "tcp_connect": tcp_connect,
-    "block_io": block_io,
-}
+WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (
+    Wakeups, Getpid, OpenClose, TcpConnect, BlockIo)}
+
+
+def serve(name: str, commands=sys.stdin, replies=sys.stdout) -> None:
+    """Set ``name`` up once, print ``{"ready": true}``, then for each line
+    read (a duration in seconds) run one window and print its
+    ``{"ops": N, "elapsed": S}``; stop at EOF or ``quit``."""
+    with WORKLOADS[name]() as w:
+        print(json.dumps({"ready": True}), file=replies, flush=True)
+        for line in commands:
+            line = line.strip()
+            if line == "quit":
+                break
+            ops, elapsed = w.window(float(line))
+            print(json.dumps({"ops": ops, "elapsed": elapsed}), file=replies, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    name, duration = (argv or sys.argv[1:])[:2]
-    ops, elapsed = WORKLOADS[name](float(duration))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--serve"]:
+        serve(args[1])
+        return
+    name, duration = args[:2]
+    with WORKLOADS[name]() as w:
+        ops, elapsed = w.window(float(duration))
     print(json.dumps({"workload": name, "ops": ops, "elapsed": elapsed}))
 
 
