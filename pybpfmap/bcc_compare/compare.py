@@ -1,80 +1,45 @@
-"""``compare()``: the public entry point of bcc-compare (the report command uses it).
+"""``compare()``: every selected tool, where it can attach.
 
-Each tool runs where it can attach.  Tools that need kprobes run on this
-kernel only if it has them; otherwise, with ``kernel="bookworm"`` (a test VM
-suite) they run in the VM through :func:`pybpfmap.vm.run_in_vm`, which calls
-``pybpfmap bcc-compare --in-guest`` there and brings its JSON back; without
-``kernel`` they are skipped with the reason.  Everything else runs here.
+Tools that need kprobes run inside the test VM of each ``--kernel`` (through
+:func:`pybpfmap.vm.relay.run_on_kernels`: the guest runs ``pybpfmap
+bcc-compare`` with the same arguments and ``--tools`` narrowed to those
+tools, and its ``--json`` document comes back); everything else runs on this
+kernel.  Without ``--kernel``, a kprobe tool runs here if this kernel has
+kprobes (or, for a tool that tries kfunc first, if that path works here) and
+is skipped with the reason otherwise.
+
+A VM run that hung, panicked or timed out does not raise: each tool sent
+there gets a ``failed`` record carrying the VM's outcome, its message and
+where the console and dmesg are, next to the host's records, which were
+measured already and stay valid.  The exit status is then 1.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import tempfile
-from pathlib import Path
 
-from pybpfmap.bcc_compare import report
-from pybpfmap.bcc_compare.run import START_TIMEOUT, VM_START_TIMEOUT, ToolFailed, measure_tool
+from pybpfmap import era
+from pybpfmap.bcc_compare import result
+from pybpfmap.bcc_compare.result import FAILED, NOT_COMPARABLE, SKIPPED, BccRecord
+from pybpfmap.bcc_compare.run import NotComparable, ToolFailed, measure_tool, start_deadline
 from pybpfmap.bcc_compare.tools import Tool, select
 from pybpfmap.errors import EnvironmentProblem, UsageError
 
-RESULTS_FILE = "bcc-compare.json"
 # What BCC says when a kprobe target is inlined, notrace or missing.
 NOT_TRACEABLE = "it's not traceable"
 
+DEFAULT_RUNS = 8        # rounds: windows per mode, each paired with a baseline
+DEFAULT_DURATION = 1.0  # seconds per window
+VM_START = 600.0        # the host's guess of one tool start in the VM, for the VM's time limit
 
-def _check(duration: float, runs: int) -> None:
+
+def check(duration: float, runs: int) -> None:
     if not duration > 0:
         raise UsageError("--duration", f"must be a positive number of seconds, not {duration}")
-    if runs < 1:
-        raise UsageError("--runs", f"must be at least 1, not {runs}")
-
-
-def compare_here(tools: list[Tool], duration: float, runs: int, where: str,
-                 log=sys.stderr) -> list[dict]:
-    """Measure ``tools`` on the running kernel; skip the ones needing kprobes
-    if it has none.  Returns records (see :mod:`.report`)."""
-    from pybpfmap import kernel as kernel_probe
-    from pybpfmap.headers import ensure_headers, ensure_tracefs
-
-    if os.geteuid() != 0:
-        raise EnvironmentProblem("bcc-compare", "loading BCC tools needs root")
-    ensure_tracefs(log)
-    ensure_headers(log)
-    k = kernel_probe.probe()
-    start_timeout = VM_START_TIMEOUT if k.in_vm else START_TIMEOUT
-    out = []
-    for tool in tools:
-        kfunc_error = None
-        if tool.needs_kprobes and not k.kprobes and not tool.kfunc_first:
-            out.append(_skipped(tool, skip_reason(tool), where, k.kernel_release))
-            continue
-        try:
-            m = measure_tool(tool, duration, runs, log, start_timeout)
-        except ToolFailed as e:
-            if tool.needs_kprobes and not k.kprobes:
-                kfunc_error = str(e)
-            elif NOT_TRACEABLE in str(e):
-                # The tool's attach point is inlined or notrace on this kernel
-                # (e.g. biolatency's blk_account_io_done on 6.1 with bcc 0.26):
-                # a fact about this kernel and bcc, not a failure of the run.
-                out.append(report.not_run(tool, "skipped", f"{tool.name}: cannot attach on "
-                                          f"this kernel: {e}", where, k.kernel_release))
-                continue
-            else:
-                out.append(report.not_run(tool, "failed", str(e), where, k.kernel_release))
-                continue
-        if kfunc_error is not None:
-            out.append(_skipped(tool, skip_reason(tool, kfunc_error), where,
-                                k.kernel_release))
-            continue
-        out.extend(report.records(m, where, k.kernel_release))
-    version = bcc_version()
-    for rec in out:
-        rec["bcc"] = version
-    return out
+    if runs < 2:
+        raise UsageError("--runs", f"at least 2 rounds are needed for a confidence interval, "
+                         f"not {runs}")
 
 
 def bcc_version() -> str:
@@ -88,74 +53,134 @@ def bcc_version() -> str:
     return str(getattr(bcc, "__version__", "unknown"))
 
 
-def _skipped(tool: Tool, reason: str, where: str, kernel: str) -> dict:
-    rec = report.not_run(tool, "skipped", reason, where, kernel)
-    rec["needs_kprobes"] = True
-    return rec
-
-
-def skip_reason(tool: Tool, kfunc_error: str | None = None) -> str:
+def skip_reason(tool: Tool, kprobes_reason: str, kfunc_error: str | None = None) -> str:
     """Why ``tool`` cannot run on a kernel without kprobes."""
+    from pybpfmap.vm import catalog
+
     tried = ""
     if kfunc_error is not None:
-        tried = f"; its kfunc (fentry) mode failed here too: {kfunc_error}"
-    return (f"{tool.name}: needs kprobes ({tool.kprobe_targets}){tried}; none on this "
-            "kernel — run with --kernel bookworm to use the VM")
+        tried = f"; its kfunc (fentry) path failed here too: {kfunc_error}"
+    return (f"needs kprobes ({tool.kprobe_targets}){tried}; none on this kernel "
+            f"({kprobes_reason}) — run with --kernel {catalog.DEFAULT} to use the test VM")
 
 
-def compare_in_vm(tools: list[Tool], duration: float, runs: int, kernel: str,
-                  log=sys.stderr) -> list[dict]:
-    """Measure ``tools`` inside the test VM ``kernel``; records come back as JSON."""
-    from pybpfmap.vm import run_in_vm
+def compare_here(tools: list[Tool], duration: float, runs: int,
+                 log=sys.stderr) -> list[BccRecord]:
+    """Measure ``tools`` on the running kernel."""
+    from pybpfmap import kernel as kernel_probe
+    from pybpfmap.headers import ensure_headers
+    from pybpfmap.tracefs import ensure_tracefs
 
-    where = f"vm:{kernel}"
-    cmd = ["python3", "-m", "pybpfmap", "bcc-compare", "--in-guest", where,
-           "--tools", *[t.name for t in tools], "--duration", str(duration),
-           "--runs", str(runs)]
-    # Per run: three measurements and two tool start-ups (slow under TCG).
-    per_tool = runs * (3 * duration + 2 * VM_START_TIMEOUT / 4) + 60
-    with tempfile.TemporaryDirectory(prefix="pybpfmap-bcc-vm-") as results:
-        r = run_in_vm(cmd, kernel=kernel, timeout=300 + per_tool * len(tools),
-                      results_dir=Path(results), stream=log)
-        path = Path(results) / RESULTS_FILE
-        if path.is_file():
-            recs = json.loads(path.read_text())
-            for rec in recs:
-                rec["vm"] = {"outcome": r.outcome, "accel": r.accel,
-                             "splats": [s.to_dict() for s in r.splats]}
-            return recs
-    reason = f"VM run {r.outcome}: {r.message}"
-    return [report.not_run(t, "failed", reason, where, r.kernel_release or "?")
-            for t in tools]
+    if not tools:
+        return []
+    if os.geteuid() != 0:
+        raise EnvironmentProblem("bcc-compare", "loading BCC tools needs root")
+    ensure_tracefs(log)
+    ensure_headers(log)
+    k = kernel_probe.probe()
+    where, accel = kernel_probe.place()
+    version = bcc_version()
+
+    def not_run(tool: Tool, status: str, reason: str) -> BccRecord:
+        return result.not_run(tool, status, reason, where, k.kernel_release, accel, version)
+
+    out = []
+    deadline = None
+    for tool in tools:
+        no_kprobes = tool.needs_kprobes and not k.kprobes
+        if no_kprobes and not tool.kfunc_first:
+            out.append(not_run(tool, SKIPPED, skip_reason(tool, k.kprobes_reason)))
+            continue
+        deadline = deadline or start_deadline()
+        try:
+            m = measure_tool(tool, duration, runs, log, deadline)
+        except NotComparable as e:
+            out.append(not_run(tool, NOT_COMPARABLE, str(e)))
+        except ToolFailed as e:
+            if no_kprobes:
+                out.append(not_run(tool, SKIPPED, skip_reason(tool, k.kprobes_reason, str(e))))
+            elif era.RT_REFUSAL in e.stderr:
+                # PREEMPT_RT kernels refuse non-preallocated hash maps in
+                # tracing programs: the kernel's answer, not a failed run.
+                out.append(not_run(tool, SKIPPED, f"the kernel refuses BPF_F_NO_PREALLOC "
+                                   f"hash maps in tracing programs ({era.RT_PREALLOC.cite()}):"
+                                   f" the verifier says \"{era.RT_REFUSAL}\"; {e}"))
+            elif NOT_TRACEABLE in str(e):
+                # The attach point is inlined or notrace on this kernel (e.g.
+                # biolatency's blk_account_io_done on 6.1 with bcc 0.26): a fact
+                # about this kernel and this bcc, not a failure of the run.
+                out.append(not_run(tool, SKIPPED, f"cannot attach on this kernel with bcc "
+                                   f"{version}: {e}"))
+            else:
+                out.append(not_run(tool, FAILED, str(e)))
+        except EnvironmentProblem as e:
+            out.append(not_run(tool, FAILED, e.message()))
+        else:
+            out.append(result.measured(m, where, k.kernel_release, accel, version))
+    return out
 
 
-def compare(tools: list[str] | None = None, duration: float = 2.0, runs: int = 3,
-            kernel: str | None = None, log=sys.stderr) -> list[dict]:
+def vm_timeout(tools: list[Tool], duration: float, runs: int) -> float:
+    """The VM's overall time limit: boot, two tool starts and the windows per tool
+    (a hang is caught sooner by the runner's heartbeat watchdog)."""
+    return 600 + len(tools) * (2 * VM_START + runs * 3 * (duration + 10) + 120)
+
+
+def guest_argv(argv: list[str], tools: list[Tool]) -> list[str]:
+    """The guest's command line: the user's, without the host-only options,
+    with ``--tools`` narrowed to ``tools``."""
+    from pybpfmap.vm.relay import forwarded_argv
+
+    rest = forwarded_argv(argv, drop={"--tools": "+"})
+    if rest[:1] == ["bcc-compare"]:
+        rest = rest[1:]
+    return ["bcc-compare", *rest, "--tools", ",".join(t.name for t in tools)]
+
+
+def compare_in_vms(tools: list[Tool], kernels: list[str], argv: list[str], duration: float,
+                   runs: int, results: str | None, log=sys.stderr) -> list[BccRecord]:
+    """Measure ``tools`` inside the test VM of each kernel."""
+    from pybpfmap.vm.relay import run_on_kernels
+
+    out = []
+    for run in run_on_kernels(kernels, guest_argv(argv, tools), what="bcc-compare",
+                              results=results, timeout=vm_timeout(tools, duration, runs),
+                              console=log):
+        accel = getattr(run.vm.accel, "value", run.vm.accel)
+        note = result.VmNote(run.kernel, run.vm.outcome.label, run.vm.message, accel,
+                             str(run.vm.results_dir))
+        if run.data is None:
+            out += [result.not_run(t, FAILED, f"the test VM did not finish: {run.problem}",
+                                   f"vm:{run.kernel}", run.vm.kernel_release or "?",
+                                   accel, "?") for t in tools]
+            for rec in out[-len(tools):]:
+                rec.vm = note
+            continue
+        for rec in result.load(run.data):
+            rec.vm = note
+            out.append(rec)
+    return out
+
+
+def compare(names: list[str] | None = None, duration: float = DEFAULT_DURATION,
+            runs: int = DEFAULT_RUNS, kernels: list[str] | None = None,
+            argv: list[str] | None = None, results: str | None = None,
+            log=sys.stderr) -> list[BccRecord]:
     """Compare BCC tools with preallocated vs BPF_F_NO_PREALLOC hash maps.
 
-    ``tools``: names from :data:`pybpfmap.bcc_compare.tools.TOOLS` (default: all);
-    ``kernel``: a VM suite (e.g. "bookworm") for the tools that need kprobes
-    when this kernel has none.  Returns one record per tool and map mode
-    (``status="ok"``) or per tool not measured (``"skipped"``/``"failed"``).
+    ``names``: tools from :data:`pybpfmap.bcc_compare.tools.TOOLS` (default all);
+    ``kernels``: test-VM kernels for the tools that need kprobes; ``argv``: the
+    command line they are relayed with (default: built from the arguments).
+    One record per tool and place.
     """
-    _check(duration, runs)
-    selected = select(tools)
-    recs = compare_here(selected, duration, runs, "host", log)
-    if kernel is not None:
-        to_vm = [r["tool"] for r in recs if r.get("needs_kprobes")]
-        if to_vm:
-            recs = [r for r in recs if r["tool"] not in to_vm]
-            recs += compare_in_vm([t for t in selected if t.name in to_vm], duration, runs,
-                                  kernel, log)
+    check(duration, runs)
+    selected = select(names)
+    to_vm = [t for t in selected if kernels and t.needs_kprobes]
+    records = compare_here([t for t in selected if t not in to_vm], duration, runs, log)
+    if to_vm:
+        if argv is None:
+            argv = ["--duration", str(duration), "--runs", str(runs)]
+        records += compare_in_vms(to_vm, list(kernels or []), argv, duration, runs, results,
+                                  log)
     order = {t.name: i for i, t in enumerate(selected)}
-    return sorted(recs, key=lambda r: order[r["tool"]])
-
-
-def write_results(recs: list[dict]) -> Path | None:
-    """In the guest: write records to $PYBPFMAP_RESULTS/bcc-compare.json."""
-    d = os.environ.get("PYBPFMAP_RESULTS")
-    if not d:
-        return None
-    path = Path(d) / RESULTS_FILE
-    path.write_text(json.dumps(recs, indent=1))
-    return path
+    return sorted(records, key=lambda r: order[r.tool])

@@ -34,10 +34,11 @@ class Tool:
     hash_maps: tuple[str, ...] = field(default=())  # its start/end BPF_HASH maps
     kprobe_targets: str = ""   # for the skip reason
     kfunc_first: bool = False  # tries kfunc (fentry) before kprobes: worth a try here
+    script: str | None = None  # another script than the installed tool (tests' stand-ins)
 
     @property
     def path(self) -> str:
-        return os.path.join(TOOL_DIR, self.name + SUFFIX)
+        return self.script or os.path.join(TOOL_DIR, self.name + SUFFIX)
 
     def installed(self) -> bool:
         return os.access(self.path, os.X_OK)

@@ -5,11 +5,15 @@ gives each one's ``map_id``.  pybpfmap opens its own fd on that ID
 (BPF_MAP_GET_FD_BY_ID) and reads ``struct bpf_map_info`` (BPF_OBJ_GET_INFO_BY_FD),
 the same record ``bpftool map show`` prints — so the flags reported are the
 kernel's, not what the BPF text asked for.  Programs are checked the same way
-(``bpftool -j prog show id N``) to tell whether any program uses a map at all.
+(``bpftool -j prog show id N``) to tell whether any program uses a map at all,
+and their ``run_cnt`` (``bpf_prog_info``, counted while BPF_ENABLE_STATS is on)
+tells whether a program ran: how the harness checks that a parked tool's
+programs really stay off their hooks.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import subprocess
@@ -102,3 +106,28 @@ def still_loaded(ids: set[int], timeout: float = 5.0) -> set[int]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
+
+
+PROG_GET_FD_BY_ID = 13  # enum bpf_cmd (include/uapi/linux/bpf.h)
+
+
+class _ProgGetFdByIdAttr(ctypes.Structure):
+    _fields_ = [("prog_id", ctypes.c_uint32), ("next_id", ctypes.c_uint32),
+                ("open_flags", ctypes.c_uint32), ("_pad", ctypes.c_char * (128 - 12))]
+
+
+def prog_run_counts(pid: int) -> dict[int, int]:
+    """``run_cnt`` of every BPF program process ``pid`` holds, by program ID
+    (all zero unless run-time statistics are on: :func:`pybpfmap.bpfsys.stats_enabled`)."""
+    counts = {}
+    for prog_id in prog_ids(pid):
+        try:
+            fd = bpfsys.bpf(PROG_GET_FD_BY_ID, _ProgGetFdByIdAttr(prog_id=prog_id))
+        except OSError:
+            continue  # unloaded meanwhile
+        try:
+            info, _ = bpfsys.prog_info(fd)
+        finally:
+            os.close(fd)
+        counts[prog_id] = info.run_cnt
+    return counts

@@ -1,61 +1,58 @@
-"""``pybpfmap bcc-compare``: real BCC tools with preallocated vs non-preallocated maps."""
+"""``pybpfmap bcc-compare``: real BCC tools with preallocated vs BPF_F_NO_PREALLOC maps.
+
+Each selected bpfcc tool runs under a workload that makes its probes fire,
+in interleaved rounds of three windows: without any tool, with the tool as
+shipped, with its ``BPF_HASH`` maps rewritten to ``BPF_F_NO_PREALLOC`` at load
+time (the installed tool is never modified).  Both tool processes are loaded
+once and their probes detached and re-attached between windows (see
+:mod:`pybpfmap.bcc_compare.run`).  The maps' flags are read back from the
+kernel, and the tool's normal output is checked.  Reported: each mode's cost
+per event and the NO_PREALLOC - shipped difference, means over rounds with
+95% confidence intervals; "no significant difference" when the interval spans
+0; "not comparable" when the rewrite has nothing to change.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from pybpfmap.bcc_compare.result import FAILED, BccRecord, load, render_markdown, render_text
+from pybpfmap.bcc_compare.tools import DEFAULT_TOOLS, TOOLS
+from pybpfmap.commands.args import add_json, add_kernel, add_list
+
+__all__ = ["load", "render_text", "render_markdown", "register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from pybpfmap.bcc_compare.compare import DEFAULT_DURATION, DEFAULT_RUNS
+
     p = subparsers.add_parser(
         "bcc-compare", help="BCC tools: shipped (preallocated) vs BPF_F_NO_PREALLOC maps",
-        description="Run installed bpfcc-tools (biolatency, runqlat, opensnoop, tcpconnect, "
-                    "funclatency, tcplife, syscount) under a matching workload three ways: "
-                    "without the tool, as shipped, and with its BPF_HASH maps rewritten to "
-                    "BPF_F_NO_PREALLOC at load time. Map flags are read back from the kernel.",
-        epilog="Tools needing kprobes run in the test VM with --kernel, else are skipped.")
-    p.add_argument("--tools", nargs="+", metavar="TOOL",
-                   help="tools to compare (default: all); comma-separated also accepted")
-    p.add_argument("--duration", type=float, default=2.0,
-                   help="seconds per workload measurement (default 2)")
-    p.add_argument("--runs", type=int, default=3, help="repetitions (default 3)")
-    p.add_argument("--kernel", metavar="SUITE",
-                   help="run kprobe-only tools in this test VM (bookworm, trixie)")
-    p.add_argument("--json", action="store_true", help="print records as JSON")
-    p.add_argument("--in-guest", metavar="WHERE", help=argparse.SUPPRESS)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Tools that need kprobes run in the test VM with --kernel, else here if "
+               "this kernel has kprobes, else they are skipped with the reason.")
+    add_list(p, "--tools", dest="tools", valid=list(TOOLS), metavar="TOOL",
+             help=f"tools, comma- or space-separated, repeatable (default: all of "
+                  f"{', '.join(DEFAULT_TOOLS)})")
+    p.add_argument("--duration", type=float, default=DEFAULT_DURATION, metavar="S",
+                   help=f"seconds per workload window (default {DEFAULT_DURATION:g})")
+    p.add_argument("--runs", type=int, default=DEFAULT_RUNS, metavar="R",
+                   help=f"rounds of (baseline, shipped, NO_PREALLOC) windows, at least 2 "
+                        f"(default {DEFAULT_RUNS})")
+    add_kernel(p, "run the tools that need kprobes")
+    add_json(p)
     p.set_defaults(func=run)
 
 
-def _names(raw: list[str] | None) -> list[str] | None:
-    if not raw:
-        return None
-    return [n for item in raw for n in item.split(",") if n]
-
-
 def run(args: argparse.Namespace) -> int:
-    from pybpfmap.bcc_compare import compare as cmp
-    from pybpfmap.bcc_compare import report, tools
+    from pybpfmap.bcc_compare.compare import compare
+    from pybpfmap.output import print_json
 
-    names = _names(args.tools)
-    if args.in_guest:
-        cmp._check(args.duration, args.runs)
-        recs = cmp.compare_here(tools.select(names), args.duration, args.runs,
-                                args.in_guest)
-        cmp.write_results(recs)
-    else:
-        if args.kernel is not None:
-            from pybpfmap.vm import SUITES
-
-            if args.kernel not in SUITES:
-                from pybpfmap.errors import UsageError
-
-                raise UsageError("--kernel", f"unknown VM kernel {args.kernel!r}; valid: "
-                                 f"{', '.join(SUITES)}")
-        recs = cmp.compare(names, args.duration, args.runs, args.kernel)
+    records: list[BccRecord] = compare(args.tools, args.duration, args.runs, args.kernels,
+                                       getattr(args, "argv", None), args.results)
     if args.json:
-        json.dump(recs, sys.stdout, indent=1)
-        print()
+        print_json(records)
     else:
-        print(report.table(recs))
-    return 1 if any(r["status"] == "failed" for r in recs) else 0
+        sys.stdout.write(render_text(records))
+    return 1 if any(r.status == FAILED for r in records) else 0
