@@ -1,0 +1,168 @@
+"""bcc-compare's statistics and records, on made-up windows (no kernel needed)."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+
+from pybpfmap.bcc_compare import compare, result, tools
+from pybpfmap.bcc_compare.run import MODES, Measurement, ModeRun, Window, round_order
+from pybpfmap.records import RecordError, to_json
+from pybpfmap.stats import MeanCI, mean_ci, t_cdf, t_quantile
+
+# Student's t 0.975 quantiles (any statistics table).
+T975 = {1: 12.7062, 2: 4.3027, 4: 2.7764, 9: 2.2622, 29: 2.0452, 1000: 1.9623}
+
+
+@pytest.mark.parametrize("df, q", T975.items())
+def test_t_quantile_matches_tables(df: int, q: float) -> None:
+    assert t_quantile(0.975, df) == pytest.approx(q, abs=1e-4)
+    assert t_quantile(0.025, df) == pytest.approx(-q, abs=1e-4)
+    assert t_cdf(q, df) == pytest.approx(0.975, abs=1e-5)
+
+
+def test_mean_ci() -> None:
+    c = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    # 3 ± 2.7764 · 1.5811 / √5
+    assert (c.mean, c.n) == (3.0, 5)
+    assert c.low == pytest.approx(1.03676, abs=1e-4)
+    assert c.high == pytest.approx(4.96324, abs=1e-4)
+    assert not c.spans_zero
+    assert mean_ci([-1.0, 1.0, 0.5]).spans_zero
+    one = mean_ci([7.0])
+    assert (one.mean, one.low, one.high, one.defined) == (7.0, None, None, False)
+
+
+@pytest.mark.parametrize("diff, expected", [
+    (MeanCI(120.0, 80.0, 160.0, 5), "NO_PREALLOC costs 120 ns/event more (95% CI 80..160 ns)"),
+    (MeanCI(-50.0, -90.0, -10.0, 5), "NO_PREALLOC costs 50 ns/event less (95% CI -90..-10 ns)"),
+    (MeanCI(20.0, -30.0, 70.0, 5), "no significant difference (95% CI -30..70 ns)"),
+])
+def test_verdict(diff: MeanCI, expected: str) -> None:
+    assert result.verdict(diff) == expected
+
+
+def test_rounds_interleave_abab() -> None:
+    assert [round_order(r) for r in range(3)] == [
+        ("baseline", "shipped", "noprealloc"), ("baseline", "noprealloc", "shipped"),
+        ("baseline", "shipped", "noprealloc")]
+
+
+def _measurement(rates: dict[str, list[float]]) -> Measurement:
+    tool = tools.TOOLS["runqlat"]
+    runs = len(rates["baseline"])
+    m = Measurement(tool, 1.0, runs, 30.0, isolation="checked")
+    for r in range(runs):
+        for slot in round_order(r):
+            m.windows.append(Window(r, slot, int(rates[slot][r]), 1.0))
+    for mode, flags in zip(MODES, (0, 1), strict=True):
+        m.modes[mode] = ModeRun(mode, {"maps": {"start": {
+            "id": 7, "name": "start", "type": 1, "map_flags": flags, "max_entries": 10240,
+            "key_size": 4, "value_size": 8}}, "unused": []}, 3, 1.5, 0, "usecs : count", 12)
+    return m
+
+
+def test_measured_record_pairs_rounds() -> None:
+    """Cost per event against the same round's baseline; the difference per
+    round does not depend on the baseline at all."""
+    m = _measurement({"baseline": [1e6, 2e6, 1e6], "shipped": [5e5, 5e5, 5e5],
+                      "noprealloc": [2.5e5, 2.5e5, 2.5e5]})
+    rec = result.measured(m, "host", "6.x", None, "0.26.0")
+    assert rec.status == result.OK
+    assert rec.shipped.map_flags == {"start": 0} and rec.noprealloc.map_flags == {"start": 1}
+    # rounds: 1000, 1500, 1000 ns for shipped
+    assert rec.shipped.overhead_ns.mean == pytest.approx(3500 / 3)
+    # NO_PREALLOC - shipped = 1/2.5e5 - 1/5e5 = 2000 ns in every round: zero width
+    assert rec.difference_ns.mean == pytest.approx(2000)
+    assert rec.difference_ns.low == pytest.approx(2000)
+    assert rec.verdict == "NO_PREALLOC costs 2000 ns/event more (95% CI 2000..2000 ns)"
+    assert "start 0x0->0x1" in result.render_text([rec])
+    assert "| runqlat | host | start 0x0->0x1 |" in result.render_markdown([rec])
+
+
+def test_noise_is_no_significant_difference() -> None:
+    m = _measurement({"baseline": [1e6] * 4, "shipped": [5.0e5, 4.8e5, 5.1e5, 4.9e5],
+                      "noprealloc": [4.9e5, 5.0e5, 4.8e5, 5.1e5]})
+    rec = result.measured(m, "host", "6.x", None, "0.26.0")
+    assert rec.verdict.startswith("no significant difference (95% CI -")
+
+
+def test_records_round_trip_strictly() -> None:
+    m = _measurement({"baseline": [1e6, 1e6], "shipped": [5e5, 6e5],
+                      "noprealloc": [4e5, 5e5]})
+    recs = [result.measured(m, "host", "6.x", None, "0.26.0"),
+            result.not_run(tools.TOOLS["opensnoop"], result.NOT_COMPARABLE,
+                           "no hash map to rewrite", "vm:bookworm", "6.1", "tcg", "0.26.0")]
+    data = json.loads(json.dumps(to_json(recs)))
+    assert result.load(data) == recs
+    assert recs[1].verdict == "not comparable: no hash map to rewrite"
+    assert recs[1].baseline is None and recs[1].windows == []
+    data[0]["surprise"] = 1
+    with pytest.raises(RecordError, match="surprise"):
+        result.load(data)
+
+
+def test_guest_argv_narrows_tools_and_drops_host_options() -> None:
+    vm_tools = [tools.TOOLS["tcpconnect"], tools.TOOLS["biolatency"]]
+    argv = ["--kernel", "bookworm", "--results", "/tmp/x", "--tools", "runqlat", "tcpconnect",
+            "--runs", "6", "--json"]
+    assert compare.guest_argv(argv, vm_tools) == [
+        "bcc-compare", "--runs", "6", "--json", "--tools", "tcpconnect,biolatency"]
+    assert compare.guest_argv(["--tools=a,b", "--kernel=all"], vm_tools[:1]) == [
+        "bcc-compare", "--tools", "tcpconnect"]
+
+
+def _guest_run(kernel: str, data, problem: str | None):
+    vm = types.SimpleNamespace(outcome=types.SimpleNamespace(label="timeout" if problem
+                                                             else "passed"),
+                               message=problem or "command passed", accel="tcg",
+                               results_dir=f"/r/{kernel}", kernel_release="6.1.0")
+    return types.SimpleNamespace(kernel=kernel, vm=vm, data=data, problem=problem)
+
+
+def test_vm_failure_gives_failed_records_with_the_vms_outcome(monkeypatch) -> None:
+    import pybpfmap.vm.relay as relay
+
+    ok = to_json([result.not_run(tools.TOOLS["opensnoop"], result.NOT_COMPARABLE, "x",
+                                 "vm:bookworm", "6.1.0", "tcg", "0.26.0")])
+    seen = {}
+
+    def fake(kernels, argv, **kw):
+        seen["argv"], seen["timeout"] = argv, kw["timeout"]
+        return [_guest_run("bookworm", ok, None),
+                _guest_run("trixie", None, "timed out after 900 s")]
+
+    monkeypatch.setattr(relay, "run_on_kernels", fake)
+    recs = compare.compare_in_vms([tools.TOOLS["opensnoop"]], ["bookworm", "trixie"],
+                                  ["--kernel", "bookworm,trixie"], 1.0, 5, None, log=None)
+    assert seen["argv"] == ["bcc-compare", "--tools", "opensnoop"]
+    assert seen["timeout"] > 0
+    assert [(r.where, r.status) for r in recs] == [("vm:bookworm", "not_comparable"),
+                                                   ("vm:trixie", "failed")]
+    assert recs[0].vm.outcome == "passed"
+    assert "timed out after 900 s" in recs[1].verdict and recs[1].vm.results_dir == "/r/trixie"
+
+
+def test_usage_errors_name_the_parameter(capsys) -> None:
+    from pybpfmap.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["bcc-compare", "--tools", "runqlat,nope"])
+    assert e.value.code == 2
+    assert "--tools: invalid choice: 'nope'" in capsys.readouterr().err
+    for argv, param in ((["--runs", "1"], "--runs"), (["--duration", "0"], "--duration")):
+        assert main(["bcc-compare", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"pybpfmap bcc-compare: error: {param}:")
+
+
+def test_tools_list_forms() -> None:
+    from pybpfmap.cli import build_parser
+
+    p = build_parser()
+    forms = (["--tools", "runqlat,syscount"], ["--tools", "runqlat", "syscount"],
+             ["--tools", "runqlat", "--tools", "syscount"])
+    assert {tuple(p.parse_args(["bcc-compare", *f]).tools) for f in forms} == {
+        ("runqlat", "syscount")}
