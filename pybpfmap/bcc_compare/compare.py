@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from pybpfmap import era
 from pybpfmap.bcc_compare import result
@@ -92,6 +93,7 @@ def compare_here(tools: list[Tool], duration: float, runs: int,
             out.append(not_run(tool, SKIPPED, skip_reason(tool, k.kprobes_reason)))
             continue
         deadline = deadline or start_deadline()
+        started, before = time.monotonic(), len(out)
         try:
             m = measure_tool(tool, duration, runs, log, deadline)
         except NotComparable as e:
@@ -117,6 +119,9 @@ def compare_here(tools: list[Tool], duration: float, runs: int,
             out.append(not_run(tool, FAILED, e.message()))
         else:
             out.append(result.measured(m, where, k.kernel_release, accel, version))
+        for rec in out[before:]:  # what a tool cost, measured or not (the time budget)
+            rec.elapsed_s = time.monotonic() - started
+            rec.start_deadline_s = deadline
     return out
 
 

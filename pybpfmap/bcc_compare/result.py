@@ -243,6 +243,9 @@ def notes(records: list[BccRecord]) -> list[str]:
             lines.append(f"{r.tool} ({r.where}): measured under {r.accel} (CPU emulation): "
                          "ns/event is not comparable with hardware")
     for r in records:
+        if r.status != OK and r.elapsed_s:
+            lines.append(f"{r.tool} ({r.where}): {r.status.replace('_', ' ')} after "
+                         f"{r.elapsed_s:.0f} s")
         if r.vm is not None and r.status == FAILED:
             lines.append(f"{r.tool} ({r.where}): VM {r.vm.outcome}: console and dmesg in "
                          f"{r.vm.results_dir}")
