@@ -21,7 +21,7 @@ export DEBIAN_FRONTEND=noninteractive
 TOOLS="python3-bpfcc bpfcc-tools python3-pyroute2 python3-pytest bpftool
        python3-matplotlib python3-venv python3-pip python3-setuptools procps iproute2
        kmod util-linux"
-HOST_ONLY="qemu-system-x86 qemu-utils debootstrap e2fsprogs vagrant vagrant-libvirt"
+HOST_ONLY="qemu-system-x86 qemu-utils debootstrap e2fsprogs vagrant vagrant-libvirt libvirt-daemon-system dnsmasq-base"
 # openssh-server, sudo and rsync make the built image usable as a Vagrant box
 # (pybpfmap vm box); Debian's own Vagrant boxes have them already.
 GUEST_ONLY="linux-image-amd64 linux-headers-amd64 systemd-sysv udev
