@@ -191,6 +191,7 @@ def cmd_accel(args: argparse.Namespace) -> int:
     from pybpfmap.errors import EnvironmentProblem
     from pybpfmap.vm.accel import choose_accel
     from pybpfmap.vm.image import find_image
+    from pybpfmap.vm.qemu import Accel
 
     image = find_image(args.kernel)
     # choose_accel returns a PYBPFMAP_VM_ACCEL override before it needs the image.
@@ -202,9 +203,8 @@ def cmd_accel(args: argparse.Namespace) -> int:
     except OSError as e:
         raise EnvironmentProblem("KVM boot probe", f"{e}; run `pybpfmap vm accel` once "
                                  "as root to record it") from e
-    accel = getattr(accel, "value", accel)  # an Accel enum or its string
-    print("kvm" if accel == "kvm" else "tcg")
-    print(f"pybpfmap vm accel: {accel}: {why}", file=sys.stderr)
+    print("kvm" if accel is Accel.KVM else "tcg")
+    print(f"pybpfmap vm accel: {accel.value}: {why}", file=sys.stderr)
     return 0
 
 

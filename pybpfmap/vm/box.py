@@ -7,7 +7,9 @@ vagrant-libvirt at them (``kernel``/``initrd``/``cmd_line``).  The box boots
 with systemd (not the runner's stub init), gets its address by DHCP through
 systemd-networkd, and has a ``vagrant`` user (password ``vagrant``, sudo
 without password); Vagrant logs in with the password once and replaces it
-with a fresh key pair.
+with a fresh key pair.  Its hostname is already the Vagrantfile's
+(``pybpfmap``), so Vagrant does not set it and restart the guest's network
+(a minute under TCG).
 """
 
 from __future__ import annotations
@@ -25,14 +27,36 @@ from pybpfmap.vm.image import Image, cache_root, ensure_image
 
 BOX_VAGRANTFILE = """\
 # Vagrantfile inside the pybpfmap box (made by `pybpfmap vm box`).
+require "digest"
+require "fileutils"
+require "pathname"
+
+# qemu runs as libvirt-qemu and opens the kernel and initrd by path.  When the
+# box directory is not reachable by other users (under a home directory of
+# mode 0700, /root included), boot from copies in /var/tmp/pybpfmap-boot-UID.
+def pybpfmap_boot_file(name)
+  here = File.dirname(__FILE__)
+  src = File.join(here, name)
+  return src if File.world_readable?(src) &&
+                Pathname(here).ascend.all? { |d| File.stat(d).mode & 0o001 != 0 }
+  dir = "/var/tmp/pybpfmap-boot-#{Process.uid}"
+  dst = File.join(dir, "#{Digest::SHA256.hexdigest(here)[0, 12]}-#{name}")
+  unless File.exist?(dst) && File.size(dst) == File.size(src) &&
+         File.mtime(dst) >= File.mtime(src)
+    FileUtils.mkdir_p(dir, mode: 0o711)
+    FileUtils.cp(src, dst)
+    File.chmod(0o644, dst)
+  end
+  dst
+end
+
 Vagrant.configure("2") do |config|
   config.ssh.username = "vagrant"
   config.ssh.password = "vagrant"
   config.ssh.insert_key = true
   config.vm.provider :libvirt do |lv|
-    here = File.dirname(__FILE__)
-    lv.kernel = File.join(here, "vmlinuz")
-    lv.initrd = File.join(here, "initrd.img")
+    lv.kernel = pybpfmap_boot_file("vmlinuz")
+    lv.initrd = pybpfmap_boot_file("initrd.img")
     lv.cmd_line = "root=LABEL=pybpfmap rw console=ttyS0,115200 console=tty0 nokaslr"
     lv.disk_bus = "virtio"
   end
@@ -40,6 +64,7 @@ end
 """
 
 NETWORK = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n"
+HOSTNAME = "pybpfmap"  # config.vm.hostname in vagrant/Vagrantfile
 
 
 def _sh(cmd: list[str], what: str) -> None:
@@ -70,6 +95,11 @@ def _make_vagrant_ready(root: Path) -> None:
     sudoers.write_text("vagrant ALL=(ALL) NOPASSWD: ALL\n")
     sudoers.chmod(0o440)
     (root / "etc/systemd/network/80-dhcp.network").write_text(NETWORK)
+    (root / "etc/hostname").write_text(HOSTNAME + "\n")
+    hosts = root / "etc/hosts"
+    old = hosts.read_text() if hosts.exists() else "127.0.0.1\tlocalhost\n"
+    kept = [line for line in old.splitlines() if not line.startswith("127.0.1.1")]
+    hosts.write_text("\n".join([*kept, f"127.0.1.1\t{HOSTNAME}"]) + "\n")
     chroot("systemctl", "enable", "systemd-networkd.service", "ssh.service")
     (root / "etc/ssh/sshd_config.d").mkdir(exist_ok=True)
     (root / "etc/ssh/sshd_config.d/vagrant.conf").write_text(
