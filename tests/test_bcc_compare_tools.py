@@ -175,12 +175,12 @@ def test_park_and_resume_move_the_probes() -> None:
         opened = t.park(60)
         assert opened > 0
         c0 = verify.prog_run_counts(t.proc.pid)
-        subprocess.run([sys.executable, "-m", "pybpfmap.bcc_compare.workloads",
+        subprocess.run([sys.executable, "-m", "pybpfmap.workloads",
                         "wakeups", "0.2"], check=True, capture_output=True)
         c1 = verify.prog_run_counts(t.proc.pid)
         assert c1 == c0, "a parked program ran"
         assert t.resume(60) == opened
-        subprocess.run([sys.executable, "-m", "pybpfmap.bcc_compare.workloads",
+        subprocess.run([sys.executable, "-m", "pybpfmap.workloads",
                         "wakeups", "0.2"], check=True, capture_output=True)
         c2 = verify.prog_run_counts(t.proc.pid)
         assert sum(c2.values()) > sum(c1.values()), "the resumed programs did not run"

@@ -2,7 +2,7 @@
 
 How the windows are arranged, and why
 -------------------------------------
-A *window* is ``duration`` seconds of the tool's workload (:mod:`.workloads`,
+A *window* is ``duration`` seconds of the tool's workload (:mod:`pybpfmap.workloads`,
 served by one long-lived process).  For each of ``runs`` rounds there is one
 window without any tool (baseline), one with the tool as shipped
 (preallocated ``BPF_HASH``) and one with its hash maps rewritten to
@@ -394,11 +394,11 @@ def running_tool(tool: Tool, mode: str, start_timeout: float | None = None
 
 
 class WorkloadServer:
-    """One workload process for all windows of a tool (:func:`.workloads.serve`)."""
+    """One workload process for all windows of a tool (:func:`pybpfmap.workloads.serve`)."""
 
     def __init__(self, name: str, timeout: float):
         self.name, self.timeout = name, timeout
-        cmd = [sys.executable, "-m", "pybpfmap.bcc_compare.workloads", "--serve", name]
+        cmd = [sys.executable, "-m", "pybpfmap.workloads", "--serve", name]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, bufsize=1,
                                      preexec_fn=_die_with_parent)

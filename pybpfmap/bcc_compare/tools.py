@@ -27,7 +27,7 @@ class Tool:
 
     name: str
     args: tuple[str, ...]
-    workload: str          # a name in pybpfmap.bcc_compare.workloads.WORKLOADS
+    workload: str          # a name in pybpfmap.workloads.WORKLOADS
     attach: str            # what the shipped script attaches to
     needs_kprobes: bool
     output: str            # regex that the tool's normal output must match

@@ -1,30 +1,19 @@
-"""Workloads that drive lock-heavy kernel paths in three contexts.
+"""The stress workloads, run at once: lock-heavy kernel paths in three contexts.
 
-Each runs in its own forked process for a bounded time and returns what it
-did, so the probes see the locks taken on its behalf:
-
-* ``process``: fork/exit, mmap/munmap (page faults), open/read/close, and
-  three processes appending to one file — mm and VFS spinlocks in process
-  context, and a contended inode lock.
-* ``softirq``: UDP traffic between two network namespaces over a veth pair
-  (made with pyroute2): veth transmit queues to the backlog and the NET_RX
-  softirq delivers — socket and queue locks in softirq context.
-* ``irq``: an interval timer firing every 0.5 ms (hrtimer in hard irq,
-  SIGALRM), self-sent signals and pipe ping-pong wakeups — ``siglock`` and
-  ``pi_lock`` taken with spin_lock_irqsave / unlock_irqrestore.
-
-Workloads are processes, not threads, so they do not compete with the
+``process``, ``softirq`` and ``irq`` from the one workload registry
+(:mod:`pybpfmap.workloads`), each in its own forked process for one bounded
+window, so the probes see the locks taken on their behalf; the softirq one
+sends its traffic over a veth pair between two network namespaces made here
+with pyroute2.  Processes, not threads: they do not compete with the
 heartbeat for the GIL.
 """
 
 from __future__ import annotations
 
 import errno
-import mmap
 import multiprocessing
 import os
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,9 +21,9 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 
 from pybpfmap.errors import EnvironmentProblem
+from pybpfmap.workloads import Irq, Process, Softirq, Workload
 
 CONTEXTS = ("process", "softirq", "irq")
-_PORT = 39_999
 
 
 @dataclass(frozen=True)
@@ -101,154 +90,29 @@ def _del_link(ifname: str) -> None:
             ipr.link("del", index=idx[0])
 
 
-# --- the workloads: each runs until ``deadline`` (time.monotonic) -------------
-
-def _append_loop(path: str, deadline: float) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    block = b"a" * 4096
-    n = 0
-    while time.monotonic() < deadline:
-        os.write(fd, block)
-        n += 1
-        if n % 256 == 0:
-            os.ftruncate(fd, 0)
-    os.close(fd)
-    os._exit(0)
-
-
-def process_work(deadline: float) -> dict[str, int]:
-    """fork/exit, mmap/munmap with page faults, open/read/close; and two
-    helpers appending to one file, so that the inode lock (i_rwsem) is
-    contended (lock:contention_begin fires for sleeping locks too)."""
-    forks = maps = reads = appends = 0
-    page = mmap.PAGESIZE
-    path = f"/dev/shm/pybpfmap-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with open(path, "wb"):
-        pass
-    helpers = []
-    for _ in range(2):
-        pid = os.fork()
-        if pid == 0:
-            _append_loop(path, deadline)
-        helpers.append(pid)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        forks, maps, reads, appends = _process_loop(deadline, fd, page)
-    finally:
-        os.close(fd)
-        for pid in helpers:
-            os.waitpid(pid, 0)
-        os.unlink(path)
-    return {"ops": forks + maps + reads + appends, "forks": forks, "mmaps": maps,
-            "file_reads": reads, "appends": appends}
-
-
-def _process_loop(deadline: float, fd: int, page: int) -> tuple[int, int, int, int]:
-    forks = maps = reads = appends = 0
-    block = b"p" * 4096
-    while time.monotonic() < deadline:
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
-        os.waitpid(pid, 0)
-        forks += 1
-        m = mmap.mmap(-1, 16 * page)
-        for off in range(0, 16 * page, page):
-            m[off] = 1
-        m.close()
-        maps += 1
-        with open("/proc/self/stat", "rb") as f:
-            f.read()
-        reads += 1
-        os.write(fd, block)
-        appends += 1
-    return forks, maps, reads, appends
-
-
-def softirq_work(deadline: float, pair: VethPair) -> dict[str, int]:
-    """UDP from namespace A to namespace B over the veth pair."""
-    from pyroute2 import netns
-
-    netns.setns(pair.ns_b, flags=0)
-    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rx.bind((pair.addr_b, _PORT))
-    rx.setblocking(False)
-    netns.setns(pair.ns_a, flags=0)
-    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    payload = b"x" * 64
-    sent = received = 0
-    while time.monotonic() < deadline:
-        for _ in range(32):
-            try:
-                tx.sendto(payload, (pair.addr_b, _PORT))
-                sent += 1
-            except OSError as e:
-                if e.errno not in (errno.ENOBUFS, errno.EAGAIN):
-                    raise
-        while True:
-            try:
-                rx.recv(2048)
-                received += 1
-            except BlockingIOError:
-                break
-    tx.close()
-    rx.close()
-    return {"ops": received, "packets_sent": sent, "packets_received": received}
-
-
-def irq_work(deadline: float) -> dict[str, int]:
-    """A 0.5 ms interval timer, self-sent signals and pipe wakeups."""
-    ticks = signals = 0
-
-    def on_alarm(signum, frame):
-        nonlocal ticks
-        ticks += 1
-
-    def on_usr1(signum, frame):
-        nonlocal signals
-        signals += 1
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.signal(signal.SIGUSR1, on_usr1)
-    ping_r, ping_w = os.pipe()
-    pong_r, pong_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(ping_w)
-        os.close(pong_r)
-        while os.read(ping_r, 1):
-            os.write(pong_w, b"p")
-        os._exit(0)
-    os.close(ping_r)
-    os.close(pong_w)
-    wakeups = 0
-    signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
-    try:
-        while time.monotonic() < deadline:
-            os.kill(os.getpid(), signal.SIGUSR1)
-            os.write(ping_w, b"p")
-            os.read(pong_r, 1)
-            wakeups += 2
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0, 0)
-        os.close(ping_w)
-        os.waitpid(pid, 0)
-        os.close(pong_r)
-    return {"ops": ticks + signals + wakeups, "timer_ticks": ticks, "signals": signals,
-            "wakeups": wakeups}
-
-
-def _child(fn: Callable[..., dict[str, int]], args: tuple, go, duration: float,
-           queue) -> None:
+def _child(work: Workload, go, duration: float, queue) -> None:
     # Ctrl-C is the parent's to handle: it detaches everything, then stops us.
     # Our own process group, so that stop() reaches the helpers we fork too.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.setpgid(0, 0)
     try:
-        go.wait()
-        queue.put(fn(time.monotonic() + duration, *args))
+        with work as w:
+            go.wait()
+            got = w.window(duration)
+        queue.put({"ops": got.ops, **got.counts})
     except Exception as e:  # reported by the parent as the workload's error
         queue.put({"ops": 0, "error": f"{type(e).__name__}: {e}"})
+
+
+def workloads_for(contexts: tuple[str, ...], pair: VethPair | None) -> list[Workload]:
+    """The stress workloads for ``contexts`` (softirq needs the veth pair)."""
+    make: dict[str, Callable[[], Workload]] = {
+        "process": Process, "irq": Irq, "softirq": lambda: Softirq(pair)}
+    unknown = [name for name in contexts if name not in make]
+    if unknown:
+        raise ValueError(f"unknown workload context(s) {', '.join(unknown)}; "
+                         f"stress runs {', '.join(CONTEXTS)}")
+    return [make[name]() for name in contexts]
 
 
 class Started:
@@ -264,22 +128,12 @@ class Started:
         ctx = multiprocessing.get_context("fork")
         self._go = ctx.Event()
         self.jobs: dict[str, tuple] = {}
-        for name in contexts:
-            if name == "process":
-                fn, args = process_work, ()
-            elif name == "irq":
-                fn, args = irq_work, ()
-            elif name == "softirq":
-                if pair is None:
-                    raise EnvironmentProblem("softirq", "needs a veth pair (veth_pair())")
-                fn, args = softirq_work, (pair,)
-            else:
-                raise ValueError(f"unknown workload context {name!r}")
+        for work in workloads_for(contexts, pair):
             q = ctx.SimpleQueue()
-            p = ctx.Process(target=_child, args=(fn, args, self._go, duration, q),
-                            name=f"pybpfmap-{name}", daemon=True)
+            p = ctx.Process(target=_child, args=(work, self._go, duration, q),
+                            name=f"pybpfmap-{work.name}", daemon=True)
             p.start()
-            self.jobs[name] = (p, q)
+            self.jobs[work.name] = (p, q)
         self._deadline: float | None = None
 
     def go(self) -> None:
