@@ -22,11 +22,16 @@ EXIT_KERNEL = 1
 EXIT_USAGE = 2
 
 
+# Where Python's errno.errorcode picks an alias, the name the kernel's own
+# sources use (include/uapi/asm-generic/errno.h: EDEADLOCK is EDEADLK).
+PREFERRED_NAMES = {_errno.EDEADLK: "EDEADLK", _errno.EOPNOTSUPP: "EOPNOTSUPP"}
+
+
 def errno_name(err: int) -> str:
     """``errno_name(7) == 'E2BIG'``; knows the kernel-only ones like ENOTSUPP (524)."""
     if err in KERNEL_ERRNOS:
         return KERNEL_ERRNOS[err][0]
-    return _errno.errorcode.get(err, f"errno {err}")
+    return PREFERRED_NAMES.get(err) or _errno.errorcode.get(err, f"errno {err}")
 
 
 def errno_text(err: int) -> str:

@@ -57,10 +57,11 @@ class Section:
         return self.budget * 3 + 120
 
 
-def _kprobe_tools() -> list[str]:
+def _tools(kprobes: bool) -> list[str]:
+    """The bcc tools that need kprobes (for the VM), or those that do not (the host)."""
     from pybpfmap.bcc_compare.tools import TOOLS
 
-    return [name for name, tool in TOOLS.items() if tool.needs_kprobes]
+    return [name for name, tool in TOOLS.items() if tool.needs_kprobes is kprobes]
 
 
 def _release(kernel: str) -> str:
@@ -92,7 +93,9 @@ def plan(kernels: list[str], quick: bool, host_kprobes: bool, host_in_vm: bool
                    str(BENCH_ENTRIES), "--runs", "3") if quick else
                   ("bench", "--cpus", "1,2", "--max-entries", f"{BENCH_ENTRIES},100000",
                    "--runs", "3"))
-    tools_host = ("--tools", "runqlat") if quick else ()
+    # the host runs the tools it can attach; the VM sections the kprobe ones
+    host_tools = [*_tools(False), *(_tools(True) if host_kprobes else [])]
+    tools_host = ("--tools", "runqlat" if quick else ",".join(host_tools))
     sections = [
         Section("info", "host", ("info", "--json"), 10),
         Section("maps", "host", maps, 30),
@@ -131,7 +134,7 @@ def plan(kernels: list[str], quick: bool, host_kprobes: bool, host_in_vm: bool
                     "--max-entries", str(BENCH_ENTRIES), "--runs", "3",
                     "--plot", "{out}/bench.png", *k, "--json"), 180),
                 Section("bcc-compare", kernel, (
-                    "bcc-compare", "--tools", ",".join(_kprobe_tools()), *k, "--json"), 240),
+                    "bcc-compare", "--tools", ",".join(_tools(True)), *k, "--json"), 240),
             ]
     return sections
 

@@ -363,9 +363,10 @@ def _install_kernel(entry: CatalogKernel, rootfs: Path, mirror: str, log: Path,
         raise EnvironmentProblem(f"--kernel {entry.name}", "no kernel package would install: "
                                  + "; ".join(failures))
     # The suite's own kernel goes, so that the image has one kernel and its headers.
+    # (the arch packages and metapackages only: the -common ones follow by autoremove,
+    # and the new kernel's own -common[-rt] stays)
     old = [p for p in _chroot_out(rootfs, "dpkg-query", "-W", "-f", "${Package}\\n").split()
-           if re.fullmatch(r"linux-(image|headers)-(amd64|\d.*)", p)
-           and p not in packages and not p.endswith("-common")]
+           if re.fullmatch(r"linux-(image|headers)-(\d\S*-)?amd64", p) and p not in packages]
     if old:
         _run(f"purge the suite's kernel ({' '.join(old)})",
              ["chroot", str(rootfs), "apt-get", "purge", "-y", "-q", *old], log, progress, env)
@@ -398,9 +399,14 @@ def _build(entry: CatalogKernel, key: str, base: Path, mirror: str, work: Path, 
     init.chmod(0o755)
     out = work / "out"
     out.mkdir()
-    for src, dst in ((f"vmlinuz-{release}", "vmlinuz"), (f"initrd.img-{release}", "initrd.img"),
-                     (f"System.map-{release}", "System.map"), (f"config-{release}", "config")):
-        shutil.copy(rootfs / "boot" / src, out / dst)
+    for src, dst, needed in ((f"vmlinuz-{release}", "vmlinuz", True),
+                             (f"initrd.img-{release}", "initrd.img", True),
+                             # newer Debian kernels ship no System.map in /boot (the
+                             # runner names addresses with the guest's kallsyms anyway)
+                             (f"System.map-{release}", "System.map", False),
+                             (f"config-{release}", "config", False)):
+        if needed or (rootfs / "boot" / src).exists():
+            shutil.copy(rootfs / "boot" / src, out / dst)
     used_mb = int(subprocess.run(["du", "-sxm", str(rootfs)], capture_output=True,
                                  text=True, check=True).stdout.split()[0])
     size_mb = used_mb * 13 // 10 + 1024  # room for what tests write (overlay takes it)

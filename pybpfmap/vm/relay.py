@@ -116,12 +116,29 @@ def forwarded_argv(argv: list[str], drop: dict[str, int | str] | None = None) ->
     return out
 
 
+def era_splats(kernel: str) -> tuple[Allowed, ...]:
+    """The splats the kernel era of ``kernel``'s image explains for a command
+    that loads tracing programs with BPF_F_NO_PREALLOC maps (the 5.7-6.0 WARN,
+    once per boot)."""
+    from pybpfmap import era
+    from pybpfmap.maps import MapSpec
+    from pybpfmap.vm import catalog
+    from pybpfmap.vm.image import find_image
+
+    image = find_image(kernel)
+    release = image.release if image else f"{catalog.get(kernel).series}.0"
+    return tuple(era.expected_splats(release, [MapSpec("hash", False)],
+                                     catalog.get(kernel).preempt_rt))
+
+
 def run_on_kernels(kernels: list[str], argv: list[str], *, what: str,
                    results: str | Path | None, timeout: float,
-                   hang_timeout: float = HANG_TIMEOUT,
+                   hang_timeout: float = HANG_TIMEOUT, tracing_no_prealloc: bool = False,
                    console: TextIO | None = sys.stderr) -> list[GuestRun]:
     """:func:`run_command` on each kernel in turn; each gets its own results
-    folder (``results/<kernel>`` when there are several)."""
+    folder (``results/<kernel>`` when there are several).  ``tracing_no_prealloc``:
+    the command loads tracing programs that use BPF_F_NO_PREALLOC maps, so the
+    era's WARN for them is expected (:func:`era_splats`)."""
     from pybpfmap.errors import UsageError
     from pybpfmap.vm import default_results_dir
     from pybpfmap.vm.guest import in_test_vm
@@ -135,6 +152,8 @@ def run_on_kernels(kernels: list[str], argv: list[str], *, what: str,
             folder = default_results_dir(what, kernel)
         else:
             folder = Path(results) / kernel if len(kernels) > 1 else Path(results)
+        allow = era_splats(kernel) if tracing_no_prealloc else ()
         runs.append(run_command(kernel, argv, results_dir=folder, timeout=timeout,
-                                hang_timeout=hang_timeout, console=console))
+                                hang_timeout=hang_timeout, allow_splats=allow,
+                                console=console))
     return runs
