@@ -150,8 +150,8 @@ def compare_in_vms(tools: list[Tool], kernels: list[str], argv: list[str], durat
     out = []
     for run in run_on_kernels(kernels, guest_argv(argv, tools), what="bcc-compare",
                               results=results, timeout=vm_timeout(tools, duration, runs),
-                              console=log):
-        accel = getattr(run.vm.accel, "value", run.vm.accel)
+                              tracing_no_prealloc=True, console=log):
+        accel = run.vm.accel.value
         note = result.VmNote(run.kernel, run.vm.outcome.label, run.vm.message, accel,
                              str(run.vm.results_dir))
         if run.data is None:

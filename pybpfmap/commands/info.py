@@ -53,11 +53,9 @@ def render_markdown(records: list[kernel.Kernel]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.kernels:
-        from pybpfmap.vm.relay import forwarded_argv, result_of, run_on_kernels
+        from pybpfmap.vm.relay import documents
 
-        runs = run_on_kernels(args.kernels, forwarded_argv(args.argv), what="info",
-                              results=args.results, timeout=600)
-        found = [k for r in runs for k in load(result_of(r))]
+        found = [k for doc in documents(args, timeout=600) for k in load(doc)]
     else:
         found = [local()]
     if args.json:

@@ -253,11 +253,9 @@ def local(args: argparse.Namespace) -> list[MapRecord]:
 
 def run(args: argparse.Namespace) -> int:
     if args.kernels:
-        from pybpfmap.vm.relay import forwarded_argv, result_of, run_on_kernels
+        from pybpfmap.vm.relay import documents
 
-        runs = run_on_kernels(args.kernels, forwarded_argv(args.argv), what="maps",
-                              results=args.results, timeout=1800)
-        records = [r for run_ in runs for r in load(result_of(run_))]
+        records = [r for doc in documents(args, timeout=1800) for r in load(doc)]
     else:
         records = local(args)
     if args.json:

@@ -157,3 +157,14 @@ def run_on_kernels(kernels: list[str], argv: list[str], *, what: str,
                                 hang_timeout=hang_timeout, allow_splats=allow,
                                 console=console))
     return runs
+
+
+def documents(args, timeout: float, drop: dict[str, int | str] | None = None,
+              tracing_no_prealloc: bool = False) -> list[Any]:
+    """A command's ``--kernel`` run: its own command line, forwarded to each
+    kernel in ``args.kernels``; the JSON document each guest printed
+    (:class:`VmRunFailed` for one that did not finish)."""
+    runs = run_on_kernels(args.kernels, forwarded_argv(args.argv, drop), what=args.command,
+                          results=args.results, timeout=timeout,
+                          tracing_no_prealloc=tracing_no_prealloc)
+    return [result_of(run) for run in runs]
