@@ -13,5 +13,5 @@ def image(name: str):
     found = find_image(name)
     if found is None:
         pytest.skip(f"no {name} image built for the current inputs: run "
-                    f"`pybpfmap vm build --kernel {name}` (CI builds it first)")
+                    f"`pybpfmap vm build --kernel {name}` (CI builds bookworm, bullseye and trixie-backports)")
     return found

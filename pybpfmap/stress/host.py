@@ -32,8 +32,8 @@ PER_BOOT = {"--scenario": "+", "--scenarios": "+", "--types": "+", "--isolate": 
             "--no-isolate": 0, "--force": 0}
 
 
-def _rows_of(run: GuestRun) -> list[StressRow]:
-    return [r for s in load(run.data) for r in s.rows] if run.data is not None else []
+def _runs_of(run: GuestRun) -> list[StressRun]:
+    return load(run.data) if run.data is not None else []
 
 
 def _armed(console: str) -> dict[str, float]:
@@ -56,7 +56,9 @@ def _placeholder(scenario: str, kind: MapKind, opts: Options) -> StressRow:
 
 
 def _one_boot(kernel: str, groups: list[tuple[str, MapKind]], opts: Options, argv: list[str],
-              folder: Path, release: str, preempt_rt: bool) -> list[StressRow]:
+              folder: Path, release: str, preempt_rt: bool
+              ) -> tuple[list[StressRow], dict[str, str]]:
+    """The rows of one boot, and the probes the guest could not attach (and why)."""
     scenarios = list(dict.fromkeys(s for s, _ in groups))
     kinds = list(dict.fromkeys(k.name for _, k in groups))
     guest_argv = [*forwarded_argv(argv, PER_BOOT), "--scenario", *scenarios,
@@ -66,7 +68,9 @@ def _one_boot(kernel: str, groups: list[tuple[str, MapKind]], opts: Options, arg
     run = run_command(kernel, guest_argv, results_dir=folder,
                       timeout=BOOT_AND_LOAD + per_row * len(groups),
                       hang_timeout=HANG_TIMEOUT, allow_splats=tuple(allowed))
-    got = {r.label: r for r in _rows_of(run)}
+    guest = _runs_of(run)
+    got = {r.label: r for g in guest for r in g.rows}
+    unavailable = {p: why for g in guest for p, why in g.unavailable.items()}
     console = run.vm.console_path.read_text(errors="replace") \
         if run.vm.console_path.exists() else ""
     armed, started = _armed(console), _started(console)
@@ -94,7 +98,7 @@ def _one_boot(kernel: str, groups: list[tuple[str, MapKind]], opts: Options, arg
             row.vm = verdict.vm_summary(run.vm)
             verdict.predict(row, release, preempt_rt)
         rows.append(row)
-    return rows
+    return rows, unavailable
 
 
 def run_in_vm(opts: Options, kernel: str, argv: list[str], isolate: bool,
@@ -106,19 +110,23 @@ def run_in_vm(opts: Options, kernel: str, argv: list[str], isolate: bool,
     groups = [(s, k) for s in opts.scenarios for k in opts.kinds]
     batches = [[g] for g in groups] if isolate else [groups]
     rows: list[StressRow] = []
+    unavailable: dict[str, str] = {}
     for n, batch in enumerate(batches, 1):
         names = ", ".join(f"{s} {k.name}" for s, k in batch)
         print(f"pybpfmap stress: [{n}/{len(batches)}] {kernel}: {names}", file=sys.stderr,
               flush=True)
         folder = base / (f"{batch[0][0]}-{batch[0][1].name.replace('/', '-')}"
                          if isolate else "all")
-        rows += _one_boot(kernel, batch, opts, argv, folder, image.release, entry.preempt_rt)
+        got, why = _one_boot(kernel, batch, opts, argv, folder, image.release,
+                             entry.preempt_rt)
+        rows += got
+        unavailable.update(why)
         last = rows[-1]
         print(f"pybpfmap stress: [{n}/{len(batches)}] {names}: {last.outcome}"
               + (f" after {last.seconds} s" if last.seconds is not None else ""),
               file=sys.stderr, flush=True)
-    first = next((r for r in rows if r.vm), None)
+    accel = next((r.vm.accel for r in rows if r.vm), None)
     return StressRun(image.release, f"vm:{kernel}", era.era_of(image.release).name,
                      opts.duration, isolate, era.expectations(image.release), rows,
-                     inject=opts.inject, accel=first.vm.accel if first and first.vm else None,
+                     unavailable, inject=opts.inject, accel=accel,
                      note=TRACEPOINT_NOTE if opts.tracepoints else "")

@@ -175,8 +175,7 @@ def render_text(runs: list[StressRun]) -> str:
     for run in runs:
         out.append(f"pybpfmap stress: kernel {run.kernel_release} ({run.where}"
                    + (f", {run.accel}" if run.accel else "") + f"), era {run.era}, "
-                   f"{run.duration_s:g} s per row, "
-                   + ("one VM boot per row" if run.isolated else "one boot for all rows"))
+                   f"{run.duration_s:g} s per row, " + _boots(run))
         if run.note:
             out.append(f"NOTE: {run.note}")
         if run.inject:
@@ -192,6 +191,12 @@ def render_text(runs: list[StressRun]) -> str:
         out += [f"answer: {a}" for a in run.answer()]
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def _boots(run: StressRun) -> str:
+    if not run.where.startswith("vm:"):
+        return "the rows in turn, here"
+    return "one VM boot per row" if run.isolated else "one VM boot for all rows"
 
 
 def _row_details(r: StressRow) -> list[str]:
@@ -235,8 +240,8 @@ def render_markdown(runs: list[StressRun]) -> str:
             if r.evidence is not None:
                 why = (why + "; " if why else "") + r.evidence.brief()
             rows.append([*_row_cells(r), why or None])
-        out.append(f"**{run.kernel_release}** ({run.where}), {run.duration_s:g} s per row"
-                   + (", one VM boot per row" if run.isolated else "") + "\n")
+        out.append(f"**{run.kernel_release}** ({run.where}), {run.duration_s:g} s per row, "
+                   f"{_boots(run)}\n")
         if run.note:
             out.append(f"Note: {run.note}\n")
         out.append(md_table([*HEADERS, "why"], rows))
