@@ -10,8 +10,9 @@
  *                     run = one event; map_perf_test does 10 since Linux kernel
  *                     commit 89dc8d0c38e0 ("samples/bpf: Reduce syscall
  *                     overhead in map_perf_test.") (in v6.1), 1 before)
- *   KEY_TID           key = the current thread id, as map_perf_test; else a
- *                     random key in this CPU's own slice of the key space:
+ *   KEY_TID           key = the current thread id, read once per event, as
+ *                     map_perf_test does; else a random key in this CPU's own
+ *                     slice of the key space, for every triple:
  *   KEY_BASE, KEY_RANGE  key = KEY_BASE + cpu * KEY_RANGE + random % KEY_RANGE.
  *                     User space preloads resident keys below KEY_BASE (--fill),
  *                     so the triple's keys never touch them, and two CPUs never
@@ -96,14 +97,15 @@ static __always_inline int slot(long err)
 	}
 }
 
-static __always_inline u32 key_of(u32 cpu)
-{
 #ifdef KEY_TID
-	return (u32)bpf_get_current_pid_tgid();
+/* map_perf_test's key: the thread id, read once per event. */
+#define KEY_SEED() ((u32)bpf_get_current_pid_tgid())
+#define KEY_OF(seed) (seed)
 #else
-	return KEY_BASE + cpu * KEY_RANGE + bpf_get_prandom_u32() % KEY_RANGE;
+/* A random key in this CPU's slice, for every triple. */
+#define KEY_SEED() (bpf_get_smp_processor_id())
+#define KEY_OF(cpu) (KEY_BASE + (cpu) * KEY_RANGE + bpf_get_prandom_u32() % KEY_RANGE)
 #endif
-}
 
 /* One program run: n triples (with_map) or only their key work. */
 static __always_inline int run(const int n, const int with_map)
@@ -115,14 +117,14 @@ static __always_inline int run(const int n, const int with_map)
 	u64 sink = 0;
 	int zero = 0, i;
 	long ret;
-	u32 cpu = bpf_get_smp_processor_id();
+	u32 seed = KEY_SEED();
 	u32 k;
 
 	c = COUNTS.lookup(&zero);
 	if (!c)
 		return 0;
 	for (i = 0; i < n; i++) {
-		k = key_of(cpu);
+		k = KEY_OF(seed);
 		sink ^= k;
 		if (!with_map)
 			continue;

@@ -167,9 +167,12 @@ class Sample:
 
 
 def measure(bench: Bench, cpus: list[int], seconds: float, repeat: int,
-            empty_repeat: int) -> Sample:
+            empty_repeat: int, settle: float = 0.0) -> Sample:
     """Empty program on every CPU at once, then the triple on every CPU at once
-    (the empty window is a quarter as long: it only gives the baseline)."""
+    (the empty window is a quarter as long: it only gives the baseline), each
+    after ``settle`` seconds of quiet (see :func:`pybpfmap.bench.run.settle_time`)."""
+    time.sleep(settle)
     empty = window(bench, "empty", cpus, empty_repeat, max(seconds / 4, CALL_SECONDS))
+    time.sleep(settle)
     triple = window(bench, "triple", cpus, repeat, seconds)
     return Sample(empty, triple, bench.work.inkernel_triples)

@@ -132,11 +132,12 @@ class BenchRecord:
     runs: int = 0
     # the figures (ns per triple: triple program minus empty program)
     ns_per_triple: Spread | None = None            # test_run clock / trigger rates
-    ns_per_triple_bpf_stats: Spread | None = None  # the independent clock
+    ns_per_triple_bpf_stats: Spread | None = None  # the independent clock (syscall mode: the
+                                                   # program's own time, over the warm-ups)
     ns_per_triple_wall: Spread | None = None       # inkernel: CLOCK_MONOTONIC around test_run
     ns_per_triple_median_call: Spread | None = None  # inkernel: the median call, not the mean
-    clocks_agree: bool | None = None     # bpf_stats within ±10% of ns_per_triple (None: no
-                                         # second clock)
+    clocks_agree: bool | None = None     # inkernel: bpf_stats within ±10% of ns_per_triple
+                                         # (None: no second clock, or syscall mode)
     resolution_ns: float | None = None   # inkernel: test_run's 1 ns per run, per triple
     repeat: int | None = None            # inkernel: runs per test_run call
     triple_run_ns: float | None = None   # inkernel: gross ns per program run (median)

@@ -50,6 +50,7 @@ class Options:
     runs: int = 3
     seconds: float = 0.3                  # measuring window per run, CPU count and program
     warmup: float = 0.1                   # syscall: discarded window after attach
+    settle: float | None = None           # quiet before each window (None: settle_time())
     inkernel_triples: int = 100           # triples per test_run run (resolution)
     syscall_triples: int = 1              # triples per event (map_perf_test since 6.1: 10)
     key: str = "random"
@@ -114,6 +115,17 @@ def _made(spec: MapSpec) -> Iterator[tuple[BpfMap, memcg.Cgroup | None, memcg.Sa
             bmap.close()
 
 
+def settle_time(opts: Options, mach: machine.Machine) -> float:
+    """Seconds of quiet before each window: a NO_PREALLOC map's deletes are
+    freed later (RCU callbacks, bpf_mem_alloc's irq_work), and a trigger
+    process's exit, a peer's unload are cleaned up later too; without a pause
+    that work lands in the next window, charged to the next map.  0.05 s, and
+    0.2 s under TCG, where a grace period takes longer in emulation."""
+    if opts.settle is not None:
+        return opts.settle
+    return 0.2 if mach.accel == "tcg" else 0.05
+
+
 def headroom(opts: Options, fill: int) -> int:
     """Entries on top of max_entries for the triple's own keys: one live key
     per CPU; none when the map is not preloaded (then max_entries is
@@ -122,6 +134,21 @@ def headroom(opts: Options, fill: int) -> int:
 
 
 AfterRun = Callable[[int, int, dict[tuple[str, bool, int], float]], None]
+
+
+@dataclass
+class Setting:
+    """What every group of maps in one bench invocation shares."""
+
+    opts: Options
+    mach: machine.Machine
+    sets: dict[int, list[int]]      # CPU count -> the CPUs
+    trigger: str | None             # syscall mode: kprobe, tracepoint or raw_tp
+    trigger_why: str
+    loop: syscall.Loop | None       # syscall mode: the trigger program
+    work: program.Workload
+    settle: float
+    warm: bool = False              # the discarded warm-up run was made
 
 
 def run(opts: Options, step: Callable[[str], None] = lambda label: None,
@@ -141,55 +168,71 @@ def run(opts: Options, step: Callable[[str], None] = lambda label: None,
                     else (None, ""))
     loop = syscall.compiled_loop() if "syscall" in opts.modes else None
     work = program.Workload(opts.key, opts.inkernel_triples, opts.syscall_triples, trigger)
+    setting = Setting(opts, mach, sets, trigger, why, loop, work, settle_time(opts, mach))
     memlock.ensure_unlimited()
     memcg.charges_maps()  # probed once, before any map is made in a child cgroup
     records: list[BenchRecord] = []
-    warm = False
     for n in opts.max_entries:
         for fill in opts.fills:
-            with contextlib.ExitStack() as stack:
-                subjects = []
-                for type_ in opts.types:
-                    for prealloc in opts.prealloc:
-                        spec = MapSpec(type_, prealloc, opts.key_size, opts.value_size,
-                                       n + headroom(opts, fill))
-                        try:
-                            spec.preflight()
-                        except KernelError as e:
-                            records += _refused(spec, n, fill, opts, mach, e)
-                            for _ in range(opts.runs * len(sets) * len(opts.modes)):
-                                step(f"{spec.label} refused")
-                            continue
-                        subjects.append(_prepare(stack, spec, n, fill, opts, work))
-                if subjects and not warm:
-                    _warm_up(subjects[0], sets[max(sets)], opts, loop)
-                    warm = True
-                for r in range(opts.runs):
-                    for s in subjects:
-                        for k, cpus in sets.items():
-                            label = f"{s.spec.label} {n} fill {fill}% {k} CPU run {r + 1}"
-                            if "inkernel" in opts.modes:
-                                step(f"{label} inkernel")
-                                s.inkernel.setdefault(k, []).append(inkernel.measure(
-                                    s.bench, cpus, opts.seconds, s.repeat, s.empty_repeat))
-                            if "syscall" in opts.modes:
-                                step(f"{label} syscall")
-                                s.syscall.setdefault(k, []).append(syscall.measure(
-                                    s.bench, loop, cpus, opts.warmup, opts.seconds))
-                    if after_run is not None and not fill:
-                        after_run(r, n, {(s.spec.type, s.spec.prealloc, k): got[-1].triple.rate()
-                                         for s in subjects for k, got in s.syscall.items()})
-                for s in subjects:
-                    s.stage("after")
-                    resident_after = len(s.bmap.keys()) if s.resident else None
-                    for k, cpus in sets.items():
-                        base = _base(s, k, cpus, opts, mach, resident_after)
-                        if k in s.inkernel:
-                            records.append(_inkernel_record(base, s, s.inkernel[k], mach))
-                        if k in s.syscall:
-                            records.append(_syscall_record(base, s, s.syscall[k], mach,
-                                                           trigger or "", why, loop))
+            records += _group(setting, n, fill, step, after_run)
     return records
+
+
+def _group(st: Setting, n: int, fill: int, step: Callable[[str], None],
+           after_run: AfterRun | None) -> list[BenchRecord]:
+    """Every map kind at one max_entries and fill, measured run by run."""
+    opts = st.opts
+    records: list[BenchRecord] = []
+    with contextlib.ExitStack() as stack:
+        subjects = []
+        for type_ in opts.types:
+            for prealloc in opts.prealloc:
+                spec = MapSpec(type_, prealloc, opts.key_size, opts.value_size,
+                               n + headroom(opts, fill))
+                try:
+                    spec.preflight()
+                except KernelError as e:
+                    records += _refused(spec, n, fill, opts, st.mach, e)
+                    for _ in range(opts.runs * len(st.sets) * len(opts.modes)):
+                        step(f"{spec.label} refused")
+                    continue
+                subjects.append(_prepare(stack, spec, n, fill, opts, st.work))
+        if subjects and not st.warm:
+            _warm_up(subjects[0], st.sets[max(st.sets)], opts, st.loop)
+            st.warm = True
+        for r in range(opts.runs):
+            for s in subjects:
+                for k, cpus in st.sets.items():
+                    _measure(st, s, k, cpus, step, f"run {r + 1}")
+            if after_run is not None and not fill:
+                after_run(r, n, {(s.spec.type, s.spec.prealloc, k): got[-1].triple.rate()
+                                 for s in subjects for k, got in s.syscall.items()})
+        for s in subjects:
+            s.stage("after")
+            resident_after = len(s.bmap.keys()) if s.resident else None
+            for k, cpus in st.sets.items():
+                base = _base(s, k, cpus, opts, st.mach, resident_after)
+                if k in s.inkernel:
+                    records.append(_inkernel_record(base, s, s.inkernel[k], st.mach))
+                if k in s.syscall:
+                    records.append(_syscall_record(base, s, s.syscall[k], st.mach,
+                                                   st.trigger or "", st.trigger_why, st.loop))
+    return records
+
+
+def _measure(st: Setting, s: Subject, k: int, cpus: list[int], step: Callable[[str], None],
+             what: str) -> None:
+    """One run of map ``s`` on ``cpus``, in each mode asked for."""
+    opts = st.opts
+    label = f"{s.spec.label} {s.asked} fill {s.fill}% {k} CPU {what}"
+    if "inkernel" in opts.modes:
+        step(f"{label} inkernel")
+        s.inkernel.setdefault(k, []).append(inkernel.measure(
+            s.bench, cpus, opts.seconds, s.repeat, s.empty_repeat, st.settle))
+    if "syscall" in opts.modes:
+        step(f"{label} syscall")
+        s.syscall.setdefault(k, []).append(syscall.measure(
+            s.bench, st.loop, cpus, opts.warmup, opts.seconds, st.settle))
 
 
 def _warm_up(s: Subject, cpus: list[int], opts: Options, loop: syscall.Loop | None) -> None:
@@ -375,7 +418,6 @@ def _syscall_record(base: dict, s: Subject, samples: list[syscall.Sample],
         mode="syscall", triples_per_event=triples, trigger=trigger,
         trigger_loop=loop.label if loop else "", runs=len(samples),
         ns_per_triple=ns, ns_per_triple_bpf_stats=bpf_stats,
-        clocks_agree=agree(ns, bpf_stats),
         events_per_sec=Spread.of([smp.triple.rate() for smp in samples], 0),
         events_per_sec_burst=Spread.of([smp.triple.burst_rate() for smp in samples], 0),
         burst_p10=round(statistics.median(smp.triple.burst_rate_at(90) for smp in samples)),

@@ -334,7 +334,11 @@ class Sample:
 
 
 def measure(bench: Bench, loop: Loop, cpus: list[int], warmup: float,
-            seconds: float) -> Sample:
+            seconds: float, settle: float = 0.0) -> Sample:
+    """The empty program's window, then the triple's, each after ``settle``
+    seconds of quiet (see :func:`pybpfmap.bench.run.settle_time`)."""
+    time.sleep(settle)
     empty = window(bench, "empty", loop, cpus, warmup, seconds)
+    time.sleep(settle)
     triple = window(bench, "triple", loop, cpus, warmup, seconds)
     return Sample(empty, triple, bench.work.syscall_triples)

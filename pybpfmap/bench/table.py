@@ -104,7 +104,7 @@ def render_text(records: list[BenchRecord]) -> str:
         cpus = sorted({r.cpus for r in group if r.cpus is not None})
         heads = ["", *(f"{k} CPU{'s' if k > 1 else ''}" for k in cpus), "memcg", "memlock"]
         rows = []
-        refusals: list[str] = []
+        refusals: list[str] = []   # and other lines under the table
         by_alloc: dict[bool, dict[int, BenchRecord]] = {}
         for prealloc in (True, False):
             recs = [r for r in group if r.prealloc is prealloc]
@@ -124,8 +124,9 @@ def render_text(records: list[BenchRecord]) -> str:
                          _bytes(mem.memcg_after if mem else None),
                          _bytes(mem.memlock_after if mem else None,
                                 bool(mem and mem.memlock_is_estimate))])
-            rows.append(["  bpf_stats", *(_clock_cell(cells[k]) if k in cells else "-"
-                                          for k in cpus), "", ""])
+            clock = "  bpf_stats" if first.mode == "inkernel" else "  in program"
+            rows.append([clock, *(_clock_cell(cells[k]) if k in cells else "-"
+                                  for k in cpus), "", ""])
             if any(r.peer for r in recs):
                 rows.append([f"  {next(r.peer.tool for r in recs if r.peer)}",
                              *(_peer_cell(cells.get(k)) for k in cpus), "", ""])
@@ -134,9 +135,8 @@ def render_text(records: list[BenchRecord]) -> str:
                 if r.verification and r.verification.problems:
                     problems += [f"{r.label} {r.mode} {r.cpus} CPU: {p}"
                                  for p in r.verification.problems]
-            counter = recs[0].element_counter
-            if not prealloc and counter:
-                rows.append(["  counter", counter, *([""] * (len(cpus) + 1))])
+            if not prealloc and recs[0].element_counter:
+                refusals.append(f"  {label} element counter: {recs[0].element_counter}")
         if len(by_alloc) == 2:
             ratio = [pre_no_ratio(group, mode=first.mode, type=first.type, cpus=k,
                                   max_entries=first.max_entries,
@@ -175,9 +175,13 @@ def notes(records: list[BenchRecord], *, estimate: bool, noisy: bool) -> list[st
     seed = ", ".join(f"{SEED_RATIOS[k]:.2f}x at {k}" for k in sorted(SEED_RATIOS))
     out = [f"seed ratios ({era.PREALLOC.commit}, pcpu_freelist / kmalloc, per CPU count): "
            f"{seed}; since {era.MEM_ALLOC.cite()} NO_PREALLOC no longer means kmalloc",
-           "bpf_stats = the kernel's run_time_ns / run_cnt of the same programs (an "
-           "independent clock; ≠ = more than 10% from the figure above it)",
+           "bpf_stats = the kernel's run_time_ns / run_cnt of the same programs, an "
+           "independent clock (≠: more than 10% from the figure above it); in program = "
+           "the same over the syscall mode's warm-up: the program's own time, without "
+           "what the triple costs outside it (the trigger's path, deferred frees)",
            "memcg = the map's memory cgroup charge after the runs; memlock = fdinfo"]
+    sources = sorted({f"{r.machine.where}: {r.memory.memcg}" for r in records if r.memory})
+    out += [f"  memory cgroup figures ({s})" for s in sources]
     if any(r.peer for r in records):
         out.append("map_perf_test = the kernel's samples/bpf/map_perf_test in the same boot, "
                    "M events/s per CPU and pybpfmap / it (see --json peer.differences)")

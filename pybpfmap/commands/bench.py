@@ -12,6 +12,9 @@ from pybpfmap.commands.args import add_json, add_kernel, add_list, positive_int
 from pybpfmap.errors import KernelError, UsageError
 
 DEFAULT_SIZES = (1000, 10000, 100000, 1000000)
+PEER_SIZES = (1000,)   # map_perf_test's own MAX_ENTRIES
+PEERS = ("map_perf_test",)
+PEER_RUNS = 5          # under TCG one run's figure moves by 5-10%
 
 
 def percent(text: str) -> int:
@@ -30,14 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Time one update -> lookup -> delete triple per map kind, allocation "
                     "mode, CPU count, max_entries and fill: in the kernel "
                     "(BPF_PROG_TEST_RUN, with an independent second clock) and/or "
-                    "triggered by a syscall (as samples/bpf/map_perf_test).  Every run "
-                    "is verified: the program counts its own runs and its failed map "
-                    "calls.")
+                    "triggered by a syscall (as samples/bpf/map_perf_test, which --peer "
+                    "runs beside it).  Every run is verified: the program counts its own "
+                    "runs and its failed map calls.")
     p.add_argument("--mode", choices=("inkernel", "syscall", "both"),
                    help="inkernel: BPF_PROG_TEST_RUN; syscall: a program on getuid() "
-                        "triggered by one pinned process per CPU (default: both)")
+                        "triggered by one pinned process per CPU (default: both; with "
+                        "--peer: syscall)")
     add_list(p, "--types", "--type", dest="types", valid=TYPES, metavar="TYPE",
-             help=f"map types, comma- or space-separated (default: all of {', '.join(TYPES)})")
+             help=f"map types, comma- or space-separated (default: all of {', '.join(TYPES)}; "
+                  "with --peer: hash,percpu_hash, the peer's)")
     alloc = p.add_mutually_exclusive_group()
     alloc.add_argument("--prealloc", dest="alloc", action="store_const", const=(True,),
                        help="preallocated maps only")
@@ -46,12 +51,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_list(p, "--cpus", convert=positive_int, metavar="K",
              help="CPU counts, e.g. 1,2 (default: 1..the CPUs this process may use)")
     add_list(p, "--max-entries", convert=positive_int, metavar="N",
-             help="map sizes to sweep (default: 1000,10000,100000,1000000)")
+             help="map sizes to sweep (default: 1000,10000,100000,1000000; with --peer: "
+                  "1000, the peer's)")
     add_list(p, "--fill", dest="fills", convert=percent, metavar="PERCENT",
              help="preload this percentage of max_entries with resident keys, disjoint "
                   "from the triple's (the map gets room for the triple's own keys); "
                   "e.g. 0,50,100 (default 0)")
-    p.add_argument("--runs", type=int, default=3, help="repeated runs (default 3)")
+    p.add_argument("--runs", type=int,
+                   help="repeated runs (default 3; with --peer 5, both tools' runs "
+                        "alternating)")
     p.add_argument("--seconds", type=float, default=0.3,
                    help="measuring window per run, CPU count and program (default 0.3)")
     p.add_argument("--warmup", type=float, default=0.1,
@@ -59,13 +67,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--triples", type=int,
                    help="triples per program run (default: 100 in the kernel, so that "
                         "test_run's 1 ns resolution is below 1%% of the figure; 1 per "
-                        "syscall event as in the seed)")
+                        "syscall event as in the seed, or with --peer as many as the peer's "
+                        "event does: 10 since v6.1)")
     p.add_argument("--key", choices=KEYS,
                    help="the triple's key: random (a random key in the CPU's own slice, "
-                        "the default) or tid (the thread id, as map_perf_test)")
+                        "the default) or tid (the thread id, as map_perf_test; the default "
+                        "with --peer)")
     p.add_argument("--trigger", choices=("auto", *TRIGGERS), default="auto",
                    help="syscall mode: what the program hangs on (default: kprobe where "
                         "the kernel has kprobes, else the syscall tracepoint)")
+    p.add_argument("--peer", choices=PEERS,
+                   help="also run the kernel's own samples/bpf/map_perf_test (built into "
+                        "the test-VM images) on the same maps and CPU counts, and show "
+                        "both figures and their ratio (needs kprobes: use --kernel)")
     add_json(p)
     p.add_argument("--plot", metavar="FILE", help="write PNG plots (made on this machine)")
     add_kernel(p, "run the bench")
@@ -77,21 +91,30 @@ def options(args: argparse.Namespace):
     from pybpfmap.bench.run import MODES, Options
     from pybpfmap.maps import TYPES
 
-    if args.runs < 1:
-        raise UsageError("--runs", f"{args.runs}: at least 1")
+    runs = args.runs if args.runs is not None else PEER_RUNS if args.peer else 3
+    if runs < 1:
+        raise UsageError("--runs", f"{runs}: at least 1")
     if not 0.01 <= args.seconds <= 60:
         raise UsageError("--seconds", f"{args.seconds}: between 0.01 and 60")
     if not 0 <= args.warmup <= 60:
         raise UsageError("--warmup", f"{args.warmup}: between 0 and 60")
     if args.triples is not None and not 1 <= args.triples <= 1000:
         raise UsageError("--triples", f"{args.triples}: between 1 and 1000")
-    modes = MODES if (args.mode or "both") == "both" else (args.mode,)
+    mode = args.mode or ("syscall" if args.peer else "both")
+    modes = MODES if mode == "both" else (mode,)
+    if args.peer and "syscall" not in modes:
+        raise UsageError("--peer", f"{args.peer} is syscall-triggered: use --mode syscall "
+                         "or both")
     cpus = tuple(args.cpus or range(1, len(os.sched_getaffinity(0)) + 1))
     types, sizes = tuple(args.types or TYPES), tuple(args.max_entries or DEFAULT_SIZES)
+    if args.peer:  # the peer's own workload unless told otherwise
+        from pybpfmap.bench.compare import PEER_TYPES
+
+        types, sizes = tuple(args.types or PEER_TYPES), tuple(args.max_entries or PEER_SIZES)
     return Options(
         modes=modes, types=types, prealloc=args.alloc or (True, False), cpus=cpus,
         max_entries=sizes, fills=tuple(args.fills or (0,)),
-        runs=args.runs, seconds=args.seconds, warmup=args.warmup,
+        runs=runs, seconds=args.seconds, warmup=args.warmup,
         inkernel_triples=args.triples or 100, syscall_triples=args.triples or 1,
         key=args.key or "random", trigger=args.trigger)
 
@@ -102,6 +125,11 @@ def local(args: argparse.Namespace) -> list:
     from pybpfmap.vm.guest import in_test_vm
 
     opts = options(args)
+    if args.peer:
+        from pybpfmap.bench import compare
+
+        return compare.run(opts, args.peer, explicit_key=args.key is not None,
+                           explicit_triples=args.triples is not None)
     progress = Progress(opts.steps(), enabled=False if in_test_vm() else None)
     try:
         return bench_run(opts, progress.step)
@@ -114,18 +142,20 @@ def vm_timeout(args: argparse.Namespace) -> float:
     opts = options(args)
     maps = len(opts.types) * len(opts.prealloc) * len(opts.max_entries) * len(opts.fills)
     window = 2 * (opts.seconds + opts.warmup) + 4
-    return 600 + maps * 90 + opts.steps() * window
+    return 600 + maps * 90 + opts.steps() * window * (3 if args.peer else 1)
 
 
 def run(args: argparse.Namespace) -> int:
     from pybpfmap.output import print_json
 
     if args.kernels:
-        from pybpfmap.vm.relay import forwarded_argv, result_of, run_on_kernels
+        from pybpfmap.vm.relay import documents
 
-        runs = run_on_kernels(args.kernels, forwarded_argv(args.argv, drop={"--plot": 1}),
-                              what="bench", results=args.results, timeout=vm_timeout(args))
-        records = [r for run_ in runs for r in load(result_of(run_))]
+        opts = options(args)
+        # syscall mode: kprobe programs on NO_PREALLOC maps, which 5.7-6.0 WARN about
+        tracing = "syscall" in opts.modes and False in opts.prealloc
+        records = [r for doc in documents(args, vm_timeout(args), drop={"--plot": 1},
+                                          tracing_no_prealloc=tracing) for r in load(doc)]
     else:
         records = local(args)
     if args.plot:
