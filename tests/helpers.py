@@ -12,6 +12,6 @@ def image(name: str):
 
     found = find_image(name)
     if found is None:
-        pytest.skip(f"no {name} image built for the current inputs: run "
-                    f"`pybpfmap vm build --kernel {name}` (CI builds bookworm, bullseye and trixie-backports)")
+        pytest.skip(f"no {name} image built for the current inputs: run `pybpfmap vm build "
+                    f"--kernel {name}` (CI builds bookworm, bullseye and trixie-backports)")
     return found

@@ -34,8 +34,10 @@ def stress(*args: str, timeout: float = 600) -> tuple[subprocess.CompletedProces
 
 @pytest.fixture
 def strict_clean():
-    """Nothing at all may change: program/map IDs, bpftool's view, kprobe_events."""
-    before = leftovers.snapshot()
+    """Nothing at all may change: program/map IDs, bpftool's view, kprobe_events
+    (measured from a quiet start: an earlier test's objects may still be in the
+    kernel's deferred frees)."""
+    before = leftovers.quiescent()
     yield
     assert leftovers.settled(before) == {}
     after = leftovers.snapshot()

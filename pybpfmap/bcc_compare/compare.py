@@ -17,6 +17,7 @@ measured already and stay valid.  The exit status is then 1.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 
@@ -29,6 +30,10 @@ from pybpfmap.errors import EnvironmentProblem, UsageError
 
 # What BCC says when a kprobe target is inlined, notrace or missing.
 NOT_TRACEABLE = "it's not traceable"
+# What BCC says when clang cannot compile the tool's C against this kernel's
+# headers (seen: trixie's BCC 0.30 and tcpconnect/biolatency on 7.3).
+NOT_COMPILABLE = "Failed to compile BPF module"
+_CLANG_ERROR = re.compile(r"^(\S+:\d+:\d+: error: .*)$", re.M)
 
 DEFAULT_RUNS = 8        # rounds: windows per mode, each paired with a baseline
 DEFAULT_DURATION = 1.0  # seconds per window
@@ -107,6 +112,12 @@ def compare_here(tools: list[Tool], duration: float, runs: int,
                 out.append(not_run(tool, SKIPPED, f"the kernel refuses BPF_F_NO_PREALLOC "
                                    f"hash maps in tracing programs ({era.RT_PREALLOC.cite()}):"
                                    f" the verifier says \"{era.RT_REFUSAL}\"; {e}"))
+            elif NOT_COMPILABLE in e.stderr:
+                # A fact about this bcc and these kernel headers, not a failed run.
+                first = _CLANG_ERROR.search(e.stderr)
+                out.append(not_run(tool, SKIPPED, f"bcc {version} cannot compile {tool.name} "
+                                   f"against this kernel's headers ({k.kernel_release}): "
+                                   f"{first.group(1) if first else e}"))
             elif NOT_TRACEABLE in str(e):
                 # The attach point is inlined or notrace on this kernel (e.g.
                 # biolatency's blk_account_io_done on 6.1 with bcc 0.26): a fact

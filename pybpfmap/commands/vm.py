@@ -73,7 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     x = sub.add_parser("box", help="package the image as a local Vagrant libvirt box")
     _kernel_option(x, "the image to package", many=False)
-    x.add_argument("--output", default="pybpfmap.box", help="box file to write")
+    x.add_argument("--output", metavar="FILE",
+                   help="box file to write (default pybpfmap-K.box)")
     x.set_defaults(func=cmd_box)
 
     a = sub.add_parser("accel", help="print kvm or tcg: the accelerator `vm run` would use",
@@ -180,8 +181,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_box(args: argparse.Namespace) -> int:
     from pybpfmap.vm.box import make_box
 
-    path = make_box(args.kernel, args.output)
-    print(f"box written: {path}\n  vagrant box add --name pybpfmap {path}")
+    path = make_box(args.kernel, args.output or f"pybpfmap-{args.kernel}.box")
+    print(f"box written: {path}\n  vagrant box add --name pybpfmap-{args.kernel} {path}\n"
+          f"  cd vagrant && PYBPFMAP_BOX={args.kernel} vagrant up")
     return 0
 
 

@@ -228,8 +228,8 @@ def run_row(kind: MapKind, probes: list[Probe], k: Kernel, duration: float,
         wl = stack.enter_context(workloads.started(duration, pair=pair))
         stack.enter_context(bpf_stats())
         kmsg = stack.enter_context(watch.kmsg_watch())
-        t0 = time.monotonic()
         ld = stack.enter_context(loaded(kind, probes, row.label))
+        t0 = time.monotonic()  # every probe attached
         hb = stack.enter_context(watch.heartbeat())
         with inject():
             wl.go()

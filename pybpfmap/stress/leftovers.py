@@ -79,3 +79,19 @@ def settled(before: dict, timeout: float = 5.0) -> dict:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.1)
+
+
+def quiescent(timeout: float = 10.0) -> dict:
+    """A :func:`snapshot` once two in a row agree (what earlier runs left to the
+    kernel's RCU-deferred frees is gone), or the last one after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = snapshot()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = snapshot()
+        if now == last:
+            return now
+        last = now
+    return last
