@@ -127,6 +127,9 @@ def render_text(records: list[BenchRecord]) -> str:
             clock = "  bpf_stats" if first.mode == "inkernel" else "  in program"
             rows.append([clock, *(_clock_cell(cells[k]) if k in cells else "-"
                                   for k in cpus), "", ""])
+            if first.mode == "syscall":
+                rows.append(["  burst median", *(_burst_cell(cells.get(k)) for k in cpus),
+                             "", ""])
             if any(r.peer for r in recs):
                 rows.append([f"  {next(r.peer.tool for r in recs if r.peer)}",
                              *(_peer_cell(cells.get(k)) for k in cpus), "", ""])
@@ -154,6 +157,7 @@ def render_text(records: list[BenchRecord]) -> str:
         table = text_table(heads, rows)
         out += ["  " + line for line in table.rstrip("\n").splitlines()]
         out += refusals
+        out.append("  " + _checks(group))
         if smt:
             out.append(f"  SMT siblings among the CPUs used: {', '.join(smt)}")
         out.append("")
@@ -162,6 +166,31 @@ def render_text(records: list[BenchRecord]) -> str:
         out.append("✗ = the run did not prove itself (the figure is not to be trusted):")
         out += [f"  {p}" for p in problems]
     return "\n".join(out) + "\n"
+
+
+def _burst_cell(r: BenchRecord | None) -> str:
+    """The median burst's rate and the 10th-90th percentile bursts'."""
+    if r is None or r.events_per_sec_burst is None:
+        return "-"
+    spread = (f" ({_m(r.burst_p10)[:-1]}-{_m(r.burst_p90)})"
+              if r.burst_p10 is not None and r.burst_p90 is not None else "")
+    return f"{_m(r.events_per_sec_burst.median)}{spread}"
+
+
+def _checks(group: list[BenchRecord]) -> str:
+    """One line: what the program counted against what was asked, in every run."""
+    checked = [r.verification for r in group if r.verification is not None]
+    if not checked:
+        return "checks: none (refused)"
+    events, triggers = sum(v.events for v in checked), sum(v.triggers for v in checked)
+    failed = sum(n for v in checked for errs in v.failures.values() for n in errs.values())
+    misses = [v.recursion_misses for v in checked if v.recursion_misses is not None]
+    diff = events - triggers
+    return (f"checks: {events:,} program runs for {triggers:,} triggers "
+            f"({'equal' if not diff else f'{diff:+,}'}), "
+            f"{failed:,} failed map calls, recursion_misses "
+            f"{sum(misses) if misses else checked[0].recursion_misses_note}"
+            + ("" if all(v.ok for v in checked) else "  ✗ see below"))
 
 
 def _peer_cell(r: BenchRecord | None) -> str:
@@ -190,8 +219,12 @@ def notes(records: list[BenchRecord], *, estimate: bool, noisy: bool) -> list[st
                    f"(real since {era.MEMORY_USAGE.cite()})")
     if noisy:
         out.append("! = runs disagree: coefficient of variation above 5% (see --json)")
-    if any(r.machine.accel == "tcg" for r in records):
+    if any((r.machine.accel or "").startswith("tcg") for r in records):
         out.append("tcg = figures from an emulated CPU (QEMU TCG), not hardware figures")
+    if any(r.machine.accel == "tcg" and (r.cpus or 0) > 1 for r in records):
+        out.append("  single-threaded TCG runs every vCPU on one host thread, in turn: at k "
+                   "CPUs each gets 1/k of the time, so a k-CPU figure shows time-sharing, not "
+                   "contention (the burst median, while a vCPU runs, stays at the 1-CPU rate)")
     return out
 
 
@@ -204,7 +237,7 @@ def render_markdown(records: list[BenchRecord]) -> str:
         if r.refused is not None:
             rows.append([where, m.kernel_release, r.mode, r.type, r.alloc, r.max_entries,
                          r.fill_percent, None, None, None, None, None, None, None, None, None,
-                         None, f"refused: {r.refused.errno_name}"])
+                         None, None, f"refused: {r.refused.errno_name}"])
             continue
         ns = r.ns_per_triple.median if r.ns_per_triple else None
         clock = r.ns_per_triple_bpf_stats.median if r.ns_per_triple_bpf_stats else None
@@ -213,6 +246,8 @@ def render_markdown(records: list[BenchRecord]) -> str:
         rows.append([where, m.kernel_release, r.mode, r.type, r.alloc, r.max_entries,
                      r.fill_percent, r.cpus, r.triples_per_event, r.key, ns, clock,
                      None if r.speed() is None else round(r.speed() / 1e6, 3),
+                     round(r.events_per_sec_burst.median / 1e6, 3)
+                     if r.events_per_sec_burst else None,
                      round(r.peer.events_per_sec.median / 1e6, 3) if r.peer else None,
                      round(r.peer.ratio, 3) if r.peer and r.peer.ratio else None,
                      _kib(mem.memcg_after if mem else None),
@@ -222,7 +257,8 @@ def render_markdown(records: list[BenchRecord]) -> str:
                      verified + ("" if not r.noisy else " (cv > 5%)")])
     heads = ["where", "kernel", "mode", "type", "alloc", "max_entries", "fill %", "CPUs",
              "triples/event", "key", "ns/triple", "bpf_stats ns", "M/s per CPU",
-             "map_perf_test M/s", "ratio", "memcg KiB", "memlock KiB", "verified"]
+             "burst median M/s", "map_perf_test M/s", "ratio", "memcg KiB", "memlock KiB",
+             "verified"]
     return md_table(heads, rows) + "\n" + "\n".join(
         notes(records, estimate=any(r.memory and r.memory.memlock_is_estimate
                                     for r in records),
