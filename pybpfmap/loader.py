@@ -10,13 +10,14 @@ errno — BCC itself only prints strerror text and raises a bare Exception.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pybpfmap.errors import EnvironmentProblem
+from pybpfmap.errors import EnvironmentProblem, KernelError
 from pybpfmap.headers import ensure_headers
 from pybpfmap.maps import MapSpec
 
@@ -40,12 +41,54 @@ def map_cflags(maps: Mapping[str, MapSpec]) -> list[str]:
 
 
 @contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """What BCC (C++, printing to fd 2) says inside the block, in the yielded
+    list once the block is left; re-printed when the block succeeds."""
+    import os
+    import tempfile
+
+    said: list[str] = []
+    with tempfile.TemporaryFile() as log:
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        ok = False
+        try:
+            yield said
+            ok = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+            text = log.read().decode(errors="replace")
+            said.append(text)
+            if ok:
+                sys.stderr.write(text)  # warnings BCC printed on success still reach stderr
+
+
+def _refusal(what: str, error: Exception, log: str) -> KernelError | None:
+    """A KernelError for BCC's "Failed to load BPF program X: <strerror>": the
+    errno and the verifier's own last words.  None for anything else."""
+    m = re.search(r"Failed to load BPF program (\S+): (.*)", str(error))
+    if m is None:
+        return None
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    said = next((ln for ln in reversed(lines) if not ln[:1].isdigit() and not ln.startswith(
+        ("func#", "Validating", ";", "processed", "bpf: Failed"))), m.group(2))
+    program = re.sub(r"^b?'|'$", "", m.group(1))  # BCC prints the name as bytes
+    return KernelError(what, _errno_of(m.group(2)), f"the kernel refused to load {program}: "
+                       f"{said}")
+
+
+@contextmanager
 def bcc_program(name: str, *, maps: Mapping[str, MapSpec] | None = None,
                 cflags: Sequence[str] = ()) -> Iterator[BPF]:
     """Compile and load ``bpf/<name>`` with BCC; yield the ``BPF`` object.
 
     ``maps`` maps a declaration name (``PYBPFMAP_MAP(NAME)`` in the C file) to
-    its spec; ``cflags`` are extra ``-D`` defines.
+    its spec; ``cflags`` are extra ``-D`` defines.  A program the kernel
+    refuses at load (BCC loads auto-attached ones such as RAW_TRACEPOINT_PROBE
+    right away) is a :class:`KernelError` with the verifier's words; a compile
+    failure an :class:`EnvironmentProblem`.
     """
     maps = maps or {}
     path = bpf_source(name)
@@ -55,11 +98,18 @@ def bcc_program(name: str, *, maps: Mapping[str, MapSpec] | None = None,
     from bcc import BPF
 
     flags = [f"-I{BPF_DIR}", *map_cflags(maps), *cflags]
-    try:
-        bpf = BPF(src_file=str(path).encode(), cflags=flags)
-    except Exception as e:  # bcc raises bare Exception; its details went to stderr
-        raise EnvironmentProblem(f"bpf/{name}", f"BCC could not compile or load it: {e}") \
-            from None
+    error = None
+    with _stderr_captured() as said:
+        try:
+            bpf = BPF(src_file=str(path).encode(), cflags=flags)
+        except Exception as e:  # bcc raises bare Exception; its details went to fd 2
+            error = e
+    if error is not None:
+        refused = _refusal(f"bpf/{name}", error, said[0])
+        if refused is not None:
+            raise refused
+        sys.stderr.write(said[0])
+        raise EnvironmentProblem(f"bpf/{name}", f"BCC could not compile or load it: {error}")
     try:
         yield bpf
     finally:
@@ -82,32 +132,17 @@ def load_func(bpf: BPF, name: str, prog_type: int, what: str) -> int:
     """``bpf.load_func`` that turns a refusal into a :class:`KernelError` with
     the errno and the verifier's own words (BCC prints its log to fd 2 and
     raises a bare Exception): the fd of the loaded program."""
-    import os
-    import tempfile
-
-    from pybpfmap.errors import KernelError
-
-    with tempfile.TemporaryFile() as log:
-        saved = os.dup(2)
-        os.dup2(log.fileno(), 2)
+    error = None
+    with _stderr_captured() as said:
         try:
             fd = bpf.load_func(name.encode(), prog_type).fd
-            error = None
         except Exception as e:  # bcc raises bare Exception
-            fd, error = -1, e
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        log.seek(0)
-        text = log.read().decode(errors="replace")
+            error = e
     if error is None:
-        sys.stderr.write(text)  # warnings BCC printed on success still reach stderr
         return fd
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    said = next((ln for ln in reversed(lines) if not ln[:1].isdigit() and
-                 not ln.startswith(("func#", "Validating", ";", "processed"))), str(error))
-    raise KernelError(what, _errno_of(str(error)), f"the kernel refused to load {name}: "
-                      f"{said}")
+    refused = _refusal(what, error, said[0])
+    raise refused or KernelError(what, _errno_of(str(error)), f"the kernel refused to load "
+                                 f"{name}: {error}")
 
 
 def map_fd(bpf: BPF, name: str) -> int:

@@ -12,8 +12,8 @@ into a fresh child cgroup for the duration of the block, so that the child's
 ``memory.kmem.usage_in_bytes``.  User-space memory (this Python process's
 own objects) is left out.  Kernels without BPF memcg accounting are told apart by probing: a map
 created inside the child that moves nothing is "not charged here", and the
-figures then come from ``/proc/meminfo``'s ``Slab`` and ``Percpu``, marked
-as system-wide (anything else on the machine moves them too).
+figures then come from ``/proc/meminfo``'s ``Slab``, ``Percpu`` and
+``VmallocUsed``, marked as system-wide (anything else on the machine moves them too).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class Sample:
     slab: int | None
     meminfo_slab: int
     meminfo_percpu: int
+    meminfo_vmalloc: int
 
     def minus(self, base: Sample) -> Usage:
         def d(a: int | None, b: int | None) -> int | None:
@@ -45,7 +46,8 @@ class Sample:
 
         return Usage(d(self.current, base.current), d(self.percpu, base.percpu),
                      d(self.slab, base.slab), self.meminfo_slab - base.meminfo_slab,
-                     self.meminfo_percpu - base.meminfo_percpu)
+                     self.meminfo_percpu - base.meminfo_percpu,
+                     self.meminfo_vmalloc - base.meminfo_vmalloc)
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Usage:
     memcg_slab: int | None
     system_slab: int
     system_percpu: int
+    system_vmalloc: int   # a big preallocated element area is vmalloc'd
 
 
 def _meminfo() -> dict[str, int]:
@@ -95,7 +98,8 @@ class Cgroup:
                 base = (kernel, stat.get("percpu"), stat.get("slab"))
             else:
                 base = (int(self._read("memory.kmem.usage_in_bytes")), None, None)
-        return Sample(*base, info.get("Slab", 0), info.get("Percpu", 0))
+        return Sample(*base, info.get("Slab", 0), info.get("Percpu", 0),
+                      info.get("VmallocUsed", 0))
 
 
 def _v2_root() -> Path | None:

@@ -131,3 +131,17 @@ def test_rows_round_trip_through_json():
     (back,) = records.load(to_json(run))
     assert back == run
     assert "pcpu_lock" in records.render_markdown([back])
+
+
+def test_a_probe_the_kernel_never_called_is_not_exercised_not_failed():
+    row = _row()
+    row.per_probe.append(ProbeStats("_raw_spin_unlock_bh", "kprobe", 0, kprobe_hits=0))
+    judged = verdict.judge(row, R510, "", True)
+    assert judged.outcome == "PASS" and "not exercised" in judged.note
+    fired_but_skipped = _row()
+    fired_but_skipped.per_probe.append(ProbeStats("_raw_spin_unlock_bh", "kprobe", 0,
+                                                  kprobe_hits=12))
+    assert verdict.judge(fired_but_skipped, R510, "", False).outcome == "FAIL"
+    nothing = _row(events=0)
+    nothing.per_probe[0].kprobe_hits = 0
+    assert "no probe ran its map ops" in verdict.judge(nothing, R510, "", False).reasons

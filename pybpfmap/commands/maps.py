@@ -40,6 +40,12 @@ class Memory:
     memcg_slab: int | None
     system_slab: int             # /proc/meminfo deltas: system-wide, anything moves them
     system_percpu: int
+    system_vmalloc: int = 0
+
+    @property
+    def system(self) -> int:
+        """The system-wide stand-in: Slab + Percpu + VmallocUsed deltas."""
+        return self.system_slab + self.system_percpu + self.system_vmalloc
 
     @property
     def real(self) -> int | None:
@@ -131,7 +137,8 @@ def measure(spec: MapSpec, where: str, release: str) -> MapRecord:
                 usage = cg.sample().minus(before) if cg and before else None
                 rec.memory[name] = Memory(m.memlock(), *(
                     (usage.memcg, usage.memcg_percpu, usage.memcg_slab, usage.system_slab,
-                     usage.system_percpu) if usage else (None, None, None, 0, 0)))
+                     usage.system_percpu, usage.system_vmalloc) if usage
+                    else (None, None, None, 0, 0, 0)))
 
             stage("empty")
             rec.memlock_is_estimate = rec.memory["empty"].memlock == old_memlock_estimate(spec)
@@ -158,7 +165,7 @@ def memcg_source(cg: memcg.Cgroup | None, rec: MapRecord) -> str:
     elif memcg.charges_maps() is False:
         why = (f"this kernel does not charge BPF maps to the memory cgroup (probed; "
                f"charged since {era.MEMCG.cite()}): see the system-wide /proc/meminfo "
-               "deltas")
+               "Slab + Percpu + VmallocUsed deltas")
     if why:
         for m in rec.memory.values():
             m.memcg = m.memcg_percpu = m.memcg_slab = None

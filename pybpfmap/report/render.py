@@ -87,7 +87,7 @@ def _memory_cell(maps: list, prealloc: bool, stage: str) -> str | None:
     mem = rec.memory[stage]
     if mem.memcg is not None:
         return f"{mem.memcg / 2**20:.2f}"
-    return f"{(mem.system_slab + mem.system_percpu) / 2**20:.2f} (system-wide)"
+    return f"{mem.system / 2**20:.2f} (system-wide)"
 
 
 def across_kernels(report: Report) -> str:
@@ -120,9 +120,9 @@ def across_kernels(report: Report) -> str:
                      f"hash NO_PREALLOC MiB (full, {MAPS_ENTRIES})"], rows) + (
         "\nMemory is what the memory cgroup charged for the map (kernel memory of a fresh "
         "child cgroup); \"system-wide\" marks kernels that charge BPF maps to no cgroup "
-        f"(before {era.MEMCG.cite()}), where /proc/meminfo's Slab + Percpu deltas stand "
-        "in. Stress cells count rows by outcome; the era's prediction for each row is in "
-        "its section.\n")
+        f"(before {era.MEMCG.cite()}), where /proc/meminfo's Slab + Percpu + VmallocUsed "
+        "deltas stand in. Stress cells count rows by outcome; the era's prediction for "
+        "each row is in its section.\n")
 
 
 def era_notes(report: Report) -> str:

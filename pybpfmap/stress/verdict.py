@@ -9,7 +9,9 @@ all of:
   limit, no workload got stuck, and the VM runner (when used) saw the guest
   finish;
 * no kernel splat that the era does not explain (:func:`pybpfmap.era.expected_splats`);
-* every probe fired: each probe's handler ran its map ops;
+* every probe fired: each probe's handler ran its map ops (a kprobe on a
+  function the kernel never called is noted as not exercised, not failed, as
+  long as some probe ran);
 * every error is explained for this kernel era (:func:`pybpfmap.era.explain_error`).
 
 Then :func:`predict` sets the era's prediction and ``as_predicted``.
@@ -58,9 +60,22 @@ def judge(row: StressRow, release: str, kernel_log: str, preempt_rt: bool,
             reasons.append(f"workload {name}: {w['error']}")
         elif not w.get("ops"):
             reasons.append(f"workload {name} made no progress under the probes")
+    unexercised = []
     for p in row.per_probe:
-        if p.events <= 0:
+        if p.events > 0:
+            continue
+        if p.kprobe_hits == 0:
+            # the kernel never called it under these workloads (PREEMPT_RT
+            # hardly uses raw spin_unlock_bh): nothing tested, nothing failed
+            unexercised.append(p.probe)
+        else:
             reasons.append(f"{p.kind} {p.probe} never ran its map ops")
+    if unexercised:
+        note = (f"not exercised: the kernel never called {', '.join(unexercised)} under "
+                "the workloads")
+        row.note = f"{row.note}; {note}" if row.note else note
+    if row.per_probe and row.events <= 0:
+        reasons.append("no probe ran its map ops")
     failed_updates = sum(sum(e.values()) for op, e in row.errors.items()
                          if op in ("update", "nested update"))
     row.explained = {}
