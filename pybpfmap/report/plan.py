@@ -85,6 +85,18 @@ def stress_durations(release: str, scenario: str, quick: bool) -> tuple[float, b
     return (60.0 if risky else 15.0), risky
 
 
+BOOT_S = 45.0        # a TCG boot to the command, and the time the runner needs after it
+ROW_OVERHEAD_S = 15.0  # per stress row: BCC's compile under TCG, attach, detach, counters
+
+
+def row_budget(secs: float, scenario: str, boot: bool) -> float:
+    """What one stress row should take: its duration, the allocator scenario's
+    baseline workload window (duration/4, 1 to 3 s), BCC and, in its own
+    boot, the boot."""
+    baseline = min(3.0, max(1.0, secs / 4)) if scenario == "allocator" else 0.0
+    return secs + baseline + ROW_OVERHEAD_S + (BOOT_S if boot else 0.0)
+
+
 def plan(kernels: list[str], quick: bool, host_kprobes: bool, host_in_vm: bool
          ) -> list[Section]:
     """The sections of a report; ``quick`` keeps it to a few minutes."""
@@ -107,7 +119,7 @@ def plan(kernels: list[str], quick: bool, host_kprobes: bool, host_in_vm: bool
             secs, _ = stress_durations(_host_release(), scenario, quick)
             sections.append(Section("stress", "host", (
                 "stress", "--scenario", scenario, "--duration", f"{secs:g}", "--json"),
-                secs * len(KINDS) + 60, scenario))
+                row_budget(secs, scenario, boot=False) * len(KINDS), scenario))
     else:  # the weaker variant: lock and kmem tracepoints, never --force
         secs = 3.0 if quick else 8.0
         sections.append(Section("stress", "host", (
@@ -126,7 +138,8 @@ def plan(kernels: list[str], quick: bool, host_kprobes: bool, host_in_vm: bool
             sections.append(Section("stress", kernel, (
                 "stress", "--scenario", scenario, "--duration", f"{secs:g}",
                 "--isolate" if isolate else "--no-isolate", *k, "--json"),
-                secs * len(KINDS) + 45 * boots, scenario))
+                row_budget(secs, scenario, boot=isolate) * len(KINDS)
+                + (0 if isolate else BOOT_S), scenario))
         if not quick:
             sections += [
                 Section("bench", kernel, (
