@@ -134,7 +134,6 @@ def plan(kernels: list[str], quick: bool, host_kprobes: bool, host_in_vm: bool
         release = _release(kernel)
         for scenario in ("allocator", "reentry"):
             secs, isolate = stress_durations(release, scenario, quick)
-            boots = len(KINDS) if isolate else 1
             sections.append(Section("stress", kernel, (
                 "stress", "--scenario", scenario, "--duration", f"{secs:g}",
                 "--isolate" if isolate else "--no-isolate", *k, "--json"),
