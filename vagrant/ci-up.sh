@@ -46,7 +46,7 @@ virsh() { command virsh -q -c qemu:///system "$@"; }
 in_ns() { ip netns exec "$ns" "$@"; }
 export VAGRANT_HOME="$work/home" VAGRANT_DOTFILE_PATH="$work/dot-vagrant"
 export VAGRANT_CWD="$here" VAGRANT_CHECKPOINT_DISABLE=1 PYBPFMAP_BOX="$kernel"
-export LIBVIRT_DEFAULT_URI=qemu:///system
+export LIBVIRT_DEFAULT_URI=qemu:///system PYBPFMAP_CONSOLE_LOG="$work/console.log"
 
 names() {  # names dom|net|pool: the domains, networks or pools libvirtd knows
     case $1 in
@@ -195,9 +195,31 @@ EOF
     chmod -R go+rX "$VAGRANT_HOME"
 }
 
+# A guest that hangs (a kernel deadlock, or a test stuck) must not hold CI: the
+# guest's pytest has its own limit, `vagrant ssh` a later one with SIGKILL after
+# it (ssh into a dead guest ignores TERM), and the guest's console is shown.
+GUEST_PYTEST_LIMIT=${PYBPFMAP_GUEST_PYTEST_LIMIT:-900}
 kprobe_tests() {
-    stamped "$work/pytest.log" in_ns timeout --foreground 1800 vagrant ssh -c \
-        "cd /vagrant && sudo pytest -m kprobes --junitxml=/tmp/kprobes.xml" || return 1
+    rc=0
+    stamped "$work/pytest.log" in_ns timeout --foreground -k 20 $((GUEST_PYTEST_LIMIT + 60)) \
+        vagrant ssh -c "cd /vagrant && sudo timeout -k 10 $GUEST_PYTEST_LIMIT \
+                        pytest -v -m kprobes --junitxml=/tmp/kprobes.xml" || rc=$?
+    if [ "$rc" != 0 ]; then
+        case $rc in
+        124|137) say "the guest's pytest did not finish within ${GUEST_PYTEST_LIMIT} s" ;;
+        esac
+        # Is the guest alive (then a test hung), or not (its kernel, or its network)?
+        if in_ns timeout -k 5 60 vagrant ssh -c "uptime; sudo dmesg | tail -n 25" \
+                >"$work/alive.log" 2>&1; then
+            say "the guest still answers over ssh; its uptime and last kernel messages:"
+            cat "$work/alive.log"
+        else
+            say "the guest does not answer over ssh within 60 s"
+        fi
+        say "last lines of the guest's serial console ($PYBPFMAP_CONSOLE_LOG):"
+        tail -n 60 "$PYBPFMAP_CONSOLE_LOG" 2>/dev/null | tr -d '\r'
+        return "$rc"
+    fi
     in_ns vagrant ssh -c "cat /tmp/kprobes.xml" >"$work/kprobes.xml" 2>/dev/null
     # Require a real pass: something ran, and nothing skipped for lack of kprobes/root.
     python3 - "$work/kprobes.xml" <<'EOF'
