@@ -165,3 +165,20 @@ def test_forwarded_argv_drops_host_options_only():
         "stress", "--types", "hash,percpu_hash", "--duration", "5", "--json"]
     assert forwarded_argv(["vm", "run", "--kernel", "all", "--", "uname", "-r"]) == [
         "vm", "run", "--", "uname", "-r"]
+
+
+def test_live_console_leaves_the_boot_log_out_once_cmd_started() -> None:
+    """A PREEMPT_RT 5.10 guest prints its whole boot log late: it stays in
+    console.log, and the live console shows only what came after CMD started."""
+    import io
+    from types import SimpleNamespace
+
+    from pybpfmap.vm.runner import Streams, _Watch
+
+    out = io.StringIO()
+    w = SimpleNamespace(streams=Streams(None, out), echo_buf="", started_up=None)
+    _Watch._echo(w, "[    0.000000] Linux version 5.10\npybpfmap-init: sta")
+    w.started_up = 13.2
+    _Watch._echo(w, "rted\n[    0.500000] smp: Brought up\n[   20.100000] WARNING: x\nprogress\n")
+    assert out.getvalue() == ("[    0.000000] Linux version 5.10\npybpfmap-init: started\n"
+                              "[   20.100000] WARNING: x\nprogress\n")

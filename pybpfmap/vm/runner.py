@@ -23,6 +23,7 @@ import contextlib
 import enum
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -253,6 +254,7 @@ class _Watch:
         self.console, self.out, self.ctl = (_Tail(cfg.console_log), _Tail(cfg.stdout_log),
                                             _Tail(cfg.ctl_log))
         self.console_text: list[str] = []
+        self.echo_buf = ""
         self.ctl_buf = ""
         self.release: str | None = None
         self.exit_code: int | None = None
@@ -267,7 +269,7 @@ class _Watch:
         text = self.console.read()
         if text:
             self.console_text.append(text)
-            _write(self.streams.console, text)
+            self._echo(text)
         _write(self.streams.stdout, self.out.read())
         self.ctl_buf += self.ctl.read()
         while "\n" in self.ctl_buf:
@@ -284,6 +286,20 @@ class _Watch:
                     self.hb_host.setdefault(cpu, now)
             elif word == "exit" and args:
                 self.exit_code, self.exited_at = int(args[0]), now
+
+    def _echo(self, text: str) -> None:
+        """The console, live, line by line, without the boot log: kernel lines
+        stamped before CMD started (a PREEMPT_RT kernel's printk thread prints
+        the whole boot log late, whatever the loglevel) stay in console.log."""
+        if self.streams.console is None:
+            return
+        self.echo_buf += text
+        *lines, self.echo_buf = self.echo_buf.split("\n")
+        for line in lines:
+            m = _KERNEL_STAMP.match(line)
+            if m and self.started_up is not None and float(m.group(1)) < self.started_up:
+                continue
+            _write(self.streams.console, line + "\n")
 
     def _stalled(self, now: float) -> tuple[Outcome, str] | None:
         """Whether to stop now, and why."""
@@ -331,6 +347,7 @@ class _Watch:
                 time.sleep(0.2)
             seconds = time.monotonic() - self.t0
         self._pump()
+        self._echo("\n" if self.echo_buf else "")
         return self._result(outcome, note, evidence, proc.returncode, seconds)
 
     def _result(self, outcome: Outcome | None, note: str, evidence: Evidence | None,
@@ -374,6 +391,9 @@ class _Watch:
             (self.cfg.results / "result.json").write_text(
                 json.dumps(result.to_json(), indent=2) + "\n")
         return result
+
+
+_KERNEL_STAMP = re.compile(r"\[\s*(\d+\.\d+)\] ")
 
 
 def _write(stream: TextIO | None, text: str) -> None:
