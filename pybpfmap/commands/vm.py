@@ -82,7 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "if a (cached) boot probe of the --kernel image under KVM "
                                    "passed; PYBPFMAP_VM_ACCEL overrides.  The Vagrantfile "
                                    "picks its libvirt domain type with it.")
-    a.add_argument("--kernel", default="bookworm", help="whose cached image the probe boots")
+    a.add_argument("--kernel", default=catalog.DEFAULT, choices=catalog.NAMES,
+                   help="whose cached image the probe boots")
     a.set_defaults(func=cmd_accel)
 
     s = sub.add_parser("splats", help="check dmesg text (a file or -) for kernel splats",
