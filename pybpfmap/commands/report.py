@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    command = "pybpfmap report " + " ".join(shlex.quote(a) for a in args.argv)
+    command = "pybpfmap " + " ".join(shlex.quote(a) for a in args.argv)
     if args.merge:
         if args.kernels or args.only or args.quick or args.no_vm:
             raise UsageError("--merge", "merges finished reports: give no --kernel, --only, "

@@ -79,10 +79,10 @@ def stress_durations(release: str, scenario: str, quick: bool) -> tuple[float, b
     a preallocated row that stays clean for a minute means something there."""
     risky = era.deadlock_possible(release, [k.spec for k in KINDS], scenario)
     if scenario == "reentry":  # its answer comes on the first nested update
-        return (3.0 if quick else 5.0), risky
+        return 3.0, risky
     if quick:
         return 5.0, risky
-    return (60.0 if risky else 15.0), risky
+    return (60.0 if risky else 10.0), risky
 
 
 BOOT_S = 45.0        # a TCG boot to the command, and the time the runner needs after it
