@@ -11,6 +11,7 @@ from pybpfmap.bcc_compare import compare, result, tools
 from pybpfmap.bcc_compare.run import MODES, Measurement, ModeRun, Window, round_order
 from pybpfmap.records import RecordError, to_json
 from pybpfmap.stats import MeanCI, mean_ci, t_cdf, t_quantile
+from pybpfmap.vm.qemu import Accel
 
 # Student's t 0.975 quantiles (any statistics table).
 T975 = {1: 12.7062, 2: 4.3027, 4: 2.7764, 9: 2.2622, 29: 2.0452, 1000: 1.9623}
@@ -117,7 +118,7 @@ def test_guest_argv_narrows_tools_and_drops_host_options() -> None:
 def _guest_run(kernel: str, data, problem: str | None):
     vm = types.SimpleNamespace(outcome=types.SimpleNamespace(label="timeout" if problem
                                                              else "passed"),
-                               message=problem or "command passed", accel="tcg",
+                               message=problem or "command passed", accel=Accel.TCG,
                                results_dir=f"/r/{kernel}", kernel_release="6.1.0")
     return types.SimpleNamespace(kernel=kernel, vm=vm, data=data, problem=problem)
 
