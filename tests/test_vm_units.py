@@ -182,3 +182,26 @@ def test_live_console_leaves_the_boot_log_out_once_cmd_started() -> None:
     _Watch._echo(w, "rted\n[    0.500000] smp: Brought up\n[   20.100000] WARNING: x\nprogress\n")
     assert out.getvalue() == ("[    0.000000] Linux version 5.10\npybpfmap-init: started\n"
                               "[   20.100000] WARNING: x\nprogress\n")
+
+
+def test_evidence_through_any_monitor(tmp_path) -> None:
+    """`vm evidence --libvirt` samples through virsh, the runner through its QMP
+    socket: one collect_evidence, whatever answers the HMP commands."""
+    from pybpfmap.vm.watchdog import STACK_WORDS, collect_evidence
+
+    syms = tmp_path / "kallsyms"
+    syms.write_text(KALLSYMS)
+    calls = []
+
+    def hmp(command: str, cpu: int | None) -> str:
+        calls.append((command, cpu))
+        return REGISTERS if command == "info registers -a" else STACK
+
+    ev = collect_evidence(hmp, None, [syms], samples=2)
+    assert ev.qemu_answers and calls[:2] == [("info registers -a", None)] * 2
+    assert calls[2:] == [(f"x/{STACK_WORDS}gx 0xffffc90000103cf8", 1)]  # on that vCPU
+    (stuck,) = [v for v in ev.vcpus if v.stuck]
+    assert stuck.cpu == 1 and stuck.irqs_enabled is False
+    assert stuck.spin_lock.startswith("pcpu_lock")
+    assert stuck.stack == ["_raw_spin_lock_irqsave+0x10", "htab_map_update_elem+0x81"]
+    assert "CPU#1 in native_queued_spin_lock_slowpath" in ev.diagnosis

@@ -77,6 +77,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="box file to write (default pybpfmap-K.box)")
     x.set_defaults(func=cmd_box)
 
+    e = sub.add_parser("evidence", help="where a libvirt guest's vCPUs are (a hung Vagrant box)",
+                       description="Samples every vCPU of a running libvirt domain through "
+                                   "its monitor, as the runner's watchdog does: RIP "
+                                   "symbolized with the --kernel image's kallsyms (its guests "
+                                   "boot with nokaslr), interrupts on or off, the spin lock, "
+                                   "the kernel text on the stack.")
+    e.add_argument("--libvirt", required=True, metavar="DOMAIN", help="libvirt domain name")
+    e.add_argument("--kernel", default=catalog.DEFAULT, choices=catalog.NAMES,
+                   help="whose image's kallsyms symbolize the addresses")
+    e.set_defaults(func=cmd_evidence)
+
     a = sub.add_parser("accel", help="print kvm or tcg: the accelerator `vm run` would use",
                        description="Prints kvm or tcg on stdout and why on stderr: KVM only "
                                    "if a (cached) boot probe of the --kernel image under KVM "
@@ -186,6 +197,22 @@ def cmd_box(args: argparse.Namespace) -> int:
     print(f"box written: {path}\n  vagrant box add --name pybpfmap-{args.kernel} {path}\n"
           f"  cd vagrant && PYBPFMAP_BOX={args.kernel} vagrant up")
     return 0
+
+
+def cmd_evidence(args: argparse.Namespace) -> int:
+    from pybpfmap.errors import EnvironmentProblem
+    from pybpfmap.vm.image import find_image
+    from pybpfmap.vm.watchdog import collect_evidence, libvirt_monitor
+
+    image = find_image(args.kernel)
+    if image is None:
+        raise EnvironmentProblem("--kernel", f"no {args.kernel} image to read kallsyms from "
+                                 f"(pybpfmap vm build --kernel {args.kernel})")
+    symbols = [p for p in (image.kallsyms, image.system_map) if p.is_file()]
+    ev = collect_evidence(libvirt_monitor(args.libvirt), None, symbols,
+                          note=f"libvirt domain {args.libvirt}, symbols of {image.name}")
+    print(ev.text())
+    return 0 if ev.qemu_answers else 1
 
 
 def cmd_accel(args: argparse.Namespace) -> int:

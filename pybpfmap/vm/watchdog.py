@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -273,26 +274,59 @@ def lock_name(addr: int | None, data: SymbolMap) -> str | None:
     return None
 
 
-def collect_evidence(qmp_sock: Path, pid: int, symbol_files: list[Path],
+# An HMP command on one vCPU (None: the monitor's current one) -> its text output.
+Hmp = Callable[[str, "int | None"], str]
+
+
+def qmp_monitor(qmp_sock: Path) -> Hmp:
+    """HMP through the runner's own QMP socket."""
+    return lambda command, cpu: qmp_hmp(qmp_sock, command, cpu_index=cpu)
+
+
+def libvirt_monitor(domain: str, uri: str = "qemu:///system", timeout: float = 10.0) -> Hmp:
+    """HMP through libvirt (``virsh qemu-monitor-command``): a Vagrant-libvirt guest."""
+    import json
+    import subprocess
+
+    def hmp(command: str, cpu: int | None) -> str:
+        args: dict = {"command-line": command}
+        if cpu is not None:
+            args["cpu-index"] = cpu
+        msg = json.dumps({"execute": "human-monitor-command", "arguments": args})
+        try:
+            p = subprocess.run(["virsh", "-c", uri, "qemu-monitor-command", domain, msg],
+                               capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            raise QmpTimeout(f"virsh: no answer in {timeout:.0f} s") from e
+        if p.returncode != 0:
+            raise QmpTimeout(f"virsh: {p.stderr.strip() or p.returncode}")
+        return json.loads(p.stdout).get("return", "")
+
+    return hmp
+
+
+def collect_evidence(qmp_sock: Path | Hmp, pid: int | None, symbol_files: list[Path],
                      heartbeat_ages: dict[int, float] | None = None, samples: int = 3,
                      note: str = "") -> Evidence:
-    """Where the vCPUs are (``samples`` dumps, 0.5 s apart) or why qemu cannot say."""
+    """Where the vCPUs are (``samples`` dumps, 0.5 s apart) or why qemu cannot say.
+    ``qmp_sock`` is the runner's QMP socket, or any :data:`Hmp` (e.g. libvirt's)."""
+    hmp = qmp_monitor(qmp_sock) if isinstance(qmp_sock, Path) else qmp_sock
     text_syms = SymbolMap.load(*symbol_files)
     seen: list[list[VcpuState]] = []
     try:
         for n in range(samples):
-            seen.append(parse_registers(qmp_hmp(qmp_sock, "info registers -a"), text_syms))
+            seen.append(parse_registers(hmp("info registers -a", None), text_syms))
             if n + 1 < samples:
                 time.sleep(0.5)
-        vcpus = _per_vcpu(seen, qmp_sock, text_syms, symbol_files, heartbeat_ages or {})
+        vcpus = _per_vcpu(seen, hmp, text_syms, symbol_files, heartbeat_ages or {})
     except QmpTimeout as e:
         return Evidence(False, f"qemu does not answer its monitor ({e})",
-                        qemu_threads=_thread_states(pid), note=note)
+                        qemu_threads=_thread_states(pid) if pid else [], note=note)
     return Evidence(True, diagnose(vcpus), vcpus,
                     [[str(v) for v in sample] for sample in seen], note=note)
 
 
-def _per_vcpu(seen: list[list[VcpuState]], qmp_sock: Path, text_syms: SymbolMap,
+def _per_vcpu(seen: list[list[VcpuState]], hmp: Hmp, text_syms: SymbolMap,
               symbol_files: list[Path], ages: dict[int, float]) -> list[VcpuEvidence]:
     data_syms: SymbolMap | None = None
     out = []
@@ -307,7 +341,7 @@ def _per_vcpu(seen: list[list[VcpuState]], qmp_sock: Path, text_syms: SymbolMap,
                 data_syms = data_syms or SymbolMap.load(*symbol_files, kinds=SymbolMap.DATA)
                 ev.spin_lock = lock_name(last.rdi, data_syms)
             if last.rsp is not None:
-                dump = qmp_hmp(qmp_sock, f"x/{STACK_WORDS}gx {last.rsp:#x}", cpu_index=cpu)
+                dump = hmp(f"x/{STACK_WORDS}gx {last.rsp:#x}", cpu)
                 ev.stack = stack_words(dump, text_syms)
         out.append(ev)
     return out
