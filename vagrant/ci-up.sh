@@ -235,9 +235,18 @@ kprobe_tests() {
     rm -f "$work/watch.stop" "$work/guest-dead"
     ip=$(guest_ip)
     [ -n "$ip" ] && watch_guest "$ip" &
-    stamped "$work/pytest.log" in_ns timeout --foreground -k 20 $((GUEST_PYTEST_LIMIT + 60)) \
+    # Negative control (PYBPFMAP_CI_INJECT=freeze): the first boot's vCPUs are
+    # paused 60 s into the tests, as a dead kernel would stop; the check must see it.
+    if [ "${PYBPFMAP_CI_INJECT:-}" = freeze ] && [ ! -e "$work/injected" ]; then
+        : >"$work/injected"
+        (sleep 60; say "PYBPFMAP_CI_INJECT=freeze: pausing the guest's vCPUs"
+         virsh suspend "$(virsh list --name | head -n 1)" >/dev/null) &
+    fi
+    # (Not --foreground: at the limit the signal goes to vagrant's whole process
+    # group, ssh included, whose open stdout would otherwise hold the pipe forever.)
+    stamped "$work/pytest.log" in_ns timeout -k 20 $((GUEST_PYTEST_LIMIT + 60)) \
         vagrant ssh -c "cd /vagrant && sudo timeout -k 10 $GUEST_PYTEST_LIMIT \
-                        pytest -v -m kprobes --junitxml=/tmp/kprobes.xml" || rc=$?
+                        pytest -v -m kprobes --junitxml=/tmp/kprobes.xml" </dev/null || rc=$?
     : >"$work/watch.stop"
     wait
     if [ "$rc" != 0 ]; then
@@ -246,7 +255,7 @@ kprobe_tests() {
         esac
         # Is the guest alive (then a test hung), or not (its kernel, or its network)?
         if [ ! -e "$work/guest-dead" ] && in_ns timeout -k 5 60 vagrant ssh -c \
-                "uptime; sudo dmesg | tail -n 25" >"$work/alive.log" 2>&1; then
+                "uptime; sudo dmesg | tail -n 25" </dev/null >"$work/alive.log" 2>&1; then
             say "the guest still answers over ssh; its uptime and last kernel messages:"
             cat "$work/alive.log"
         else
@@ -283,7 +292,7 @@ EOF
 step "vagrant box add pybpfmap-$kernel (VAGRANT_HOME $VAGRANT_HOME)" add_box
 step "network namespace $ns, virtlogd and libvirtd in it" start_libvirt
 step "vagrant up --provider=libvirt" \
-    stamped "$work/up.log" in_ns timeout --foreground 1200 vagrant up --provider=libvirt
+    stamped "$work/up.log" in_ns timeout -k 20 1200 vagrant up --provider=libvirt </dev/null
 if ! step "sudo pytest -m kprobes in the guest" kprobe_tests; then
     # A test that failed fails the check.  A guest kernel that died under the
     # kprobe tests is a finding about that kernel (shown above, with its vCPUs'
@@ -292,7 +301,7 @@ if ! step "sudo pytest -m kprobes in the guest" kprobe_tests; then
     say "the guest's kernel died under the kprobe tests (evidence above); one more boot"
     step "vagrant destroy -f" in_ns vagrant destroy -f
     step "vagrant up --provider=libvirt (second boot)" \
-        stamped "$work/up2.log" in_ns timeout --foreground 1200 vagrant up --provider=libvirt
+        stamped "$work/up2.log" in_ns timeout -k 20 1200 vagrant up --provider=libvirt </dev/null
     step "sudo pytest -m kprobes in the guest (second boot)" kprobe_tests
     say "WARNING: the kprobe tests passed on a second boot; on the first, the guest's kernel died"
 fi
