@@ -119,13 +119,19 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-step() {  # step NAME CMD...: run CMD, print how long it took
+step() {  # step NAME CMD...: run CMD, print how long it took; CMD's exit status
     name=$1
     shift
     s=$(date +%s)
     say "$name ..."
-    "$@"
-    say "$name: $(($(date +%s) - s)) s"
+    st=0
+    "$@" || st=$?   # (explicit: set -e does not act inside `if ! step ...`)
+    if [ "$st" = 0 ]; then
+        say "$name: $(($(date +%s) - s)) s"
+    else
+        say "$name: FAILED (exit status $st) after $(($(date +%s) - s)) s"
+    fi
+    return "$st"
 }
 
 # Prefix each line with the seconds since the start: the phases of vagrant up.
