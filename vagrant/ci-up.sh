@@ -205,9 +205,11 @@ EOF
 # guest's pytest has its own limit, `vagrant ssh` a later one with SIGKILL after
 # it (ssh into a dead guest ignores TERM), and a watcher connects to the guest's
 # sshd every 10 s: when it has not answered for 90 s its kernel is taken for dead
-# and the ssh session is ended.  Then the vCPUs are sampled through libvirt (`pybpfmap vm evidence`:
-# RIP, interrupts, the spin lock, the stack) and the console's end is shown.
+# and the ssh session is ended.  Then the vCPUs are sampled through libvirt
+# (`pybpfmap vm evidence`: RIP, interrupts, the spin lock, the stack) and the
+# console's end is shown.
 GUEST_PYTEST_LIMIT=${PYBPFMAP_GUEST_PYTEST_LIMIT:-900}
+domain=$id-default   # vagrant-libvirt: default_prefix (set in add_box) + machine name
 
 guest_ip() {
     in_ns vagrant ssh-config 2>/dev/null | awk '$1 == "HostName" { print $2; exit }'
@@ -246,7 +248,7 @@ kprobe_tests() {
     if [ "${PYBPFMAP_CI_INJECT:-}" = freeze ] && [ ! -e "$work/injected" ]; then
         : >"$work/injected"
         (sleep 60; say "PYBPFMAP_CI_INJECT=freeze: pausing the guest's vCPUs"
-         virsh suspend "$(virsh list --name | head -n 1)" >/dev/null) &
+         virsh suspend "$domain" >/dev/null) &
     fi
     # (Not --foreground: at the limit the signal goes to vagrant's whole process
     # group, ssh included, whose open stdout would otherwise hold the pipe forever.)
@@ -268,7 +270,7 @@ kprobe_tests() {
             : >"$work/guest-dead"
             say "the guest does not answer; where its vCPUs are (pybpfmap vm evidence):"
             "$here/../.venv/bin/pybpfmap" vm evidence --kernel "$kernel" \
-                --libvirt "$(virsh list --name | head -n 1)" || true
+                --libvirt "$domain" || true
         fi
         say "last lines of the guest's serial console ($PYBPFMAP_CONSOLE_LOG):"
         tail -n 40 "$PYBPFMAP_CONSOLE_LOG" 2>/dev/null | tr -d '\r'

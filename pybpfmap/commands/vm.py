@@ -208,8 +208,8 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     if image is None:
         raise EnvironmentProblem("--kernel", f"no {args.kernel} image to read kallsyms from "
                                  f"(pybpfmap vm build --kernel {args.kernel})")
-    symbols = [p for p in (image.kallsyms, image.system_map) if p.is_file()]
-    ev = collect_evidence(libvirt_monitor(args.libvirt), None, symbols,
+    ev = collect_evidence(libvirt_monitor(args.libvirt), None,
+                          [image.kallsyms, image.system_map],
                           note=f"libvirt domain {args.libvirt}, symbols of {image.name}")
     print(ev.text())
     return 0 if ev.qemu_answers else 1

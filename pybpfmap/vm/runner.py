@@ -37,7 +37,7 @@ from pybpfmap.errors import PybpfmapError
 from pybpfmap.vm import guest, splats
 from pybpfmap.vm.image import Image, cache_root
 from pybpfmap.vm.qemu import Accel, QemuConfig, qemu_process
-from pybpfmap.vm.watchdog import Evidence, collect_evidence
+from pybpfmap.vm.watchdog import Evidence, collect_evidence, qmp_monitor
 
 REPO = Path(__file__).resolve().parents[2]
 # Guest dmesg lines excused in every VM run: pybpfmap's own negative-control
@@ -340,14 +340,15 @@ class _Watch:
                     outcome, note = stop
                     ages = {cpu: now - t for cpu, t in self.hb_host.items()}
                     evidence = collect_evidence(
-                        self.cfg.qmp_sock, proc.pid,
+                        qmp_monitor(self.cfg.qmp_sock), proc.pid,
                         [self.image.kallsyms, self.cfg.results / ".kallsyms",
                          self.image.system_map], ages, note=note)
                     break
                 time.sleep(0.2)
             seconds = time.monotonic() - self.t0
         self._pump()
-        self._echo("\n" if self.echo_buf else "")
+        if self.echo_buf:  # a last line without its newline
+            self._echo("\n")
         return self._result(outcome, note, evidence, proc.returncode, seconds)
 
     def _result(self, outcome: Outcome | None, note: str, evidence: Evidence | None,

@@ -305,12 +305,12 @@ def libvirt_monitor(domain: str, uri: str = "qemu:///system", timeout: float = 1
     return hmp
 
 
-def collect_evidence(qmp_sock: Path | Hmp, pid: int | None, symbol_files: list[Path],
+def collect_evidence(hmp: Hmp, pid: int | None, symbol_files: list[Path],
                      heartbeat_ages: dict[int, float] | None = None, samples: int = 3,
                      note: str = "") -> Evidence:
     """Where the vCPUs are (``samples`` dumps, 0.5 s apart) or why qemu cannot say.
-    ``qmp_sock`` is the runner's QMP socket, or any :data:`Hmp` (e.g. libvirt's)."""
-    hmp = qmp_monitor(qmp_sock) if isinstance(qmp_sock, Path) else qmp_sock
+    ``hmp`` is :func:`qmp_monitor` (the runner's own qemu) or :func:`libvirt_monitor`;
+    ``pid`` is qemu's, when known, for its thread states if it does not answer."""
     text_syms = SymbolMap.load(*symbol_files)
     seen: list[list[VcpuState]] = []
     try:
