@@ -66,9 +66,14 @@ def test_bullseye_reentry_locks_up_one_cpu_and_the_watchdog_sees_it():
     (row,) = rows
     assert (row["outcome"], row["as_predicted"]) == ("DEADLOCK", True), row["reasons"]
     assert "stuck" in row["vm"]["message"] and "went on" in row["vm"]["message"]
-    vcpus = row["evidence"]["vcpus"]
-    assert [v["cpu"] for v in vcpus if v["same_function"] and not v["halted"]] == [0]
-    assert any(v["halted"] or not v["same_function"] for v in vcpus if v["cpu"] != 0)
+    vcpus = {v["cpu"]: v for v in row["evidence"]["vcpus"]}
+    assert vcpus[0]["same_function"] and "spin_lock" in vcpus[0]["symbol"], vcpus[0]
+    # CPU#1's heartbeat went on (the message).  Sampled later, it may be waiting for
+    # CPU#0 to answer an IPI (seen with the host busy: khugepaged's TLB flush in
+    # smp_call_function_single); stuck anywhere else, it would be a second lock-up.
+    other = vcpus[1]
+    assert (other["halted"] or not other["same_function"]
+            or other["symbol"].startswith("smp_call_function")), other
     assert status == 3
 
 

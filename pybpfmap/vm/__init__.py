@@ -87,6 +87,8 @@ def run_in_vm(cmd: list[str] | None = None, *, kernel: str, cpus: int = 2,
         cmd.append(f"--junitxml={guest.GUEST_RESULTS}/junit.xml")
     _log(f"booting {kernel} (kernel {image.release}) with {accel.value} ({why}), "
          f"{cpus} vCPUs, {memory}; results in {results_dir}")
+    if accel.caveat:
+        _log(f"WARNING: {accel.caveat}")
     return boot(image, cmd, accel=accel, cpus=cpus, memory=memory, timeout=timeout,
                 hang_timeout=hang_timeout, boot_timeout=boot_timeout,
                 results_dir=results_dir, env=env, allow=allow_splats, streams=streams)

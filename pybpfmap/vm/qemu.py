@@ -36,6 +36,16 @@ class Accel(enum.Enum):
         """Figures measured under TCG are emulation figures, not hardware ones."""
         return self is not Accel.KVM
 
+    @property
+    def caveat(self) -> str | None:
+        """What a run under this accelerator cannot tell, said before it boots."""
+        if self is Accel.TCG_MTTCG:
+            return ("multi-threaded TCG: with kprobes on the spin_unlock functions the bookworm "
+                    "guest's kernel died on most boots in this project's runs, and never under "
+                    "single-threaded TCG; a hang or oops here may be the emulator's, not the "
+                    "kernel's (README, the Vagrant section)")
+        return None
+
     @classmethod
     def parse(cls, text: str, param: str = "PYBPFMAP_VM_ACCEL") -> Accel:
         try:
