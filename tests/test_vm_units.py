@@ -93,6 +93,10 @@ def test_diagnose_stuck_cpu_vs_idle():
     assert "CPU#0 in native_queued_spin_lock_slowpath with interrupts off spinning on " \
            "pcpu_lock" in line and "CPU#1 idle" in line
     assert "every vCPU is idle" in diagnose([idle])
+    waiting = VcpuEvidence(1, "smp_call_function_single+0xe7", False, False, True)
+    assert "CPU#1 in smp_call_function_single with interrupts off (waiting for another " \
+           "CPU to run its cross-CPU call)" in diagnose([stuck, waiting])
+    assert "cross-CPU" not in diagnose([stuck, idle])
 
 
 def test_cmd_sh_quotes_exactly():

@@ -347,6 +347,11 @@ def _per_vcpu(seen: list[list[VcpuState]], hmp: Hmp, text_syms: SymbolMap,
     return out
 
 
+# Where a CPU waits for others to run a function it sent them (an IPI): a CPU
+# stuck here is held up by the CPU that does not answer, not by a lock of its own.
+CROSS_CPU_WAIT = re.compile(r"(smp_call_function|on_each_cpu|csd_lock_wait)")
+
+
 def diagnose(vcpus: list[VcpuEvidence]) -> str:
     """One line: idle everywhere, or which CPUs are stuck where."""
     if vcpus and all(v.halted for v in vcpus):
@@ -361,6 +366,8 @@ def diagnose(vcpus: list[VcpuEvidence]) -> str:
                 part += " with interrupts off"
             if v.spin_lock:
                 part += f" spinning on {v.spin_lock.split(' (')[0]}"
+            if CROSS_CPU_WAIT.match(v.symbol):
+                part += " (waiting for another CPU to run its cross-CPU call)"
             parts.append(part)
         others = [f"CPU#{v.cpu} {'idle' if v.halted else 'moving'}" for v in vcpus
                   if not v.stuck]
