@@ -114,7 +114,8 @@ def test_exit_status_and_answer():
     assert run.exit_status() == records.EXIT_UNSAFE
     assert run.answer() == [f"allocator on {R510}: safe: hash/prealloc; DEADLOCK: "
                             "percpu_hash/no_prealloc"]
-    assert "the guest hung before the first probe was attached" in dead.reasons
+    assert ("the guest hung before its first probe's attach returned (no armed mark)"
+            in dead.reasons)
     bad = verdict.judge(_row(events=0), R510, "", False)
     assert StressRun(R510, "host", "", 5, False, [], [ok, bad]).exit_status() == \
         records.EXIT_UNEXPECTED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 
 import pytest
@@ -120,13 +121,31 @@ def test_env_sh_exports_results_kernel_and_accel():
     assert "export EXTRA='x y'" in env
 
 
-def test_marks_round_trip(monkeypatch, capsys):
+def test_marks_go_to_the_control_port_and_a_copy_to_the_console(monkeypatch, capsys):
+    """The host reads marks from ctl.log (the port's write is out before the
+    guest can hang); the console line is for the human watching."""
+    r, w = os.pipe()
     monkeypatch.setenv(guest.ENV_KERNEL, "bookworm")
+    monkeypatch.setenv(guest.ENV_CTL_FD, str(w))
     guest.mark("armed", "allocator", "hash/prealloc", "_raw_spin_unlock")
-    console = "[ 1.0] boot\n" + capsys.readouterr().err + "[ 2.0] other\n"
-    ((event, args, up),) = guest.marks(console)
+    os.close(w)
+    with os.fdopen(r) as f:
+        ctl = "hb 0 12.00\n\n" + f.read() + "hb 1 12.50\nexit 0\n"
+    ((event, args, up),) = guest.marks(ctl)
     assert (event, args) == ("armed", ["allocator", "hash/prealloc", "_raw_spin_unlock"])
     assert up > 0
+    assert capsys.readouterr().err == (f"{guest.MARK} armed allocator hash/prealloc "
+                                       f"_raw_spin_unlock uptime={up:.2f}\n")
+    assert guest.marks("pybpfmap-mark: armed a b uptime=1.0\n") == []  # the console copy
+    guest.mark("row-end", "x")  # the port closed by a parent: the console still has it
+    assert "row-end x" in capsys.readouterr().err
+
+
+def test_init_keeps_the_control_port_open_for_cmd():
+    assert f'exec {guest.CTL_FD}>"$ctl"' in guest.INIT
+    (run,) = [line for line in guest.INIT.splitlines() if "cmd.sh" in line]
+    assert f"{guest.CTL_FD}>&-" not in run
+    assert f"export {guest.ENV_CTL_FD}={guest.CTL_FD}" in guest.env_sh("/r", "bullseye", "tcg", {})
 
 
 def test_qemu_argv_is_read_only_base_two_ports_and_no_reboot(tmp_path):
@@ -209,3 +228,27 @@ def test_evidence_through_any_monitor(tmp_path) -> None:
     assert stuck.spin_lock.startswith("pcpu_lock")
     assert stuck.stack == ["_raw_spin_lock_irqsave+0x10", "htab_map_update_elem+0x81"]
     assert "CPU#1 in native_queued_spin_lock_slowpath" in ev.diagnosis
+
+
+def test_heartbeat_silence_waits_for_a_beat_after_the_hang() -> None:
+    """CI's failed run: both vCPUs' beats stopped 0.19 s apart.  When CPU#0 had
+    been silent for 5 s CPU#1's last beat was 4.81 s old: not proof that it
+    went on.  The verdict waits until it beats again or is silent too."""
+    from pybpfmap.vm.runner import heartbeat_silence
+
+    beats = {0: 17.83, 1: 18.02}
+    assert heartbeat_silence(beats, 20.0, 5) is None           # nobody late yet
+    assert heartbeat_silence(beats, 22.9, 5) is None           # CPU#0 late, CPU#1 undecided
+    assert heartbeat_silence(beats, 23.1, 5) == "no heartbeat from any vCPU for 5 s"
+    beats[1] = 23.0                                            # CPU#1 beat after the hang
+    assert heartbeat_silence(beats, 23.1, 5) == (
+        "CPU#0 stuck: no heartbeat from it for 5 s while CPU#1 went on")
+
+
+def test_heartbeat_silence_names_every_stuck_cpu() -> None:
+    from pybpfmap.vm.runner import heartbeat_silence
+
+    beats = {0: 10.0, 1: 12.0, 2: 16.5, 3: 16.9}
+    assert heartbeat_silence(beats, 16.95, 5) is None          # CPU#1 not late, not beaten since 15
+    assert heartbeat_silence(beats, 17.5, 5) == (
+        "CPU#0, CPU#1 stuck: no heartbeat from them for 8 s while CPU#2, CPU#3 went on")

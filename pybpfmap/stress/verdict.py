@@ -125,7 +125,8 @@ def from_vm(row: StressRow, vm: VmResult, armed_at: float | None, release: str,
         if armed_at is not None and last:
             row.seconds = round(max(0.0, min(last) - armed_at), 1)
         elif armed_at is None:
-            row.reasons.append("the guest hung before the first probe was attached")
+            row.reasons.append("the guest hung before its first probe's attach returned "
+                               "(no armed mark)")
     else:
         row.outcome = FAIL
         row.reasons = [f"VM runner: {vm.message}"]

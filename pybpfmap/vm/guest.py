@@ -10,6 +10,9 @@ image.  It talks to the host over two virtio-serial ports:
                        to every online CPU, so that one CPU locked up with
                        interrupts off is noticed while the others live on
     start <release>    CMD is about to run on kernel <release>
+    mark <event> <args...> uptime=<uptime>
+                       CMD's progress (:func:`mark`), written by CMD itself on
+                       the port's descriptor it inherits (``ENV_CTL_FD``)
     exit <status>      CMD finished with <status>; dmesg is in the results dir
 
 ``OUT_PORT`` carries CMD's standard output and nothing else (as virtme-ng
@@ -20,6 +23,7 @@ the kernel's messages go to the serial console (``console.log``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 
@@ -31,6 +35,9 @@ GUEST_RESULTS = "/run/pybpfmap/results"
 # catalog kernel it is, and how qemu runs it (TCG figures are emulation).
 ENV_KERNEL = "PYBPFMAP_GUEST_KERNEL"
 ENV_ACCEL = "PYBPFMAP_GUEST_ACCEL"
+# The descriptor of CTL_PORT that CMD inherits, for its marks.
+ENV_CTL_FD = "PYBPFMAP_CTL_FD"
+CTL_FD = 3
 
 
 def in_test_vm() -> bool:
@@ -52,30 +59,43 @@ MARK = "pybpfmap-mark:"
 
 
 def mark(event: str, *args: str) -> None:
-    """Tell the host, through the console, that ``event`` happened now (with the
-    guest's uptime): progress the host can read even when the guest then hangs
-    and never prints its result.  Nothing outside the test VM."""
+    """Tell the host that ``event`` happened now (with the guest's uptime):
+    progress the host can read even when the guest hangs a moment later and
+    never prints its result.  Nothing outside the test VM.
+
+    The record goes to the control port: a virtio-serial write kicks the
+    queue inside write(2) (``__send_to_port()``), and qemu writes the buffer
+    to ``ctl.log`` on that kick, so once write(2) returns nothing the guest
+    does can hold it back.  A console (8250) write only fills the
+    tty's buffer, which the UART's transmit interrupt drains later: a guest
+    that locks up with interrupts off right after loses it (seen on 5.10: the
+    ``armed`` mark of the first probe, then a pcpu_lock deadlock while loading
+    the second program).  The console still gets a copy, for the human
+    watching."""
     if not in_test_vm():
         return
     import sys
 
     with open("/proc/uptime") as f:
         up = f.read().split()[0]
-    print(f"{MARK} {event} {' '.join(args)} uptime={up}".replace("  ", " "), file=sys.stderr,
-          flush=True)
+    text = " ".join((event, *args, f"uptime={up}"))
+    fd = os.environ.get(ENV_CTL_FD)
+    if fd:
+        with contextlib.suppress(OSError, ValueError):  # closed (EBADF) by a parent
+            os.write(int(fd), f"mark {text}\n".encode())
+    print(f"{MARK} {text}", file=sys.stderr, flush=True)
 
 
-def marks(console: str) -> list[tuple[str, list[str], float]]:
-    """(event, args, guest uptime) of every :func:`mark` in console text, in order."""
+def marks(ctl: str) -> list[tuple[str, list[str], float]]:
+    """(event, args, guest uptime) of every :func:`mark` in the control
+    port's log (``ctl.log``), in order."""
     out = []
-    for line in console.splitlines():
-        _, found, rest = line.partition(MARK)
-        if not found:
+    for line in ctl.splitlines():
+        word, *words = line.split() or [""]
+        if word != "mark" or len(words) < 2 or not words[-1].startswith("uptime="):
             continue
-        *words, up = rest.split()
-        if not up.startswith("uptime=") or not words:
-            continue
-        out.append((words[0], words[1:], float(up.removeprefix("uptime="))))
+        with contextlib.suppress(ValueError):
+            out.append((words[0], words[1:-1], float(words[-1].removeprefix("uptime="))))
     return out
 
 
@@ -128,7 +148,7 @@ done
 [ -n "${PYBPFMAP_DUMP_KALLSYMS:-}" ] && cat /proc/kallsyms >"$PYBPFMAP_RESULTS/.kallsyms"
 echo "start $(uname -r)" >&3
 cd "$PYBPFMAP_REPO" || cd /
-sh /run/pybpfmap/ctl/cmd.sh </dev/null >&4 2>/dev/console 3>&- 4>&-
+sh /run/pybpfmap/ctl/cmd.sh </dev/null >&4 2>/dev/console 4>&-
 rc=$?
 exec 4>&-
 dmesg >"$PYBPFMAP_RESULTS/dmesg.txt" 2>&1
@@ -157,6 +177,7 @@ def env_sh(repo: str, kernel: str, accel: str, env: dict[str, str]) -> str:
         "PYBPFMAP_RESULTS": GUEST_RESULTS,
         "PYBPFMAP_REPO": repo,
         "PYBPFMAP_CTL_PORT": CTL_PORT,
+        ENV_CTL_FD: str(CTL_FD),
         "PYBPFMAP_OUT_PORT": OUT_PORT,
         "PYBPFMAP_TAG_REPO": TAG_REPO,
         "PYBPFMAP_TAG_RESULTS": TAG_RESULTS,

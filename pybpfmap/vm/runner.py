@@ -116,6 +116,11 @@ class VmResult:
         return self.results_dir / "console.log"
 
     @property
+    def ctl_path(self) -> Path:
+        """The control port's log: heartbeats, start, CMD's marks, exit."""
+        return self.results_dir / "ctl.log"
+
+    @property
     def stdout_path(self) -> Path:
         """CMD's standard output, as the guest wrote it to its own port."""
         return self.results_dir / "stdout.txt"
@@ -242,6 +247,32 @@ def boot(image: Image, cmd: list[str], *, accel: Accel, cpus: int, memory: str,
                     shutil.copy(run_dir / name, results_dir / name)
 
 
+def heartbeat_silence(last_beat: dict[int, float], now: float,
+                      hang_timeout: float) -> str | None:
+    """Why the guest is hung, from each vCPU's last heartbeat (host monotonic
+    seconds), or None while it is not, or not yet decided.
+
+    A vCPU silent for more than *hang_timeout* s is stuck.  Another one *went
+    on* only if it beat after the first stuck one's silence passed
+    *hang_timeout*: the beats are a second apart but not in phase, so a vCPU
+    whose last beat came a moment after the stuck one's may have stopped with
+    it.  Until each vCPU has either beaten since then or gone silent too, the
+    verdict waits (at most *hang_timeout* s; a live vCPU answers within its
+    beat period)."""
+    late = {cpu: now - t for cpu, t in last_beat.items() if now - t > hang_timeout}
+    if not late:
+        return None
+    hung_since = min(last_beat[cpu] for cpu in late) + hang_timeout
+    went_on = sorted(cpu for cpu, t in last_beat.items() if t > hung_since and cpu not in late)
+    if len(late) + len(went_on) < len(last_beat):
+        return None
+    if went_on:
+        return (f"{', '.join(f'CPU#{c}' for c in sorted(late))} stuck: no heartbeat from "
+                f"{'it' if len(late) == 1 else 'them'} for {max(late.values()):.0f} s while "
+                f"{', '.join(f'CPU#{c}' for c in went_on)} went on")
+    return f"no heartbeat from any vCPU for {min(late.values()):.0f} s"
+
+
 class _Watch:
     """The loop that follows one run: streams output, reads the control port,
     and decides when the guest is hung or the run has timed out."""
@@ -274,7 +305,7 @@ class _Watch:
         self.ctl_buf += self.ctl.read()
         while "\n" in self.ctl_buf:
             line, self.ctl_buf = self.ctl_buf.split("\n", 1)
-            word, *args = line.split()
+            word, *args = line.split() or [""]
             now = time.monotonic()
             if word == "hb" and len(args) == 2:
                 cpu = int(args[0])
@@ -312,16 +343,8 @@ class _Watch:
             if now - self.t0 > self.boot_timeout:
                 return Outcome.HUNG, f"CMD did not start within {self.boot_timeout:.0f} s of boot"
             return None
-        late = {cpu: now - t for cpu, t in self.hb_host.items() if now - t > self.hang_timeout}
-        if not late:
-            return None
-        alive = sorted(set(self.hb_host) - set(late))
-        cpus = ", ".join(f"CPU#{c}" for c in sorted(late))
-        if alive:
-            return Outcome.HUNG, (f"{cpus} stuck: no heartbeat from it for "
-                                  f"{max(late.values()):.0f} s while "
-                                  f"{', '.join(f'CPU#{c}' for c in alive)} went on")
-        return Outcome.HUNG, f"no heartbeat from any vCPU for {min(late.values()):.0f} s"
+        silence = heartbeat_silence(self.hb_host, now, self.hang_timeout)
+        return (Outcome.HUNG, silence) if silence else None
 
     def run(self) -> VmResult:
         outcome: Outcome | None = None
