@@ -250,5 +250,8 @@ def test_heartbeat_silence_names_every_stuck_cpu() -> None:
 
     beats = {0: 10.0, 1: 12.0, 2: 16.5, 3: 16.9}
     assert heartbeat_silence(beats, 16.95, 5) is None          # CPU#1 not late, not beaten since 15
+    assert heartbeat_silence({0: 10.0, 1: 13.0}, 18.6, 5) == (  # CPU#1 stopped 3 s later
+        "no heartbeat from any vCPU for 6 s (CPU#0 silent for 9 s, CPU#1 silent for 6 s: "
+        "not at once)")
     assert heartbeat_silence(beats, 17.5, 5) == (
         "CPU#0, CPU#1 stuck: no heartbeat from them for 8 s while CPU#2, CPU#3 went on")
