@@ -255,3 +255,23 @@ def test_heartbeat_silence_names_every_stuck_cpu() -> None:
         "not at once)")
     assert heartbeat_silence(beats, 17.5, 5) == (
         "CPU#0, CPU#1 stuck: no heartbeat from them for 8 s while CPU#2, CPU#3 went on")
+
+
+def test_control_lines_it_does_not_understand_are_not_fatal() -> None:
+    """CMD shares the control port for its marks: a stray or torn line must
+    not stop the loop that watches the guest."""
+    from types import SimpleNamespace
+
+    from pybpfmap.vm.runner import _Watch
+
+    w = SimpleNamespace(hb_host={}, hb_guest={}, cfg=SimpleNamespace(cpus=2), t0=0.0,
+                        release=None, boot_s=None, started_up=None, exit_code=None,
+                        exited_at=None)
+    for line in ["", "hb 0 12.5", "hb x 1", "hb 1 1.0.0", "mark armed a b uptime=13.0",
+                 "start 5.10.0-46-amd64", "exit", "exit zero", "hb 1 13.1"]:
+        _Watch._control(w, line, 20.0)
+    assert (w.hb_guest, w.release, w.exit_code) == ({0: 12.5, 1: 13.1}, "5.10.0-46-amd64",
+                                                     None)
+    assert w.hb_host == {0: 20.0, 1: 20.0}
+    _Watch._control(w, "exit 3", 21.0)
+    assert (w.exit_code, w.exited_at) == (3, 21.0)

@@ -313,18 +313,25 @@ class _Watch:
         self.ctl_buf += self.ctl.read()
         while "\n" in self.ctl_buf:
             line, self.ctl_buf = self.ctl_buf.split("\n", 1)
-            word, *args = line.split() or [""]
-            now = time.monotonic()
+            self._control(line, time.monotonic())
+
+    def _control(self, line: str, now: float) -> None:
+        """One line of the control port.  CMD shares the port (its marks), so a
+        line this loop does not understand is left to others, never fatal."""
+        word, *args = line.split() or [""]
+        try:
             if word == "hb" and len(args) == 2:
-                cpu = int(args[0])
-                self.hb_host[cpu], self.hb_guest[cpu] = now, float(args[1])
+                cpu, up = int(args[0]), float(args[1])
+                self.hb_host[cpu], self.hb_guest[cpu] = now, up
             elif word == "start" and args:
                 self.release, self.boot_s = args[0], now - self.t0
                 self.started_up = max(self.hb_guest.values(), default=None)
                 for cpu in range(self.cfg.cpus):  # the clock starts for every CPU
                     self.hb_host.setdefault(cpu, now)
-            elif word == "exit" and args:
+            elif word == "exit" and len(args) == 1:
                 self.exit_code, self.exited_at = int(args[0]), now
+        except ValueError:
+            pass
 
     def _echo(self, text: str) -> None:
         """The console, live, line by line, without the boot log: kernel lines
