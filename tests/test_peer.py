@@ -295,6 +295,29 @@ def test_run_timeout_kills_the_children(tmp_path: Path) -> None:
     assert state in ("gone", "Z")  # dead; at most waiting for its new parent to reap it
 
 
+def test_live_members_leaves_zombies_out() -> None:
+    """EOF on a killed run's pipes comes from do_exit() closing its files,
+    before the task is a zombie (CI once saw the child still 'R' there): run()
+    waits until no member of the group is alive, as /proc says."""
+    import signal
+    import subprocess
+    import time
+
+    p = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        assert peer._live_members(p.pid) == [p.pid]
+        os.kill(p.pid, signal.SIGKILL)
+        stat = Path(f"/proc/{p.pid}/stat")
+        for _ in range(600):  # until the kernel has made it a zombie (not reaped yet)
+            if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+            time.sleep(0.05)
+        assert peer._live_members(p.pid) == []
+    finally:
+        p.kill()
+        p.wait()
+
+
 def test_run_needs_the_binary(tmp_path: Path) -> None:
     with pytest.raises(EnvironmentProblem, match="missing or not executable"):
         peer.run(tmp_path, 1, 1, 1000, 1000, timeout=30)

@@ -30,10 +30,12 @@ Quirks of the sample, the same in Debian's 5.10, 6.1, 6.12 and 7.3 sources:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,6 +196,22 @@ def _check_args(test_bits: int, nr_cpus: int, num_map_entries: int, max_cnt: int
                          f"hold one key per CPU{extra}")
 
 
+def _live_members(pgid: int) -> list[int]:
+    """The processes of process group ``pgid`` that have not exited yet (a
+    zombie has), from /proc/PID/stat."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            out.append(int(entry.name))
+    return out
+
+
 def run(binary_dir: Path | str, test_bits: int, nr_cpus: int, num_map_entries: int,
         max_cnt: int, timeout: float) -> list[PeerResult]:
     """Run ``map_perf_test test_bits nr_cpus num_map_entries max_cnt`` from
@@ -215,9 +233,13 @@ def run(binary_dir: Path | str, test_bits: int, nr_cpus: int, num_map_entries: i
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        try:  # EOF on its pipes: every process of the group has exited
-            proc.communicate(timeout=KILL_WAIT)
-        except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + KILL_WAIT
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=KILL_WAIT)  # EOF: the group closed its files...
+        # ...which do_exit() does before the task is a zombie: wait for that too.
+        while _live_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is None or _live_members(proc.pid):
             raise EnvironmentProblem(BINARY, f"still running after {timeout:g} s and not "
                                      f"dead {KILL_WAIT:g} s after SIGKILL (stuck in the "
                                      "kernel?)") from None
