@@ -141,6 +141,10 @@ def test_marks_go_to_the_control_port_and_a_copy_to_the_console(monkeypatch, cap
     assert "row-end x" in capsys.readouterr().err
 
 
+def test_init_beats_every_beat_period():
+    assert f"sleep {guest.BEAT_PERIOD_S}; done" in guest.INIT
+
+
 def test_init_keeps_the_control_port_open_for_cmd():
     assert f'exec {guest.CTL_FD}>"$ctl"' in guest.INIT
     (run,) = [line for line in guest.INIT.splitlines() if "cmd.sh" in line]

@@ -237,9 +237,9 @@ def run(binary_dir: Path | str, test_bits: int, nr_cpus: int, num_map_entries: i
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.communicate(timeout=KILL_WAIT)  # EOF: the group closed its files...
         # ...which do_exit() does before the task is a zombie: wait for that too.
-        while _live_members(proc.pid) and time.monotonic() < deadline:
+        while (alive := _live_members(proc.pid)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if proc.poll() is None or _live_members(proc.pid):
+        if proc.poll() is None or alive:
             raise EnvironmentProblem(BINARY, f"still running after {timeout:g} s and not "
                                      f"dead {KILL_WAIT:g} s after SIGKILL (stuck in the "
                                      "kernel?)") from None

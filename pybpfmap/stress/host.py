@@ -36,17 +36,17 @@ def _runs_of(run: GuestRun) -> list[StressRun]:
     return load(run.data) if run.data is not None else []
 
 
-def _armed(ctl: str) -> dict[str, float]:
+def _armed(progress: list[tuple[str, list[str], float]]) -> dict[str, float]:
     """Row label -> guest uptime of its first attach, from the progress marks."""
     out: dict[str, float] = {}
-    for event, args, up in marks(ctl):
+    for event, args, up in progress:
         if event == "armed" and len(args) >= 2:
             out.setdefault(" ".join(args[:2]), up)
     return out
 
 
-def _started(ctl: str) -> list[str]:
-    return [" ".join(args[:2]) for event, args, _ in marks(ctl) if event == "row-start"]
+def _started(progress: list[tuple[str, list[str], float]]) -> list[str]:
+    return [" ".join(args[:2]) for event, args, _ in progress if event == "row-start"]
 
 
 def _placeholder(scenario: str, kind: MapKind, opts: Options) -> StressRow:
@@ -72,7 +72,8 @@ def _one_boot(kernel: str, groups: list[tuple[str, MapKind]], opts: Options, arg
     got = {r.label: r for g in guest for r in g.rows}
     unavailable = {p: why for g in guest for p, why in g.unavailable.items()}
     ctl = run.vm.ctl_path.read_text(errors="replace") if run.vm.ctl_path.exists() else ""
-    armed, started = _armed(ctl), _started(ctl)
+    progress = marks(ctl)
+    armed, started = _armed(progress), _started(progress)
     rows = []
     for scenario, kind in groups:
         label = f"{scenario} {kind.name}"

@@ -35,6 +35,8 @@ GUEST_RESULTS = "/run/pybpfmap/results"
 # catalog kernel it is, and how qemu runs it (TCG figures are emulation).
 ENV_KERNEL = "PYBPFMAP_GUEST_KERNEL"
 ENV_ACCEL = "PYBPFMAP_GUEST_ACCEL"
+# Seconds between two heartbeats of one vCPU (the ``sleep`` of INIT's beat loop).
+BEAT_PERIOD_S = 1
 # The descriptor of CTL_PORT that CMD inherits, for its marks.
 ENV_CTL_FD = "PYBPFMAP_CTL_FD"
 CTL_FD = 3

@@ -247,9 +247,6 @@ def boot(image: Image, cmd: list[str], *, accel: Accel, cpus: int, memory: str,
                     shutil.copy(run_dir / name, results_dir / name)
 
 
-BEAT_PERIOD_S = 1.0  # each vCPU's heartbeat loop in guest.INIT sleeps 1 s
-
-
 def heartbeat_silence(last_beat: dict[int, float], now: float,
                       hang_timeout: float) -> str | None:
     """Why the guest is hung, from each vCPU's last heartbeat (host monotonic
@@ -274,7 +271,7 @@ def heartbeat_silence(last_beat: dict[int, float], now: float,
                 f"{'it' if len(late) == 1 else 'them'} for {max(late.values()):.0f} s while "
                 f"{', '.join(f'CPU#{c}' for c in went_on)} went on")
     why = f"no heartbeat from any vCPU for {min(late.values()):.0f} s"
-    if max(late.values()) - min(late.values()) > 2 * BEAT_PERIOD_S:  # one stopped first
+    if max(late.values()) - min(late.values()) > 2 * guest.BEAT_PERIOD_S:  # one stopped first
         why += (" (" + ", ".join(f"CPU#{c} silent for {late[c]:.0f} s"
                                  for c in sorted(late, key=late.get, reverse=True))
                 + ": not at once)")
