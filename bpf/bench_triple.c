@@ -31,8 +31,9 @@
  *
  * COUNTS (one per-CPU slot) holds what user space reads after every window:
  * program runs (events), the sink, and the failures of each map call by
- * errno.  The errno slots are listed in pybpfmap/bench/program.py (FAIL_SLOTS)
- * in the same order; tests/test_bench_units.py checks that they agree.
+ * errno.  User space reads the map calls (the OP_* defines) and the errno
+ * slots (slot()'s "case ERRNO: return N;") from this file
+ * (pybpfmap/bench/program.py, layout()): they are listed here only.
  */
 #include <linux/errno.h>
 #include "pybpfmap_map.h"

@@ -6,7 +6,10 @@ function taking the parsed arguments and returning an exit status.  Command
 modules import heavy things (bcc, pyroute2, matplotlib) inside their
 functions so that ``pybpfmap --help`` stays fast.
 
-Errors become one line and an exit status here, and only here.
+Every option is checked before the command's function runs: numbers when
+the command line is parsed, output paths by :func:`check_outputs` (see
+:mod:`pybpfmap.commands.args`).  Errors become one line and an exit status
+here, and only here.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import importlib
 import sys
 
 from pybpfmap import __version__
+from pybpfmap.commands.args import Parser, check_outputs
 from pybpfmap.errors import EXIT_KERNEL, PybpfmapError
 
 # Order is the order of ``pybpfmap --help``.
@@ -31,7 +35,7 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pybpfmap",
         description="The truth about BPF hash maps on the running kernel.",
     )
@@ -65,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     # passes on to the guest (pybpfmap.vm.relay.forwarded_argv).
     args.argv = argv[argv.index(args.command):] if args.command in argv else [args.command]
     try:
+        check_outputs(parser, args)  # an unwritable --out fails before anything starts
         return int(args.func(args) or 0)
     except PybpfmapError as e:
         e.as_option(_options(parser, argv))

@@ -83,10 +83,12 @@ class PybpfmapError(Exception):
 
 
 class UsageError(PybpfmapError):
-    """Bad command-line input, caught before the kernel is asked anything."""
+    """Bad command-line input, caught before the kernel is asked anything;
+    ``err`` is the errno when trying the input showed it (an output path that
+    cannot be written: ENOTDIR, EACCES...)."""
 
-    def __init__(self, param: str, meaning: str):
-        super().__init__(param, meaning, None, EXIT_USAGE)
+    def __init__(self, param: str, meaning: str, err: int | None = None):
+        super().__init__(param, meaning, err, EXIT_USAGE)
 
 
 class KernelError(PybpfmapError):

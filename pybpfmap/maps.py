@@ -123,6 +123,18 @@ def old_memlock_estimate(spec: MapSpec) -> int:
     return -(-size // page) * page
 
 
+def memlock_is_usage(memlock: int, spec: MapSpec) -> bool:
+    """Whether fdinfo ``memlock`` shows what the map uses.  Not before v5.11,
+    where it is the RLIMIT_MEMLOCK charge computed from max_entries at creation,
+    the same with and without BPF_F_NO_PREALLOC (probed: the kernel charges
+    RLIMIT_MEMLOCK; Linux kernel commit 80ee81e0403c ("bpf: Eliminate
+    rlimit-based memory accounting infra for bpf maps") (in v5.11) ended it);
+    nor in 5.11-6.3, where it is :func:`old_memlock_estimate`."""
+    from pybpfmap import memlock as rlimit
+
+    return not rlimit.charged_by_kernel() and memlock != old_memlock_estimate(spec)
+
+
 def explain_create_error(spec: MapSpec, err: int) -> KernelError:
     """Name the parameter behind a BPF_MAP_CREATE refusal and say what it means."""
     if err == ENOTSUPP and spec.lru and not spec.prealloc:
@@ -300,5 +312,5 @@ class BpfMap:
         return int(bpfsys.fdinfo(self.fd).get("memlock", "0"))
 
     def memlock_is_estimate(self) -> bool:
-        """True when fdinfo shows the pre-v6.4 estimate, not real usage."""
-        return self.memlock() == old_memlock_estimate(self.spec)
+        """True when fdinfo memlock is not real usage (:func:`memlock_is_usage`)."""
+        return not memlock_is_usage(self.memlock(), self.spec)

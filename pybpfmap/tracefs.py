@@ -15,13 +15,13 @@ import ctypes
 import errno
 import os
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pybpfmap.errors import EnvironmentProblem, KernelError
+from pybpfmap.procs import wait_until
 
 TRACEFS = "/sys/kernel/tracing"
 KPROBE_EVENTS = os.path.join(TRACEFS, "kprobe_events")
@@ -111,20 +111,24 @@ def _remove_kprobe_event(group: str, event: str, symbol: str, wait: float = 5.0)
     """Remove ``group/event``.  EBUSY means a perf event on it is still open
     (a child process that inherited the fd is exiting): retry for ``wait``
     seconds.  ENOENT (already gone) is fine."""
-    deadline = time.monotonic() + wait
-    while True:
+    def removed() -> bool:
         try:
             _append(KPROBE_EVENTS, f"-:{group}/{event}")
-            return
         except OSError as e:
-            if e.errno == errno.ENOENT:
-                return
-            if e.errno != errno.EBUSY or time.monotonic() > deadline:
-                raise KernelError(f"kprobe {symbol}", e.errno or 0,
-                                  f"could not remove kprobe event {group}/{event}; remove "
-                                  f"it with: echo '-:{group}/{event}' >> {KPROBE_EVENTS}") \
-                    from None
-            time.sleep(0.1)
+            if e.errno == errno.EBUSY:
+                return False
+            if e.errno != errno.ENOENT:
+                raise _cannot_remove(group, event, symbol, e.errno or 0) from None
+        return True
+
+    if not wait_until(removed, wait, 0.1):
+        raise _cannot_remove(group, event, symbol, errno.EBUSY)
+
+
+def _cannot_remove(group: str, event: str, symbol: str, err: int) -> KernelError:
+    return KernelError(f"kprobe {symbol}", err,
+                       f"could not remove kprobe event {group}/{event}; remove it with: "
+                       f"echo '-:{group}/{event}' >> {KPROBE_EVENTS}")
 
 
 @contextmanager

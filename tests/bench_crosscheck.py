@@ -31,10 +31,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from helpers import cmd, pybpfmap_argv  # tests/helpers.py: this script's own folder
 
 REPO = Path(__file__).resolve().parent.parent
 DONE_WHEN = ["bench", "--mode", "inkernel", "--types", "hash", "--cpus", "1",
@@ -99,8 +100,7 @@ def independent_ns(prealloc: bool, max_entries: int = 1000) -> float:
 
 
 def main() -> int:
-    out = subprocess.run([sys.executable, "-m", "pybpfmap", *DONE_WHEN], check=True,
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    out = cmd(pybpfmap_argv(*DONE_WHEN), timeout=600)
     failed = False
     print("pybpfmap " + " ".join(DONE_WHEN))
     for r in json.loads(out.stdout):

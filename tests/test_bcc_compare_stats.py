@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import types
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +11,8 @@ from pybpfmap.bcc_compare import compare, result, tools
 from pybpfmap.bcc_compare.run import MODES, Measurement, ModeRun, Window, round_order
 from pybpfmap.records import RecordError, to_json
 from pybpfmap.stats import MeanCI, mean_ci, t_cdf, t_quantile
-from pybpfmap.vm.qemu import Accel
+from pybpfmap.vm import Accel, Outcome, VmResult
+from pybpfmap.vm.relay import GuestRun
 
 # Student's t 0.975 quantiles (any statistics table).
 T975 = {1: 12.7062, 2: 4.3027, 4: 2.7764, 9: 2.2622, 29: 2.0452, 1000: 1.9623}
@@ -115,12 +116,15 @@ def test_guest_argv_narrows_tools_and_drops_host_options() -> None:
         "bcc-compare", "--tools", "tcpconnect"]
 
 
-def _guest_run(kernel: str, data, problem: str | None):
-    vm = types.SimpleNamespace(outcome=types.SimpleNamespace(label="timeout" if problem
-                                                             else "passed"),
-                               message=problem or "command passed", accel=Accel.TCG,
-                               results_dir=f"/r/{kernel}", kernel_release="6.1.0")
-    return types.SimpleNamespace(kernel=kernel, vm=vm, data=data, problem=problem)
+def _guest_run(kernel: str, data, problem: str | None) -> GuestRun:
+    """What relay.run_on_kernels gives for one kernel, built from the real
+    record types (by field name: a renamed field breaks this test)."""
+    vm = VmResult(outcome=Outcome.TIMEOUT if problem else Outcome.PASSED,
+                  message=problem or "command passed", exit_code=None if problem else 0,
+                  accel=Accel.TCG, kernel=kernel, kernel_release="6.1.0",
+                  results_dir=Path(f"/r/{kernel}"))
+    return GuestRun(kernel=kernel, argv=["bcc-compare", "--json"], vm=vm, data=data,
+                    problem=problem)
 
 
 def test_vm_failure_gives_failed_records_with_the_vms_outcome(monkeypatch) -> None:
@@ -136,14 +140,20 @@ def test_vm_failure_gives_failed_records_with_the_vms_outcome(monkeypatch) -> No
                 _guest_run("trixie", None, "timed out after 900 s")]
 
     monkeypatch.setattr(relay, "run_on_kernels", fake)
-    recs = compare.compare_in_vms([tools.TOOLS["opensnoop"]], ["bookworm", "trixie"],
+    opensnoop = [tools.TOOLS["opensnoop"]]
+    recs = compare.compare_in_vms(opensnoop, ["bookworm", "trixie"],
                                   ["--kernel", "bookworm,trixie"], 1.0, 5, None, log=None)
     assert seen["argv"] == ["bcc-compare", "--tools", "opensnoop"]
-    assert seen["timeout"] > 0
     assert [(r.where, r.status) for r in recs] == [("vm:bookworm", "not_comparable"),
                                                    ("vm:trixie", "failed")]
-    assert recs[0].vm.outcome == "passed"
+    assert recs[0].vm.outcome == "passed" and recs[0].vm.accel == "tcg"
     assert "timed out after 900 s" in recs[1].verdict and recs[1].vm.results_dir == "/r/trixie"
+    # The VM's time limit covers the tool's two starts (shipped, noprealloc) and
+    # the 3 windows of every round, and grows with the rounds asked for.
+    short = seen["timeout"]
+    assert short >= 2 * compare.VM_START + 5 * 3 * 1.0
+    compare.compare_in_vms(opensnoop, ["bookworm"], [], 10.0, 50, None, log=None)
+    assert seen["timeout"] - short >= 3 * (50 * 10.0 - 5 * 1.0)
 
 
 def test_usage_errors_name_the_parameter(capsys) -> None:
@@ -154,9 +164,11 @@ def test_usage_errors_name_the_parameter(capsys) -> None:
     assert e.value.code == 2
     assert "--tools: invalid choice: 'nope'" in capsys.readouterr().err
     for argv, param in ((["--runs", "1"], "--runs"), (["--duration", "0"], "--duration")):
-        assert main(["bcc-compare", *argv]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith(f"pybpfmap bcc-compare: error: {param}:")
+        with pytest.raises(SystemExit) as e:
+            main(["bcc-compare", *argv])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"pybpfmap bcc-compare: error: argument {param}:"), err
 
 
 def test_tools_list_forms() -> None:

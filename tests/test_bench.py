@@ -10,24 +10,23 @@ map at least its element area, every record has its fields.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from pybpfmap.bench import record
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pybpfmap", "bench", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=900, check=True)
+from tests.helpers import image
 
 
-def records(*args: str) -> list[record.BenchRecord]:
-    return record.load(json.loads(bench(*args, "--json").stdout))
+@pytest.fixture
+def records(pybpfmap) -> Callable[..., list[record.BenchRecord]]:
+    """``records(*args)``: the records of ``pybpfmap bench ARGS --json``."""
+
+    def run(*args: str) -> list[record.BenchRecord]:
+        return record.load(json.loads(pybpfmap("bench", *args, "--json", timeout=900).stdout))
+
+    return run
 
 
 @pytest.fixture
@@ -121,7 +120,7 @@ def test_memcg_charge_of_a_preallocated_map_is_at_least_its_elements() -> None:
 
 
 @pytest.mark.root
-def test_both_modes_json_complete() -> None:
+def test_both_modes_json_complete(records) -> None:
     recs = records("--mode", "both", "--types", "hash,lru_hash", "--cpus", "1",
                    "--max-entries", "1000", "--runs", "2", "--seconds", "0.05",
                    "--warmup", "0.02")
@@ -148,7 +147,7 @@ def test_both_modes_json_complete() -> None:
 
 
 @pytest.mark.root
-def test_raw_tracepoint_trigger() -> None:
+def test_raw_tracepoint_trigger(records) -> None:
     recs = records("--mode", "syscall", "--trigger", "raw_tp", "--types", "percpu_hash",
                    "--cpus", "1", "--max-entries", "1000", "--runs", "1", "--seconds", "0.05",
                    "--warmup", "0.02", "--triples", "3")
@@ -160,41 +159,24 @@ def test_raw_tracepoint_trigger() -> None:
 
 @pytest.mark.root
 @pytest.mark.kprobes
-def test_syscall_mode_on_a_kprobe() -> None:
+def test_syscall_mode_on_a_kprobe(records) -> None:
     (rec,) = records("--mode", "syscall", "--trigger", "kprobe", "--types", "hash",
                      "--prealloc", "--cpus", "1", "--max-entries", "1000", "--runs", "1",
                      "--seconds", "0.05")
     assert rec.trigger == "kprobe" and rec.verification.ok, rec.verification.problems
 
 
-def _image(name: str) -> None:
-    from pybpfmap.vm import find_image
-
-    if find_image(name) is None:
-        pytest.skip(f"no {name} image built for the current inputs: run `pybpfmap vm build "
-                    f"--kernel {name}`")
-
-
-@pytest.mark.root
 @pytest.mark.vm
 @pytest.mark.slow
-def test_bench_in_the_vm_uses_a_kprobe(tmp_path: Path) -> None:
-    _image("bookworm")
-    (rec,) = records("--kernel", "bookworm", "--mode", "syscall", "--types", "hash",
-                     "--prealloc", "--cpus", "1", "--max-entries", "1000", "--runs", "1",
-                     "--seconds", "0.05", "--results", str(tmp_path / "vm"))
-    assert (rec.machine.where, rec.trigger) == ("vm:bookworm", "kprobe")
-    assert rec.machine.accel in ("kvm", "tcg") and rec.verification.ok
-
-
-@pytest.mark.root
-@pytest.mark.vm
-@pytest.mark.slow
-def test_peer_runs_beside_the_syscall_mode_in_the_vm(tmp_path: Path) -> None:
-    _image("bookworm")
+def test_peer_runs_beside_the_syscall_mode_in_the_vm(records, tmp_path: Path) -> None:
+    """`bench --kernel` through the relay: the syscall mode on a kprobe in the
+    guest (which has them), and the kernel's map_perf_test in the same boot."""
+    image("bookworm")
     (rec,) = records("--kernel", "bookworm", "--peer", "map_perf_test", "--types", "hash",
                      "--prealloc", "--cpus", "1", "--runs", "1", "--seconds", "0.05",
                      "--results", str(tmp_path / "vm"))
     assert rec.peer is not None and rec.peer.tool == "map_perf_test"
     assert rec.peer.events_per_sec.median > 0 and rec.peer.ratio is not None
     assert rec.key == "tid" and rec.triples_per_event == rec.peer.triples_per_event
+    assert (rec.machine.where, rec.trigger) == ("vm:bookworm", "kprobe")
+    assert rec.machine.accel in ("kvm", "tcg") and rec.verification.ok

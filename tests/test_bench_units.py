@@ -6,9 +6,8 @@ No timing figures are judged here (none are measured).
 
 from __future__ import annotations
 
-import re
+import errno
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,9 +16,10 @@ import pytest
 
 from pybpfmap.bench import machine, program, record, syscall, table
 from pybpfmap.bench.record import BenchRecord, Memory, PeerFigure, Refusal, Spread, Verification
+from pybpfmap.errors import EnvironmentProblem
+from pybpfmap.loader import bpf_source
 from pybpfmap.records import to_json
 
-REPO = Path(__file__).resolve().parent.parent
 MACHINE = machine.Machine("6.1.0-50-amd64", "vm:bookworm", "tcg", "qemu", 2, 2, 1, False, True)
 
 
@@ -43,13 +43,34 @@ def rec(prealloc: bool, speed: float, *, mode: str = "syscall", cpus: int = 1,
     return r
 
 
-def test_fail_slots_are_those_of_the_program() -> None:
-    """bench_triple.c's slot() and program.FAIL_SLOTS list the errnos in the same order."""
-    text = (REPO / "bpf" / "bench_triple.c").read_text()
-    cases = {int(n): name for name, n in re.findall(r"case (\w+): return (\d+);", text)}
-    assert cases, "no errno slots found in bench_triple.c"
-    assert [cases[i] for i in sorted(cases)] == list(program.FAIL_SLOTS[1:])
-    assert re.search(r"#define NSLOTS (\d+)", text).group(1) == str(len(program.FAIL_SLOTS))
+def test_counts_layout_comes_from_the_program() -> None:
+    """The counters' layout read from bench_triple.c: the map calls the records
+    name, and errno slots that are all real, distinct errno names (the kernel's
+    ENOTSUPP, 524, has no libc name).  test_bench.py checks the slots on the
+    kernel: a full map's updates come back as E2BIG, its lookups as ENOENT."""
+    lay = program.layout()
+    assert lay.ops == ("update", "lookup", "delete")
+    assert lay.slots[0] == "other" and len(set(lay.slots)) == len(lay.slots)
+    unknown = [n for n in lay.slots[1:] if not hasattr(errno, n) and n != "ENOTSUPP"]
+    assert not unknown, unknown
+    assert {"E2BIG", "ENOENT", "EBUSY", "EDEADLK", "ETIMEDOUT"} <= set(lay.slots)
+    assert lay.words == 2 + 3 * len(lay.slots)
+
+
+def test_counts_layout_follows_the_c_source_or_refuses_it() -> None:
+    """A slot added in C is a slot in Python; a C text with a gap, a slot
+    returned twice or no default is refused, naming the file."""
+    text = bpf_source(program.SOURCE).read_text()
+    added = text.replace("#define NSLOTS 16", "#define NSLOTS 17").replace(
+        "\tdefault: return 0;", "\tcase ENOSYS: return 16;\n\tdefault: return 0;")
+    assert program.parse_layout(added).slots == (*program.layout().slots, "ENOSYS")
+    for bad in (text.replace("#define NSLOTS 16", "#define NSLOTS 17"),
+                text.replace("case EINTR: return 15;", "case EINTR: return 14;"),
+                text.replace("default: return 0;", "default: return 15;"),
+                text.replace("#define OP_LOOKUP 1", "#define OP_LOOKUP 2")):
+        assert bad != text
+        with pytest.raises(EnvironmentProblem, match="bpf/bench_triple.c"):
+            program.parse_layout(bad)
 
 
 def test_records_round_trip() -> None:
@@ -177,11 +198,6 @@ def test_compiled_trigger_builds_and_runs(tmp_path: Path,
     assert ready == "ready" and syscall._parse(0, line).calls > 0
 
 
-def bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pybpfmap", "bench", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.parametrize("args, param", [
     (["--mode", "inkernel", "--cpus", "4096", "--max-entries", "1000"], "--cpus"),
     (["--fill", "150"], "--fill"),
@@ -192,9 +208,8 @@ def bench(*args: str) -> subprocess.CompletedProcess:
       "--max-entries", "1000"], "--fill"),
     (["--types", "hash,nosuch"], "--types"),
 ])
-def test_usage_errors_name_the_option(args: list[str], param: str) -> None:
-    got = bench(*args)
-    assert got.returncode == 2, got.stderr
+def test_usage_errors_name_the_option(pybpfmap, args: list[str], param: str) -> None:
+    got = pybpfmap("bench", *args, expect=2)
     last = got.stderr.strip().splitlines()[-1]  # argparse's usage may come before it
     assert "error" in last and param in last and "Traceback" not in got.stderr
 

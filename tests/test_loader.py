@@ -10,7 +10,8 @@ from pybpfmap.errors import KernelError
 from pybpfmap.loader import bcc_program, leftovers, loaded_ids, map_fd
 from pybpfmap.maps import ENOTSUPP, MapSpec
 
-pytestmark = pytest.mark.root
+# About this kernel: `pybpfmap vm test` runs these in each test VM too.
+pytestmark = [pytest.mark.root, pytest.mark.guest]
 
 
 def test_program_and_maps_unloaded_after_with_block():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pybpfmap import bpfsys
+from pybpfmap import bpfsys, procs
 from pybpfmap.bench import peer
 from pybpfmap.errors import EnvironmentProblem, UsageError
 
@@ -295,27 +295,22 @@ def test_run_timeout_kills_the_children(tmp_path: Path) -> None:
     assert state in ("gone", "Z")  # dead; at most waiting for its new parent to reap it
 
 
-def test_live_members_leaves_zombies_out() -> None:
-    """EOF on a killed run's pipes comes from do_exit() closing its files,
-    before the task is a zombie (CI once saw the child still 'R' there): run()
-    waits until no member of the group is alive, as /proc says."""
-    import signal
-    import subprocess
-    import time
+def test_run_timeout_with_a_stuck_child_says_so(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group still alive after SIGKILL (a task stuck in the kernel; faked
+    here) is not reported as simply killed."""
+    real_kill = procs.Child.kill
 
-    p = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    try:
-        assert peer._live_members(p.pid) == [p.pid]
-        os.kill(p.pid, signal.SIGKILL)
-        stat = Path(f"/proc/{p.pid}/stat")
-        for _ in range(600):  # until the kernel has made it a zombie (not reaped yet)
-            if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                break
-            time.sleep(0.05)
-        assert peer._live_members(p.pid) == []
-    finally:
-        p.kill()
-        p.wait()
+    def stuck(self: procs.Child, wait: float = procs.KILL_WAIT) -> None:
+        real_kill(self, wait)  # the fake must not leave the child behind
+        raise procs.StuckProcess(f"process group {self.pid}: 1 process(es) ({self.pid}) "
+                                 f"alive {wait:g} s after SIGKILL (stuck in the kernel?)")
+
+    monkeypatch.setattr(procs.Child, "kill", stuck)
+    d = fake_binary(tmp_path, "sleep 600 &\nwait\n")
+    with pytest.raises(EnvironmentProblem, match=r"still running after 1 s; process group "
+                       r"\d+: .* after SIGKILL \(stuck in the kernel\?\)"):
+        peer.run(d, 1, 1, 1000, 1000, timeout=1)
 
 
 def test_run_needs_the_binary(tmp_path: Path) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -18,16 +16,9 @@ from pybpfmap.report.render import Report, across_kernels, render
 from pybpfmap.report.run import run_all, run_section
 from pybpfmap.stress import leftovers
 
-pytestmark = pytest.mark.root
-
 
 def _report(results, places=("host",)) -> Report:
     return Report("now", "test", "x", list(places), 0, list(results))
-
-
-def pybpfmap(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pybpfmap", *args], capture_output=True,
-                          text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +30,7 @@ def host_sections(tmp_path_factory):
     return out, run_all(sections, out)
 
 
+@pytest.mark.root
 def test_sections_run_and_every_record_renders_a_row(host_sections):
     _, results = host_sections
     assert [r.error for r in results] == [None, None]
@@ -53,6 +45,7 @@ def test_sections_run_and_every_record_renders_a_row(host_sections):
     assert info["kernel_release"] in text
 
 
+@pytest.mark.root
 def test_across_kernels_table_uses_one_max_entries_and_real_memory(host_sections):
     _, results = host_sections
     table = across_kernels(_report(results))
@@ -63,7 +56,8 @@ def test_across_kernels_table_uses_one_max_entries_and_real_memory(host_sections
     assert f"(full, {plan_mod.MAPS_ENTRIES})" in table
 
 
-def test_merge_reproduces_the_across_kernels_table(host_sections, tmp_path):
+@pytest.mark.root
+def test_merge_reproduces_the_across_kernels_table(pybpfmap, host_sections, tmp_path):
     out, results = host_sections
     # A second place, as a separate report of its own (the same records, another name).
     other = [dataclasses.replace(r, where="bookworm", folder=r.folder + "-b") for r in results]
@@ -75,21 +69,22 @@ def test_merge_reproduces_the_across_kernels_table(host_sections, tmp_path):
         folder.mkdir()
         (folder / "results.json").write_text(json.dumps(to_json(_report(part, places))))
     merged = tmp_path / "merged"
-    p = pybpfmap("report", "--merge", str(a), str(b), "--out", str(merged))
-    assert p.returncode == 0, p.stderr
+    pybpfmap("report", "--merge", str(a), str(b), "--out", str(merged))
     report = from_json(Report, json.loads((merged / "results.json").read_text()))
     assert report.places == ["host", "bookworm"]
     assert across_kernels(report) == across_kernels(one_run)
     assert "## Across kernels" in (merged / "report.md").read_text()
 
 
-def test_merge_bad_input_is_one_clear_line(tmp_path):
-    p = pybpfmap("report", "--merge", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
-    assert p.returncode == 1 and "--merge:" in p.stderr and "Traceback" not in p.stderr
-    p = pybpfmap("report", "--merge", str(tmp_path), "--kernel", "bookworm")
-    assert p.returncode == 2 and "--merge" in p.stderr
+def test_merge_bad_input_is_one_clear_line(pybpfmap, tmp_path):
+    p = pybpfmap("report", "--merge", str(tmp_path / "nope"), "--out", str(tmp_path / "o"),
+                 expect=1)
+    assert "--merge:" in p.stderr and "Traceback" not in p.stderr
+    p = pybpfmap("report", "--merge", str(tmp_path), "--kernel", "bookworm", expect=2)
+    assert "--merge" in p.stderr
 
 
+@pytest.mark.root
 def test_failed_and_stopped_sections_are_recorded(tmp_path):
     bad = run_section(Section("maps", "host", ("maps", "--json", "--max-entries", "0",
                                                 "--types", "hash"), 60), tmp_path)
@@ -102,6 +97,7 @@ def test_failed_and_stopped_sections_are_recorded(tmp_path):
     assert "## Sections that failed" in text and "EINVAL" in text
 
 
+@pytest.mark.root
 def test_a_stress_section_stopped_by_its_time_limit_leaves_nothing(tmp_path):
     """SIGINT at the limit: kprobe_events, bpftool's program and map lists and
     the network namespaces are as they were."""
@@ -139,17 +135,17 @@ def test_plan_puts_kprobe_parts_in_the_vm_and_never_forces():
     assert sizes == {str(plan_mod.MAPS_ENTRIES)}
 
 
-def test_report_cli_rejects_unknown_kernel_and_section(tmp_path):
-    p = pybpfmap("report", "--kernel", "nosuch", "--out", str(tmp_path))
-    assert p.returncode == 2 and "--kernel" in p.stderr and "Traceback" not in p.stderr
-    p = pybpfmap("report", "--only", "maps,nope", "--out", str(tmp_path))
-    assert p.returncode == 2 and "--only" in p.stderr
+def test_report_cli_rejects_unknown_kernel_and_section(pybpfmap, tmp_path):
+    p = pybpfmap("report", "--kernel", "nosuch", "--out", str(tmp_path), expect=2)
+    assert "--kernel" in p.stderr and "Traceback" not in p.stderr
+    p = pybpfmap("report", "--only", "maps,nope", "--out", str(tmp_path), expect=2)
+    assert "--only" in p.stderr
 
 
-def test_report_command_writes_complete_files(tmp_path):
+@pytest.mark.root
+def test_report_command_writes_complete_files(pybpfmap, tmp_path):
     out = tmp_path / "rep"
-    p = pybpfmap("report", "--no-vm", "--quick", "--only", "info,maps", "--out", str(out))
-    assert p.returncode == 0, p.stderr
+    pybpfmap("report", "--no-vm", "--quick", "--only", "info,maps", "--out", str(out))
     results = json.loads((out / "results.json").read_text())
     assert [(s["name"], s["where"]) for s in results["sections"]] == [("info", "host"),
                                                                     ("maps", "host")]

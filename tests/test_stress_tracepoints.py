@@ -5,26 +5,15 @@ controls, and cleanup on normal exit, on error and on Ctrl-C.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 from pybpfmap.stress import allocator, kinds, leftovers, run
-
-pytestmark = pytest.mark.root
+from tests.helpers import json_out
 
 AVAILABLE, WHY_NOT = allocator.tracepoints_available()
 TP_NEEDED = pytest.mark.skipif(not AVAILABLE, reason="none of the lock:/kmem: tracepoints "
                                "exist here: " + "; ".join(WHY_NOT.values()))
-
-
-def stress(*args: str, timeout: float = 180) -> tuple[subprocess.CompletedProcess, dict]:
-    p = subprocess.run([sys.executable, "-m", "pybpfmap", "stress", "--tracepoints",
-                        "--json", *args], capture_output=True, text=True, timeout=timeout)
-    assert p.stdout.strip(), p.stderr
-    return p, json.loads(p.stdout)
+STRESS = ("stress", "--tracepoints", "--json")
 
 
 @pytest.fixture
@@ -35,10 +24,10 @@ def clean():
     assert leftovers.settled(before) == {}
 
 
+@pytest.mark.root
 @TP_NEEDED
-def test_every_row_fires_and_passes(clean):
-    p, res = stress("--duration", "1", "--baseline", "0.5")
-    assert p.returncode == 0, p.stderr
+def test_every_row_fires_and_passes(pybpfmap, clean):
+    res = json_out(pybpfmap(*STRESS, "--duration", "1", "--baseline", "0.5"))
     assert "WEAKER TRACEPOINT VARIANT" in res["note"]
     assert [r["kind"] for r in res["rows"]] == [k.name for k in kinds.KINDS]
     for row in res["rows"]:
@@ -50,34 +39,32 @@ def test_every_row_fires_and_passes(clean):
             assert w["ops"] > 0, name
 
 
+@pytest.mark.root
 @TP_NEEDED
-def test_negative_control_injected_splat_fails(clean):
+def test_negative_control_injected_splat_fails(pybpfmap, clean):
     """A WARN line written to the kernel log during the run must turn the row to FAIL."""
-    p, res = stress("--duration", "1", "--baseline", "0.5", "--types", "hash/prealloc",
-                    "--inject", "splat")
-    assert p.returncode == 1, p.stderr
-    (row,) = res["rows"]
+    (row,) = json_out(pybpfmap(*STRESS, "--duration", "1", "--baseline", "0.5", "--types",
+                               "hash/prealloc", "--inject", "splat", expect=1))["rows"]
     assert (row["outcome"], row["as_predicted"]) == ("FAIL", False)
     assert [s["kind"] for s in row["splats"]] == ["warning"]
     assert "pybpfmap-negative-control" in row["splats"][0]["line"]
 
 
+@pytest.mark.root
 @TP_NEEDED
-def test_negative_control_stalled_heartbeat_fails(clean):
+def test_negative_control_stalled_heartbeat_fails(pybpfmap, clean):
     """The whole process stopped (SIGSTOP) longer than the limit: reported as unresponsive."""
-    p, res = stress("--duration", "2", "--baseline", "0.5", "--types", "hash/prealloc",
-                    "--inject", "stall", "--heartbeat-limit", "0.5")
-    assert p.returncode == 1, p.stderr
-    (row,) = res["rows"]
+    (row,) = json_out(pybpfmap(*STRESS, "--duration", "2", "--baseline", "0.5", "--types",
+                               "hash/prealloc", "--inject", "stall", "--heartbeat-limit", "0.5",
+                               expect=1))["rows"]
     assert row["outcome"] == "FAIL" and row["heartbeat_max_delay_s"] > 0.5
     assert any("unresponsive" in r for r in row["reasons"])
 
 
+@pytest.mark.root
 @TP_NEEDED
-def test_cleanup_on_error(clean, monkeypatch):
+def test_cleanup_on_error(kernel, clean, monkeypatch):
     """An exception while the probes are attached still detaches everything."""
-    from pybpfmap import kernel
-
     calls = []
     real_go = allocator.workloads.Started.go
 
@@ -92,19 +79,20 @@ def test_cleanup_on_error(clean, monkeypatch):
     opts = run.Options(duration=1, tracepoints=True, baseline=0.3,
                        kinds=kinds.select(["hash/prealloc"]))
     with pytest.raises(RuntimeError, match="boom"):
-        run.run_local(opts, kernel.probe())
+        run.run_local(opts, kernel)
     assert len(calls) == 2
     assert all(not p.is_alive() for p, _ in calls[1].jobs.values())
 
 
+@pytest.mark.root
 @TP_NEEDED
 def test_cleanup_on_ctrl_c(clean, ctrl_c):
-    result = ctrl_c(["stress", "--tracepoints", "--duration", "60", "--baseline", "0.3"],
-                    lambda: bool(leftovers.snapshot()["bpftool_progs"]))
+    result = ctrl_c(["stress", "--tracepoints", "--duration", "60", "--baseline", "0.3"])
     assert result.returncode == 130, result.stderr
     assert "interrupted; everything was detached" in result.stderr
 
 
+@pytest.mark.root  # stress refuses non-root before it looks at the machine
 def test_refuses_outside_a_vm_without_force(monkeypatch, capsys):
     from pybpfmap import cli, kernel
     from pybpfmap.vm import guest
@@ -122,6 +110,7 @@ def test_refuses_outside_a_vm_without_force(monkeypatch, capsys):
     assert "--force: this machine is not a VM" in capsys.readouterr().err
 
 
+@pytest.mark.root  # stress refuses non-root before it looks at the kernel
 def test_predicted_deadlocks_never_run_outside_the_test_vm(monkeypatch, capsys):
     """--force or not: on a 5.10 kernel the allocator scenario with NO_PREALLOC
     maps is refused outside the test VM."""

@@ -18,7 +18,7 @@ import pytest
 from pybpfmap.vm import Outcome, catalog
 from tests.helpers import image
 
-pytestmark = [pytest.mark.vm, pytest.mark.root]
+pytestmark = pytest.mark.vm  # the vm skip checks root too
 
 
 @pytest.fixture

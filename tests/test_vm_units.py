@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
+from types import SimpleNamespace
 
 import pytest
 
@@ -141,8 +143,30 @@ def test_marks_go_to_the_control_port_and_a_copy_to_the_console(monkeypatch, cap
     assert "row-end x" in capsys.readouterr().err
 
 
-def test_init_beats_every_beat_period():
-    assert f"sleep {guest.BEAT_PERIOD_S}; done" in guest.INIT
+def test_init_beats_every_beat_period(tmp_path) -> None:
+    """INIT's heartbeat loop, run for three beats with a ``sleep`` that only
+    notes what it was asked: it waits BEAT_PERIOD_S between beats (what the
+    runner's hang verdict assumes), and each line it prints is a heartbeat
+    the runner's watch loop takes."""
+    from pybpfmap.vm.runner import _Watch
+
+    (assign,) = [line for line in guest.INIT.splitlines() if line.startswith("beat=")]
+    (loop,) = shlex.split(assign.removeprefix("beat="))
+    asked = tmp_path / "asked"
+    sleep = tmp_path / "sleep"
+    sleep.write_text(f'#!/bin/sh\necho "$1" >>{asked}\n'
+                     f'[ "$(wc -l <{asked})" -lt 3 ] || kill "$PPID"\n')
+    sleep.chmod(0o755)
+    path = f"{tmp_path}:{os.environ['PATH']}"
+    beats = subprocess.run(["sh", "-c", loop, "hb", "1"], capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "PATH": path})
+    assert asked.read_text().split() == [str(guest.BEAT_PERIOD_S)] * 3, beats.stderr
+    lines = beats.stdout.splitlines()
+    assert len(lines) == 3, beats
+    w = SimpleNamespace(hb_host={}, hb_guest={}, cfg=SimpleNamespace(cpus=2), t0=0.0)
+    for line in lines:
+        _Watch._control(w, line, 5.0)
+    assert w.hb_host == {1: 5.0} and w.hb_guest == {1: float(lines[-1].split()[2])}
 
 
 def test_init_keeps_the_control_port_open_for_cmd():

@@ -9,8 +9,6 @@ import pytest
 
 from pybpfmap.stress import workloads
 
-pytestmark = pytest.mark.root
-
 
 def _netns() -> set[str]:
     try:
@@ -19,6 +17,7 @@ def _netns() -> set[str]:
         return set()
 
 
+@pytest.mark.root  # network namespaces
 def test_veth_pair_is_made_and_removed():
     before = _netns()
     with workloads.veth_pair() as pair:
@@ -27,6 +26,7 @@ def test_veth_pair_is_made_and_removed():
     assert _netns() == before
 
 
+@pytest.mark.root
 def test_teardown_tolerates_what_is_already_gone():
     from pyroute2 import netns
 
@@ -36,6 +36,7 @@ def test_teardown_tolerates_what_is_already_gone():
     assert _netns() == before
 
 
+@pytest.mark.root
 def test_every_context_makes_progress_within_its_time():
     """A context still running 30 s after its time is reported stuck by
     results() (an "error"): no wall-clock bound of the test's own."""

@@ -1,12 +1,13 @@
 #!/bin/sh
-# Boot a pybpfmap box with vagrant-libvirt, run the kprobe tests in it, destroy it:
+# Boot a pybpfmap box with vagrant-libvirt, run the guest tests in it, destroy it:
 #   vagrant/ci-up.sh [--kernel K] BOX
 # BOX is a file from `pybpfmap vm box --kernel K` (default K: bookworm).  As root
 # (CI), on a host without systemd: a private libvirtd and virtlogd run in a
 # network namespace of their own (its NAT bridge and the guest exist only
-# there); the box is added to a throw-away VAGRANT_HOME; `vagrant up`, then
-# `sudo pytest -m kprobes` in the guest must pass with at least one test run
-# and no test skipped for lack of kprobes or root; `vagrant destroy -f`.
+# there); the box is added to a throw-away VAGRANT_HOME; then
+# pybpfmap.vm.vagrant_check boots it (`vagrant up`), runs `sudo pytest -m
+# "guest or kprobes"` in the guest (at least one test must run, none skipped
+# for lack of kprobes or root), and `vagrant destroy -f`.
 # Its libvirt objects are named pybpfmap-vagrant-PID (domain, pool, network).
 # Whatever happens (failure, Ctrl-C, TERM) the trap removes all of it: domain,
 # volumes, pool, networks, daemons, namespace, every process in it.
@@ -136,17 +137,6 @@ step() {  # step NAME CMD...: run CMD, print how long it took; CMD's exit status
     return "$st"
 }
 
-# Prefix each line with the seconds since the start: the phases of vagrant up.
-stamped() {  # stamped LOG CMD...: exit status of CMD kept in LOG.rc
-    log=$1
-    shift
-    # (Vagrant's progress bars, \r-separated, with erase-line codes, are dropped.)
-    { rc=0; "$@" 2>&1 || rc=$?; echo "$rc" >"$log.rc"; } | stdbuf -oL tr '\r' '\n' \
-        | sed -u -e 's/\x1b\[K//g' -e '/Progress: /d' -e '/^ *$/d' \
-        | while IFS= read -r line; do echo "[$(($(date +%s) - t0))s] $line"; done | tee "$log"
-    return "$(cat "$log.rc")"
-}
-
 start_libvirt() {
     ip netns add "$ns"
     in_ns ip link set lo up
@@ -203,130 +193,15 @@ EOF
     chmod -R go+rX "$VAGRANT_HOME"
 }
 
-# A guest that hangs (a kernel deadlock, or a test stuck) must not hold CI: the
-# guest's pytest has its own limit, `vagrant ssh` a later one with SIGKILL after
-# it (ssh into a dead guest ignores TERM), and a watcher connects to the guest's
-# sshd every 10 s: when it has not answered for 90 s its kernel is taken for dead
-# and the ssh session is ended.  Then the vCPUs are sampled through libvirt
-# (`pybpfmap vm evidence`: RIP, interrupts, the spin lock, the stack) and the
-# console's end is shown.
-GUEST_PYTEST_LIMIT=${PYBPFMAP_GUEST_PYTEST_LIMIT:-900}
+# The policy (vagrant up, the guest tests with their time limits, a watcher on
+# the guest's sshd, judging junit, evidence from a dead guest, another boot
+# after a death, vagrant destroy) is pybpfmap.vm.vagrant_check's; this script
+# keeps the plumbing around it.
 domain=$id-default   # vagrant-libvirt: default_prefix (set in add_box) + machine name
-
-guest_ip() {
-    in_ns vagrant ssh-config 2>/dev/null | awk '$1 == "HostName" { print $2; exit }'
-}
-
-watch_guest() {  # watch_guest IP: until $work/watch.stop exists
-    misses=0
-    while [ ! -e "$work/watch.stop" ]; do
-        if in_ns python3 -c "import socket, sys; socket.create_connection((sys.argv[1], 22), 5)" \
-                "$1" 2>/dev/null; then
-            misses=0
-        else
-            misses=$((misses + 1))
-        fi
-        if [ "$misses" -ge 9 ]; then
-            : >"$work/guest-dead"
-            say "the guest has not accepted a TCP connection for 90 s: its kernel is taken for dead"
-            for pid in $(ip netns pids "$ns"); do
-                case $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) in
-                *ssh\ vagrant@*) kill -KILL "$pid" 2>/dev/null ;;
-                esac
-            done
-            return 0
-        fi
-        sleep 10
-    done
-}
-
-qemu_accel() {  # how the guest's qemu was really started (the Vagrantfile's choice)
-    qaccel=$(ps -eo args | grep "[q]emu-system.*$id" | grep -o -- '-accel [^ ]*' | head -n 1)
-    say "the guest's qemu runs with ${qaccel:-no -accel option (not running?)}"
-}
-
-kprobe_tests() {
-    qemu_accel
-    rc=0
-    rm -f "$work/watch.stop" "$work/guest-dead"
-    ip=$(guest_ip)
-    [ -n "$ip" ] && watch_guest "$ip" &
-    # Negative control (PYBPFMAP_CI_INJECT=freeze): the first boot's vCPUs are
-    # paused 60 s into the tests, as a dead kernel would stop; the check must see it.
-    if [ "${PYBPFMAP_CI_INJECT:-}" = freeze ] && [ ! -e "$work/injected" ]; then
-        : >"$work/injected"
-        (sleep 60; say "PYBPFMAP_CI_INJECT=freeze: pausing the guest's vCPUs"
-         virsh suspend "$domain" >/dev/null) &
-    fi
-    # (Not --foreground: at the limit the signal goes to vagrant's whole process
-    # group, ssh included, whose open stdout would otherwise hold the pipe forever.)
-    stamped "$work/pytest.log" in_ns timeout -k 20 $((GUEST_PYTEST_LIMIT + 60)) \
-        vagrant ssh -c "cd /vagrant && sudo timeout -k 10 $GUEST_PYTEST_LIMIT \
-                        pytest -v -m kprobes --junitxml=/tmp/kprobes.xml" </dev/null || rc=$?
-    : >"$work/watch.stop"
-    wait
-    if [ "$rc" != 0 ]; then
-        case $rc in
-        124|137) say "the guest's pytest did not finish within ${GUEST_PYTEST_LIMIT} s" ;;
-        esac
-        # Is the guest alive (then a test hung), or not (its kernel, or its network)?
-        if [ ! -e "$work/guest-dead" ] && in_ns timeout -k 5 60 vagrant ssh -c \
-                "uptime; sudo dmesg | tail -n 25" </dev/null >"$work/alive.log" 2>&1; then
-            say "the guest still answers over ssh; its uptime and last kernel messages:"
-            cat "$work/alive.log"
-        else
-            : >"$work/guest-dead"
-            say "the guest does not answer; where its vCPUs are (pybpfmap vm evidence):"
-            "$here/../.venv/bin/pybpfmap" vm evidence --kernel "$kernel" \
-                --libvirt "$domain" || true
-        fi
-        say "last lines of the guest's serial console ($PYBPFMAP_CONSOLE_LOG):"
-        tail -n 40 "$PYBPFMAP_CONSOLE_LOG" 2>/dev/null | tr -d '\r'
-        return "$rc"
-    fi
-    in_ns vagrant ssh -c "cat /tmp/kprobes.xml" >"$work/kprobes.xml" 2>/dev/null
-    # Require a real pass: something ran, and nothing skipped for lack of kprobes/root.
-    python3 - "$work/kprobes.xml" <<'EOF'
-import sys
-import xml.etree.ElementTree as ET
-
-cases = list(ET.parse(sys.argv[1]).iter("testcase"))
-skips = [(c.get("name"), s.get("message", "")) for c in cases for s in c.iter("skipped")]
-bad = [(n, m) for n, m in skips if "no kprobes here" in m or "needs root" in m]
-ran = len(cases) - len(skips)
-for name, msg in skips:
-    print(f"ci-up: skipped {name}: {msg}")
-print(f"ci-up: kprobe tests in the guest: {len(cases)} collected, {ran} ran, "
-      f"{len(skips)} skipped")
-if ran == 0 or bad:
-    print("ci-up: FAIL: " + ("no kprobe test ran" if ran == 0 else
-                             f"{len(bad)} skipped because the guest lacks kprobes or root"))
-    sys.exit(1)
-EOF
-}
-
 step "vagrant box add pybpfmap-$kernel (VAGRANT_HOME $VAGRANT_HOME)" add_box
 step "network namespace $ns, virtlogd and libvirtd in it" start_libvirt
-step "vagrant up --provider=libvirt" \
-    stamped "$work/up.log" in_ns timeout -k 20 1200 vagrant up --provider=libvirt </dev/null
-# A test that fails fails the check.  A guest kernel that dies under the kprobe
-# tests (shown above, with its vCPUs' evidence) is not a finding about the Vagrant
-# path: it gets another boot, up to PYBPFMAP_GUEST_BOOTS boots in all (default 3),
-# and every death is said in a WARNING line.  (Under multi-threaded TCG the
-# bookworm guest died so on most boots: the Vagrantfile's "tcg" is single-threaded.)
-boots=${PYBPFMAP_GUEST_BOOTS:-3}
-boot=1
-deaths=0
-until step "sudo pytest -m kprobes in the guest (boot $boot of at most $boots)" kprobe_tests; do
-    [ -e "$work/guest-dead" ] || exit 1
-    deaths=$((deaths + 1))
-    say "WARNING: the guest's kernel died under the kprobe tests on boot $boot (evidence above)"
-    [ "$boot" -lt "$boots" ] || { say "FAIL: the guest's kernel died on all $boots boots"; exit 1; }
-    boot=$((boot + 1))
-    step "vagrant destroy -f" in_ns vagrant destroy -f
-    step "vagrant up --provider=libvirt (boot $boot)" \
-        stamped "$work/up$boot.log" in_ns timeout -k 20 1200 vagrant up --provider=libvirt </dev/null
-done
-[ "$deaths" = 0 ] || say "WARNING: the kprobe tests passed on boot $boot; the guest's kernel died on $deaths boot(s) before"
-step "vagrant destroy -f" in_ns vagrant destroy -f
+step "the guest tests in the box (pybpfmap.vm.vagrant_check)" \
+    "$here/../.venv/bin/python" -m pybpfmap.vm.vagrant_check --netns "$ns" \
+    --domain "$domain" --kernel "$kernel" --work "$work" \
+    --boots "${PYBPFMAP_GUEST_BOOTS:-3}" --limit "${PYBPFMAP_GUEST_PYTEST_LIMIT:-900}"
 say "OK"

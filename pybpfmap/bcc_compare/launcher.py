@@ -182,7 +182,7 @@ class Channel:
     def send(self, msg: dict) -> None:
         if self._f is None:
             return
-        # BrokenPipeError: the parent went away (PR_SET_PDEATHSIG ends us).
+        # BrokenPipeError: the parent went away (pybpfmap.procs then ends us).
         with self._lock, contextlib.suppress(BrokenPipeError, ValueError):
             self._f.write(json.dumps(msg) + "\n")
 
@@ -243,7 +243,7 @@ def _fd_pair(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="pybpfmap.bcc_compare.launcher")
+    parser = argparse.ArgumentParser(prog="pybpfmap.bcc_compare.launcher", allow_abbrev=False)
     parser.add_argument("--mode", choices=MODES, required=True)
     parser.add_argument("--control", type=_fd_pair, metavar="IN,OUT",
                         help="file descriptors: commands in, events and replies out")

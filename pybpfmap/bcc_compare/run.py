@@ -48,9 +48,10 @@ a margin of 6 for a machine that is also busy with something else.  A tool
 that exits early fails at once with its own error; one that hangs fails at
 the deadline.
 
-Each tool runs in its own session and its whole process group is killed on
-the way out, whatever happens (Ctrl-C included), and it is SIGKILLed by the
-kernel if pybpfmap dies first (PR_SET_PDEATHSIG): no probe or map outlives a run.
+Each tool runs in a process group of its own (:class:`pybpfmap.procs.Child`),
+killed on the way out whatever happens (Ctrl-C included), and also when
+pybpfmap dies first, even by SIGKILL (see :mod:`pybpfmap.procs`): no probe or
+map outlives a run.
 """
 
 from __future__ import annotations
@@ -60,11 +61,11 @@ import json
 import os
 import queue
 import re
-import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ from pybpfmap import bpfsys
 from pybpfmap.bcc_compare import verify
 from pybpfmap.bcc_compare.tools import Tool, output_evidence
 from pybpfmap.errors import EnvironmentProblem
+from pybpfmap.procs import Child, tell_ready, wait_until
 
 MODES = ("shipped", "noprealloc")
 SLOTS = ("baseline", *MODES)
@@ -137,9 +139,12 @@ def start_deadline() -> float:
 
 @dataclass
 class _Stream:
-    """What a reader thread saw on one pipe: a head, a tail and a line count."""
+    """What a reader thread saw on one pipe: a head, a tail and a line count.
+    ``first_line`` is set by a line, not by EOF; ``notify`` is called after
+    every line and at EOF."""
 
     pattern: Tool | None
+    notify: Callable[[], None] = lambda: None
     head: list[str] = field(default_factory=list)
     tail: list[str] = field(default_factory=list)
     lines: int = 0
@@ -157,7 +162,8 @@ class _Stream:
             if self.pattern is not None and self.evidence is None:
                 self.evidence = output_evidence(self.pattern, line)
             self.first_line.set()
-        self.first_line.set()
+            self.notify()
+        self.notify()
 
     def text(self) -> str:
         skipped = self.lines - len(self.head) - len(self.tail)
@@ -175,24 +181,6 @@ def error_summary(stderr: str) -> str:
     return " | ".join(list(dict.fromkeys(picked or lines[-2:]))[-3:]) or "no error output"
 
 
-def _die_with_parent() -> None:
-    """In a child: SIGKILL it if pybpfmap dies first (even by SIGKILL, when no
-    ``finally`` runs), so a tool never outlives its run.  Also give it the
-    default SIGINT disposition: a background job (nohup, CI runners) inherits
-    SIGINT ignored, and then the tool would never print its summary when we
-    stop it with SIGINT."""
-    import ctypes
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
-
-
 def launcher_cmd(tool: Tool, mode: str, control: tuple[int, int] | None = None) -> list[str]:
     ctl = ["--control", f"{control[0]},{control[1]}"] if control else []
     return [sys.executable, "-m", "pybpfmap.bcc_compare.launcher", "--mode", mode, *ctl,
@@ -203,7 +191,8 @@ def launcher_cmd(tool: Tool, mode: str, control: tuple[int, int] | None = None) 
 
 
 class ToolProcess:
-    """A tool started under :mod:`.launcher`, with its control channel."""
+    """A tool started under :mod:`.launcher`, with its control channel.
+    ``proc`` is its :class:`pybpfmap.procs.Child`."""
 
     def __init__(self, tool: Tool, mode: str):
         self.tool, self.mode = tool, mode
@@ -212,10 +201,9 @@ class ToolProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.started = time.monotonic()
         try:
-            self.proc = subprocess.Popen(
-                launcher_cmd(tool, mode, (cmd_r, ev_w)), stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                start_new_session=True, preexec_fn=_die_with_parent, pass_fds=(cmd_r, ev_w))
+            self.proc = Child(launcher_cmd(tool, mode, (cmd_r, ev_w)),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env, pass_fds=(cmd_r, ev_w))
         except BaseException:
             os.close(self._cmd_w)
             os.close(self._ev_r)
@@ -223,17 +211,32 @@ class ToolProcess:
         finally:
             os.close(cmd_r)
             os.close(ev_w)
-        self.out, self.err = _Stream(tool), _Stream(None)
-        self.events: list[dict] = []
+        # What the reader threads bring in; every change bumps _version and
+        # notifies _changed, which _wait() waits on between its looks.
         self._changed = threading.Condition()
-        self._replies: queue.Queue[dict] = queue.Queue()
+        self._version = self._seen = 0
+        self.out, self.err = _Stream(tool, self._notify), _Stream(None, self._notify)
+        self.events: list[dict] = []
+        self._replies: deque[dict] = deque()
         self._threads = [threading.Thread(target=s.feed, args=(p,), daemon=True)
-                         for s, p in ((self.out, self.proc.stdout),
-                                      (self.err, self.proc.stderr))]
+                         for s, p in ((self.out, self.proc.popen.stdout),
+                                      (self.err, self.proc.popen.stderr))]
         self._threads.append(threading.Thread(target=self._read_events, daemon=True))
         for t in self._threads:
             t.start()
         self.ready_s: float | None = None
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._version += 1
+            self._changed.notify_all()
+
+    def _pause(self, seconds: float) -> None:
+        """Between two looks of :meth:`_wait`: until something comes in (not
+        at all if something did since the last look), or ``seconds``."""
+        with self._changed:
+            if self._version == self._seen:
+                self._changed.wait(seconds)
 
     def _read_events(self) -> None:
         with os.fdopen(self._ev_r, "r") as f:
@@ -242,39 +245,40 @@ class ToolProcess:
                     msg = json.loads(line)
                 except ValueError:
                     continue
-                if "reply" in msg:
-                    self._replies.put(msg)
-                    continue
                 with self._changed:
-                    self.events.append(msg)
-                    self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
+                    (self._replies if "reply" in msg else self.events).append(msg)
+                self._notify()
+        self._notify()
 
     def failure(self, what: str) -> ToolFailed:
         text = self.err.text()
         return ToolFailed(f"{self.tool.name} ({self.mode}) {what}: {error_summary(text)}",
                           text)
 
-    def _wait(self, done: Callable[[], Any], deadline: float, what: str) -> Any:
-        """Wait until ``done()`` is true; ToolFailed if the tool exits or the deadline passes."""
-        end = time.monotonic() + deadline
-        while True:
-            result = done()
-            if result:
-                return result
-            if self.proc.poll() is not None:
-                for t in self._threads:
-                    t.join(STOP_TIMEOUT)
-                result = done()
-                if result:
-                    return result
-                raise self.failure(f"exited with status {self.proc.returncode} {what}")
-            if time.monotonic() > end:
-                raise self.failure(f"did not get {what} within {deadline:.0f} s (this "
-                                   f"machine's start-up deadline)")
+    def _wait(self, done: Callable[[], Any], timeout: float, what: str,
+              late: str | None = None) -> Any:
+        """Wait until ``done()`` is true (woken by what the reader threads bring
+        in; the tool's exit is looked at every 0.2 s); ToolFailed if the tool
+        exits first ("exited with status N ``what``") or ``timeout`` passes
+        (``late``, by default the start-up deadline's message)."""
+        def look() -> Any:
             with self._changed:
-                self._changed.wait(0.2)
+                self._seen = self._version
+            result = done()
+            if result or self.proc.poll() is None:
+                return result
+            for t in self._threads:  # its last lines and events
+                t.join(STOP_TIMEOUT)
+            result = done()
+            if not result:
+                raise self.failure(f"exited with status {self.proc.returncode} {what}")
+            return result
+
+        result = wait_until(look, timeout, 0.2, self._pause)
+        if not result:
+            raise self.failure(late or f"did not get {what} within {timeout:.0f} s (this "
+                               "machine's start-up deadline)")
+        return result
 
     def text_info(self, deadline: float) -> dict:
         """The launcher's description of the first non-empty BPF text the tool
@@ -286,13 +290,11 @@ class ToolProcess:
 
     def wait_ready(self, deadline: float) -> float:
         """Wait for the tool's first line of output, printed after attaching;
-        return the seconds since start."""
-        self._wait(self.out.first_line.is_set, deadline, "before printing anything")
-        time.sleep(0.2)
-        if self.proc.poll() is not None:
-            for t in self._threads:
-                t.join(STOP_TIMEOUT)
-            raise self.failure(f"exited with status {self.proc.returncode} before tracing")
+        return the seconds since start.  A tool that dies after that line is
+        caught by the next command (``park``)."""
+        self._wait(self.out.first_line.is_set, deadline, "before tracing",
+                   f"printed nothing within {deadline:.0f} s (this machine's start-up "
+                   "deadline)")
         self.ready_s = time.monotonic() - self.started
         return self.ready_s
 
@@ -300,19 +302,20 @@ class ToolProcess:
         """Send ``cmd`` to the launcher; its reply (ToolFailed if it failed)."""
         try:
             os.write(self._cmd_w, (cmd + "\n").encode())
-        except BrokenPipeError:
-            raise self.failure(f"is gone (status {self.proc.poll()}) before {cmd!r}") from None
-        end = time.monotonic() + timeout
-        while True:
-            try:
-                reply = self._replies.get(timeout=0.2)
-                break
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    raise self.failure(f"exited with status {self.proc.returncode} "
-                                       f"during {cmd!r}") from None
-                if time.monotonic() > end:
-                    raise self.failure(f"did not answer {cmd!r} in {timeout:.0f} s") from None
+        except BrokenPipeError:  # it is exiting: the pipe's EOF comes before its status
+            with suppress(subprocess.TimeoutExpired):
+                self.proc.wait(STOP_TIMEOUT)
+            for t in self._threads:  # its last lines
+                t.join(STOP_TIMEOUT)
+            raise self.failure(f"exited with status {self.proc.returncode} before "
+                               f"{cmd!r}") from None
+
+        def take() -> dict | None:
+            with self._changed:
+                return self._replies.popleft() if self._replies else None
+
+        reply = self._wait(take, timeout, f"during {cmd!r}",
+                           f"did not answer {cmd!r} in {timeout:.0f} s")
         if not reply.get("ok"):
             raise ToolFailed(f"{self.tool.name} ({self.mode}): {cmd} failed: "
                              f"{reply.get('error')}")
@@ -343,31 +346,26 @@ class ToolProcess:
         return verify.tool_maps(self.proc.pid, self.hash_names())
 
     def stop(self) -> int | None:
-        """SIGINT (as Ctrl-C) the tool's group, wait; SIGKILL if it lingers."""
-        _signal_group(self.proc, signal.SIGINT)
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            _signal_group(self.proc, signal.SIGKILL)
-            self.proc.wait(STOP_TIMEOUT)
-        _signal_group(self.proc, signal.SIGKILL)  # anything it left in its group
+        """SIGINT (as Ctrl-C) the tool's group, up to STOP_TIMEOUT s for the
+        tool to exit, then SIGKILL to whatever is left of the group; the tool's
+        exit status."""
+        status = self.proc.stop(grace=STOP_TIMEOUT)
         for t in self._threads:
             t.join(STOP_TIMEOUT)
-        return self.proc.returncode
+        return status
 
     def close(self) -> None:
         """Kill the group (if still there) and release the pipes."""
-        if self.proc.poll() is None:
-            _signal_group(self.proc, signal.SIGKILL)
-            self.proc.wait()
-        _signal_group(self.proc, signal.SIGKILL)
-        with suppress(OSError):
-            os.close(self._cmd_w)
-        for t in self._threads:  # the pipes reach EOF once the group is gone
-            t.join(STOP_TIMEOUT)
-        for p in (self.proc.stdout, self.proc.stderr):
-            if p:
-                p.close()
+        try:
+            self.proc.close()
+        finally:
+            with suppress(OSError):
+                os.close(self._cmd_w)
+            for t in self._threads:  # the pipes reach EOF once the group is gone
+                t.join(STOP_TIMEOUT)
+            for p in (self.proc.popen.stdout, self.proc.popen.stderr):
+                if p:
+                    p.close()
 
 
 @contextmanager
@@ -399,16 +397,19 @@ class WorkloadServer:
     def __init__(self, name: str, timeout: float):
         self.name, self.timeout = name, timeout
         cmd = [sys.executable, "-m", "pybpfmap.workloads", "--serve", name]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1,
-                                     preexec_fn=_die_with_parent)
+        self.proc = Child(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, bufsize=1)
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self._reply(timeout, "set up")
+        try:
+            self._reply(timeout, "set up")
+        except BaseException:
+            self.close(graceful=False)
+            raise
 
     def _read(self) -> None:
-        for line in self.proc.stdout:
+        for line in self.proc.popen.stdout:
             self._lines.put(line)
         self._lines.put(None)
 
@@ -420,35 +421,41 @@ class WorkloadServer:
                                      f"did not {what} in {timeout:.0f} s") from None
         if line is None:
             self.proc.wait(STOP_TIMEOUT)
-            tail = self.proc.stderr.read().strip().splitlines()[-1:] or ["no output"]
+            tail = self.proc.popen.stderr.read().strip().splitlines()[-1:] or ["no output"]
             raise EnvironmentProblem(f"workload {self.name}", f"failed: {tail[0]}")
         return json.loads(line)
 
     def window(self, duration: float) -> tuple[int, float]:
         """One window: (operations, seconds)."""
-        self.proc.stdin.write(f"{duration}\n")
-        self.proc.stdin.flush()
+        self.proc.popen.stdin.write(f"{duration}\n")
+        self.proc.popen.stdin.flush()
         rec = self._reply(duration + self.timeout, "finish a window")
         return rec["ops"], rec["elapsed"]
 
-    def close(self) -> None:
+    def close(self, graceful: bool = True) -> None:
+        """Ask the server to quit and give it STOP_TIMEOUT s (``graceful``); then
+        its group is killed, whatever is left of it."""
+        popen = self.proc.popen
         with suppress(OSError, ValueError):
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.close()
+            if graceful:
+                popen.stdin.write("quit\n")
+            popen.stdin.close()
         try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(STOP_TIMEOUT)
-        self.proc.stdout.close()
-        self.proc.stderr.close()
+            if graceful:
+                with suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(STOP_TIMEOUT)
+            self.proc.close()
+        finally:
+            self._reader.join(STOP_TIMEOUT)
+            popen.stdout.close()
+            popen.stderr.close()
 
     def __enter__(self) -> WorkloadServer:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # On an error or Ctrl-C the server may be in a window: no waiting for it.
+        self.close(graceful=exc_type is None)
 
 
 # --- one tool's measurement ------------------------------------------------------
@@ -597,6 +604,7 @@ def measure_tool(tool: Tool, duration: float, runs: int, log=sys.stderr,
                     m.other_programs = max(m.other_programs, _other_programs(procs))
                 else:
                     p.resume(deadline)
+                    tell_ready()  # a tool attached: what Ctrl-C must undo (once)
                 try:
                     ops, elapsed = server.window(duration)
                 finally:

@@ -19,6 +19,7 @@ import os
 import subprocess
 
 from pybpfmap import bpfsys
+from pybpfmap.procs import wait_until
 
 
 def _fd_ids(pid: int, key: str) -> list[int]:
@@ -98,14 +99,15 @@ def still_loaded(ids: set[int], timeout: float = 5.0) -> set[int]:
     after an RCU grace period (kernel/bpf/syscall.c, ``__bpf_prog_put_rcu``),
     so IDs vanish a little after the tool's process has exited.
     """
-    import time
+    left = ids
 
-    deadline = time.monotonic() + timeout
-    while True:
+    def gone() -> bool:
+        nonlocal left
         left = ids & bpfsys.all_ids(bpfsys.MAP_GET_NEXT_ID)
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.05)
+        return not left
+
+    wait_until(gone, timeout, 0.05)
+    return left
 
 
 PROG_GET_FD_BY_ID = 13  # enum bpf_cmd (include/uapi/linux/bpf.h)

@@ -30,15 +30,13 @@ Quirks of the sample, the same in Debian's 5.10, 6.1, 6.12 and 7.3 sources:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pybpfmap import procs
 from pybpfmap.errors import EnvironmentProblem, UsageError
 
 PEER_DIR = Path("/usr/local/lib/pybpfmap/map_perf_test")
@@ -196,22 +194,6 @@ def _check_args(test_bits: int, nr_cpus: int, num_map_entries: int, max_cnt: int
                          f"hold one key per CPU{extra}")
 
 
-def _live_members(pgid: int) -> list[int]:
-    """The processes of process group ``pgid`` that have not exited yet (a
-    zombie has), from /proc/PID/stat."""
-    out = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            out.append(int(entry.name))
-    return out
-
-
 def run(binary_dir: Path | str, test_bits: int, nr_cpus: int, num_map_entries: int,
         max_cnt: int, timeout: float) -> list[PeerResult]:
     """Run ``map_perf_test test_bits nr_cpus num_map_entries max_cnt`` from
@@ -225,31 +207,32 @@ def run(binary_dir: Path | str, test_bits: int, nr_cpus: int, num_map_entries: i
                                  "vagrant/map-perf-test.sh builds it")
     # argv[0] must be the path: the binary opens argv[0] + "_kern.o" (or ".bpf.o").
     argv = [str(binary), str(test_bits), str(nr_cpus), str(num_map_entries), str(max_cnt)]
-    # Its own session, so that a timeout kills the forked children too.  No
-    # `with`: its exit would wait for a process that SIGKILL cannot end.
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    # Its own process group (procs.Child), so that a timeout kills the forked
+    # children too; killed means no process of the group is alive any more
+    # (/proc), not EOF on its pipes, which do_exit() gives before that.
+    child = procs.Child(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout = stderr = None
     try:
-        stdout, stderr = proc.communicate(timeout=timeout)
+        stdout, stderr = child.popen.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        deadline = time.monotonic() + KILL_WAIT
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.communicate(timeout=KILL_WAIT)  # EOF: the group closed its files...
-        # ...which do_exit() does before the task is a zombie: wait for that too.
-        while (alive := _live_members(proc.pid)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if proc.poll() is None or alive:
-            raise EnvironmentProblem(BINARY, f"still running after {timeout:g} s and not "
-                                     f"dead {KILL_WAIT:g} s after SIGKILL (stuck in the "
-                                     "kernel?)") from None
+        pass
+    finally:
+        late = f"still running after {timeout:g} s" if stdout is None else "exited"
+        try:
+            child.kill(KILL_WAIT)  # a run past its time, or what it left in its group
+        except procs.StuckProcess as e:  # e says "... alive N s after SIGKILL (stuck ...)"
+            raise EnvironmentProblem(BINARY, f"{late}; {e}") from None
+        finally:
+            child.popen.stdout.close()
+            child.popen.stderr.close()
+    if stdout is None:
         raise EnvironmentProblem(BINARY, f"still running after {timeout:g} s "
-                                 f"({' '.join(argv[1:])}); killed") from None
+                                 f"({' '.join(argv[1:])}); killed")
     errors = [line for line in stderr.splitlines() if line.strip()]
     last = errors[-1] if errors else ""
-    if proc.returncode != 0:
-        how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
-               else f"exit status {proc.returncode}")
+    status = child.returncode
+    if status != 0:
+        how = (f"killed by signal {-status}" if status < 0 else f"exit status {status}")
         raise EnvironmentProblem(BINARY, f"{how}: {last or 'no message'}")
     failure = next((line for line in errors if line.startswith("ERROR")), None)
     if failure:  # the sample exits 0 after these; libbpf's first line says why

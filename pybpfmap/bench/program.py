@@ -7,14 +7,18 @@ for a moment in a bpffs, so that BCC uses that map instead of making one.
 one, and reads back after every window what the program counted on each CPU
 (:class:`Counts`: runs, and failed map calls by errno) and what the kernel
 counted for each program (:class:`ProgStats`: ``run_cnt``, ``run_time_ns``,
-``recursion_misses``).
+``recursion_misses``).  How those counters are laid out (which map call, which
+errno slot) is read from the C source itself (:func:`layout`): it is listed
+once, in bench_triple.c.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -23,7 +27,7 @@ from pathlib import Path
 
 from pybpfmap import bpfsys
 from pybpfmap.errors import EnvironmentProblem, KernelError
-from pybpfmap.loader import bcc_program
+from pybpfmap.loader import bcc_program, bpf_source
 from pybpfmap.maps import MapSpec
 
 SOURCE = "bench_triple.c"
@@ -31,12 +35,6 @@ SYSCALL = "getuid"
 TRACEPOINT = f"syscalls:sys_enter_{SYSCALL}"
 TRIGGERS = ("kprobe", "tracepoint", "raw_tp")
 KEYS = ("random", "tid")
-# The errno slots of struct counts, in bench_triple.c's order (slot()).
-FAIL_SLOTS = ("other", "E2BIG", "ENOMEM", "EBUSY", "ENOENT", "EEXIST", "EINVAL", "EDEADLK",
-              "ETIMEDOUT", "EAGAIN", "ENOTSUPP", "EFAULT", "EPERM", "ENOSPC", "EOPNOTSUPP",
-              "EINTR")
-OPS = ("update", "lookup", "delete")
-_WORDS = 2 + len(OPS) * len(FAIL_SLOTS)   # events, sink, fail[op][slot]
 KEY_BASE = 1 << 31   # the triple's keys; resident (--fill) keys are below
 OBJ_PIN = 6
 
@@ -49,6 +47,70 @@ class Workload:
     inkernel_triples: int = 100  # triples per BPF_PROG_TEST_RUN run
     syscall_triples: int = 1     # triples per syscall event
     trigger: str | None = None   # kprobe, tracepoint or raw_tp; None: no syscall mode
+
+
+@dataclass(frozen=True)
+class Layout:
+    """bench_triple.c's ``struct counts``: the map calls (the rows of ``fail``)
+    and the errno slots (its columns, slot 0 for any other errno)."""
+
+    ops: tuple[str, ...]     # OP_UPDATE 0, OP_LOOKUP 1... -> ("update", "lookup", ...)
+    slots: tuple[str, ...]   # "other", then slot()'s errno names by slot number
+
+    @property
+    def words(self) -> int:
+        """u64 words of one CPU's struct counts: events, sink, fail[op][slot]."""
+        return 2 + len(self.ops) * len(self.slots)
+
+
+_SLOT_FN = re.compile(r"\bint slot\(long err\)\s*\{(.*?)^\}", re.M | re.S)
+
+
+def _problem(what: str) -> EnvironmentProblem:
+    return EnvironmentProblem(f"bpf/{SOURCE}", f"struct counts cannot be read: {what}")
+
+
+def _define(source: str, name: str) -> int:
+    """The value of ``#define NAME <number>`` in ``source``."""
+    m = re.search(rf"^#define {name} (\d+)$", source, re.M)
+    if m is None:
+        raise _problem(f"no #define {name}")
+    return int(m.group(1))
+
+
+def _in_order(pairs: list[tuple[str, str]], first: int, end: int, what: str) -> list[str]:
+    """The names of (name, number) ``pairs`` by number, which must run from
+    ``first`` to ``end - 1`` with each number once."""
+    by: dict[int, str] = {}
+    for name, n in pairs:
+        if int(n) in by:
+            raise _problem(f"{what}: {by[int(n)]} and {name} are both {n}")
+        by[int(n)] = name
+    if sorted(by) != list(range(first, end)):
+        raise _problem(f"{what}: numbered {sorted(by)}, not {first}..{end - 1}")
+    return [by[n] for n in range(first, end)]
+
+
+def parse_layout(source: str) -> Layout:
+    """The :class:`Layout` that the C text ``source`` declares: the ``OP_*``
+    defines numbered 0..NOPS-1, and slot()'s ``case ERRNO: return N;`` for
+    1..NSLOTS-1 with ``default: return 0;``."""
+    ops = _in_order(re.findall(r"^#define OP_(\w+) (\d+)$", source, re.M), 0,
+                    _define(source, "NOPS"), "the OP_* defines")
+    body = _SLOT_FN.search(source)
+    if body is None:
+        raise _problem("no slot() function")
+    if not re.search(r"^\s*default: return 0;$", body.group(1), re.M):
+        raise _problem("slot() must return 0 (any other errno) by default")
+    slots = _in_order(re.findall(r"^\s*case (\w+): return (\d+);$", body.group(1), re.M), 1,
+                      _define(source, "NSLOTS"), "slot()")
+    return Layout(tuple(op.lower() for op in ops), ("other", *slots))
+
+
+@functools.cache
+def layout() -> Layout:
+    """The counters' layout of bpf/bench_triple.c (read once)."""
+    return parse_layout(bpf_source(SOURCE).read_text())
 
 
 @dataclass
@@ -187,6 +249,7 @@ class Bench:
         self.counts_fd = bpf[b"COUNTS"].map_fd
         self._attached: str | None = None
         self._cpus = bpfsys.possible_cpus()
+        self._layout = layout()
 
     # programs
     def prog_fd(self, name: str) -> int:
@@ -232,7 +295,7 @@ class Bench:
 
     # the program's own counters
     def _buffer(self) -> ctypes.Array:
-        return (ctypes.c_uint64 * (_WORDS * self._cpus))()
+        return (ctypes.c_uint64 * (self._layout.words * self._cpus))()
 
     def reset(self) -> None:
         """Zero the program's counters on every CPU."""
@@ -242,14 +305,14 @@ class Bench:
         """The program's counters since the last :meth:`reset`."""
         buf = self._buffer()
         bpfsys.lookup(self.counts_fd, (ctypes.c_uint32 * 1)(0), buf)
-        words = list(buf)
-        events = [words[c * _WORDS] for c in range(self._cpus)]
+        words, lay = list(buf), self._layout
+        events = [words[c * lay.words] for c in range(self._cpus)]
         failures: dict[str, dict[str, int]] = {}
         for c in range(self._cpus):
-            base = c * _WORDS + 2
-            for o, op in enumerate(OPS):
-                for s, name in enumerate(FAIL_SLOTS):
-                    n = words[base + o * len(FAIL_SLOTS) + s]
+            base = c * lay.words + 2
+            for o, op in enumerate(lay.ops):
+                for s, name in enumerate(lay.slots):
+                    n = words[base + o * len(lay.slots) + s]
                     if n:
                         failures.setdefault(op, {})
                         failures[op][name] = failures[op].get(name, 0) + n

@@ -21,6 +21,7 @@ import os
 import statistics
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from pybpfmap import era, memcg, memlock
 from pybpfmap.bench import inkernel, machine, program, syscall
@@ -349,20 +350,32 @@ def _verification(events: int, triggers: int, elsewhere: int, failures: dict,
                         misses if counted else None, note, problems)
 
 
+def _totals(phases: list, triggers: Callable[[Any], int], elsewhere: Callable[[Any], int],
+            misses: Callable[[Any], int | None]
+            ) -> tuple[program.Counts, int, int, int, int | None]:
+    """Over every phase of every sample: the map-call counts, program runs,
+    the runs asked for (``triggers``), runs elsewhere, and recursion misses
+    (None when any phase has no count)."""
+    counts = program.Counts([])
+    events = asked = outside = 0
+    total: int | None = 0
+    for phase in phases:
+        counts.add(phase.counts)
+        events += phase.events()
+        asked += triggers(phase)
+        outside += elsewhere(phase)
+        m = misses(phase)
+        total = None if m is None or total is None else total + m
+    return counts, events, asked, outside, total
+
+
 def _inkernel_record(base: dict, s: Subject, samples: list[inkernel.Sample],
                      mach: machine.Machine) -> BenchRecord:
     triples = s.bench.work.inkernel_triples
-    counts = program.Counts([])
-    events = triggers = elsewhere = 0
-    misses: int | None = 0
-    for smp in samples:
-        for phase in (smp.empty, smp.triple):
-            counts.add(phase.counts)
-            events += phase.events()
-            triggers += phase.expected_events()
-            elsewhere += phase.misplaced_events()
-            m = phase.stats.recursion_misses
-            misses = None if m is None or misses is None else misses + m
+    counts, events, triggers, elsewhere, misses = _totals(
+        [p for smp in samples for p in (smp.empty, smp.triple)],
+        lambda p: p.expected_events(), lambda p: p.misplaced_events(),
+        lambda p: p.stats.recursion_misses)
     counted, note = _misses_note("test_run", mach.kernel_release)
     check = _verification(events, triggers, elsewhere, counts.failures, misses, counted,
                           note, exact=True)
@@ -393,17 +406,9 @@ def _syscall_record(base: dict, s: Subject, samples: list[syscall.Sample],
                     mach: machine.Machine, trigger: str, why: str,
                     loop: syscall.Loop | None) -> BenchRecord:
     triples = s.bench.work.syscall_triples
-    counts = program.Counts([])
-    events = triggers = elsewhere = 0
-    misses: int | None = 0
-    for smp in samples:
-        for phase in (smp.empty, smp.triple):
-            counts.add(phase.counts)
-            events += phase.events()
-            triggers += phase.triggers()
-            elsewhere += phase.elsewhere()
-            m = phase.recursion_misses
-            misses = None if m is None or misses is None else misses + m
+    counts, events, triggers, elsewhere, misses = _totals(
+        [p for smp in samples for p in (smp.empty, smp.triple)],
+        lambda p: p.triggers(), lambda p: p.elsewhere(), lambda p: p.recursion_misses)
     counted, note = _misses_note(trigger, mach.kernel_release)
     check = _verification(events, triggers, elsewhere, counts.failures, misses, counted,
                           note, exact=False)

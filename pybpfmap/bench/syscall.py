@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from itertools import repeat, starmap
 from pathlib import Path
 
-from pybpfmap import bpfsys
+from pybpfmap import bpfsys, procs
 from pybpfmap.bench.program import TRACEPOINT, Bench, Counts, ProgStats
 from pybpfmap.errors import EnvironmentProblem, UsageError
 from pybpfmap.kernel import kprobes_available
@@ -169,18 +169,18 @@ def _python_loop(start: int, warmup: int, window: int) -> str:
 
 
 class _Trigger:
-    """One pinned trigger process (compiled or a forked Python loop)."""
+    """One pinned trigger process (compiled or a forked Python loop), leading
+    a process group of its own that pybpfmap owns (:mod:`pybpfmap.procs`)."""
 
     def __init__(self, loop: Loop, cpu: int, warmup_ns: int, window_ns: int):
         self.cpu = cpu
-        self.proc: subprocess.Popen | None = None
-        self.pid = 0
         if loop.exe is not None:
-            self.proc = subprocess.Popen(
+            child = procs.Child(
                 [str(loop.exe), str(warmup_ns), str(window_ns)], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, text=True,
                 preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
-            self._in, self._out = self.proc.stdin, self.proc.stdout
+            self.group = child.group
+            self._in, self._out = child.popen.stdin, child.popen.stdout
             return
         start_r, start_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -188,6 +188,8 @@ class _Trigger:
         if pid == 0:  # child: pin, say ready, wait for the start, loop, report
             code = 1
             try:
+                procs.child_setup()
+                os.setpgid(0, 0)
                 os.close(start_w)
                 os.close(out_r)
                 os.sched_setaffinity(0, {cpu})
@@ -200,7 +202,7 @@ class _Trigger:
                 os._exit(code)
         os.close(start_r)
         os.close(out_w)
-        self.pid = pid
+        self.group = procs.adopt(pid)
         self._in, self._out = os.fdopen(start_w, "w"), os.fdopen(out_r)
 
     def ready(self) -> None:
@@ -217,24 +219,21 @@ class _Trigger:
     def result(self) -> Calls:
         text = self._out.read()
         self._out.close()
-        if self.proc is not None:
-            status = self.proc.wait()
-        else:
-            status = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        status = self.group.wait()
         if status != 0:
             raise EnvironmentProblem("bench --mode syscall",
                                      f"the trigger for CPU {self.cpu} failed (status {status})")
         return _parse(self.cpu, text)
 
     def kill(self) -> None:
-        with contextlib.suppress(OSError):
-            if self.proc is not None:
-                if self.proc.poll() is None:
-                    self.proc.kill()
-                    self.proc.wait()
-            elif self.pid:
-                os.kill(self.pid, 9)
-                os.waitpid(self.pid, 0)
+        """Kill its group (if anything of it is left), wait until none of it
+        is alive, and close the pipes."""
+        try:
+            self.group.kill()
+        finally:
+            for f in (self._in, self._out):
+                with contextlib.suppress(OSError):
+                    f.close()
 
 
 # --- one window --------------------------------------------------------------
@@ -307,12 +306,11 @@ def window(bench: Bench, prog: str, loop: Loop, cpus: list[int], warmup: float,
         warm = bench.stats(name).minus(before)
         stats.close()
         calls = [t.result() for t in triggers]
-        triggers = []
         counts = bench.read()
         misses = bench.stats(name).minus(before).recursion_misses
     finally:
         stats.close()
-        for t in triggers:
+        for t in triggers:  # the finished ones too: nothing left in their groups
             t.kill()
         bench.detach()
     return Phase(calls, counts, warm if warm.run_cnt else None, misses)

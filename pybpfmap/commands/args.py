@@ -7,15 +7,43 @@
   a list of them, or ``all``; ``--results DIR`` says where the VM's console,
   dmesg and results go.
 * ``--json``: the command's records as one JSON document on stdout, nothing else.
+* Numbers are checked when the command line is parsed (:func:`positive_int`,
+  :func:`positive_float`...): a bad one is a usage error naming the option
+  before anything starts.
+* Paths a command writes to are :class:`OutputDir` / :class:`OutputFile`
+  options: :func:`check_outputs` tries each one (:func:`writable_dir`,
+  :func:`writable_file`) before the command starts, and leaves nothing behind.
+* No abbreviated options (:class:`Parser`): ``--kern`` is not ``--kernel``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import math
+import os
+import re
+import tempfile
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
+from pybpfmap.errors import UsageError
 from pybpfmap.vm import catalog
+
+N = TypeVar("N", int, float)
+
+
+class Parser(argparse.ArgumentParser):
+    """pybpfmap's argument parser: takes no abbreviated options (``--kern`` is
+    an error, not ``--kernel``; the VM relay forwards options by their exact
+    names).  argparse makes the subparsers of a parser of its class, so every
+    command's and subcommand's parser is one too."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
 
 class ListArg(argparse.Action):
@@ -46,7 +74,7 @@ class ListArg(argparse.Action):
                 if self.convert is not None:
                     try:
                         item = self.convert(item)
-                    except ValueError as e:
+                    except (ValueError, argparse.ArgumentTypeError) as e:
                         parser.error(f"argument {option_string}: {e}")
                 for x in self.expand.get(item, (item,)):
                     if x not in items:
@@ -60,14 +88,151 @@ def add_list(parser: argparse.ArgumentParser, *flags: str, valid: Sequence[str] 
     return parser.add_argument(*flags, action=ListArg, valid=valid, convert=convert, **kwargs)
 
 
-def positive_int(text: str) -> int:
+def number(text: str, kind: type[N], ok: Callable[[N], bool], want: str,
+           base: int = 10) -> N:
+    """``text`` as an int or float (``_`` separators allowed; ints in ``base``,
+    0: any prefix Python knows) for which ``ok`` holds, else
+    :class:`argparse.ArgumentTypeError` saying it is not ``want``: the one
+    pattern of the option types below.  NaN and infinities are never numbers."""
     try:
-        value = int(text.replace("_", ""))
+        value = int(text.replace("_", ""), base) if kind is int else kind(text.replace("_", ""))
     except ValueError:
-        raise ValueError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise ValueError(f"{text!r}: give a positive integer")
+        raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+    if (kind is float and not math.isfinite(value)) or not ok(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {want}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """A count or a size: an integer > 0."""
+    return number(text, int, lambda v: v > 0, "a positive integer")
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """The type of an integer option that must be ``low`` or more."""
+    def convert(text: str) -> int:
+        return number(text, int, lambda v: v >= low, f"an integer of at least {low}")
+
+    convert.__name__ = f"int_at_least_{low}"
+    return convert
+
+
+def u32(text: str, base: int = 10) -> int:
+    """A 32-bit unsigned integer: a bpf_attr field, 0 included (for the kernel
+    to refuse it, which is what ``maps`` shows)."""
+    return number(text, int, lambda v: 0 <= v < 1 << 32, "a 32-bit unsigned integer", base)
+
+
+def positive_float(text: str) -> float:
+    """A duration or a limit in seconds: a number > 0."""
+    return number(text, float, lambda v: v > 0, "a positive number")
+
+
+def non_negative_float(text: str) -> float:
+    """Seconds where 0 means something (none, or the default): a number >= 0."""
+    return number(text, float, lambda v: v >= 0, "a number of at least 0")
+
+
+def memory_size(text: str) -> str:
+    """A guest memory size as qemu's ``-m`` takes it: ``2G``, ``512M``, ``1.5G``,
+    ``2048`` (MiB); more than 0."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)", text.strip(), re.IGNORECASE)
+    if m is None or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size (e.g. 2G, 512M)")
+    return text.strip()
+
+
+def _mkdirs(path: Path, made: list[Path]) -> None:
+    """``mkdir -p path`` that appends each folder it creates to ``made``,
+    outermost first."""
+    try:
+        path.mkdir()
+    except FileNotFoundError:
+        if path.parent == path:
+            raise
+        _mkdirs(path.parent, made)
+        path.mkdir()
+    except FileExistsError:
+        if path.is_dir():
+            return
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path)) from None
+    made.append(path)
+
+
+def writable_dir(option: str, path: str | os.PathLike[str]) -> None:
+    """Check that ``option``'s folder ``path`` can be made (with its missing
+    parents) and written in, by doing it: :class:`UsageError` with the errno
+    when it cannot.  Whatever it made is removed again, either way."""
+    made: list[Path] = []
+    try:
+        _mkdirs(Path(path), made)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UsageError(option, f"cannot write in the folder {str(path)!r}", e.errno) from None
+    finally:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def writable_file(option: str, path: str | os.PathLike[str]) -> None:
+    """Check that ``option``'s file ``path`` can be written (created in its
+    folder, which must exist, or an existing file overwritten), by opening it:
+    :class:`UsageError` with the errno when it cannot.  A file it created is
+    removed again; an existing one is left as it was."""
+    try:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:  # an existing file (or a folder: EISDIR) is not truncated
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_CLOEXEC))
+            return
+        os.close(fd)
+        os.unlink(path)
+    except OSError as e:
+        raise UsageError(option, f"cannot write the file {str(path)!r}", e.errno) from None
+
+
+class Output(argparse.Action):
+    """An option naming a path the command writes to (stored as given);
+    :func:`check_outputs` tries it with ``check`` before the command starts."""
+
+    check: Callable[[str, Any], None] = staticmethod(writable_file)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+
+
+class OutputFile(Output):
+    """A file the command writes (its folder must exist): :func:`writable_file`."""
+
+
+class OutputDir(Output):
+    """A folder the command makes and writes in: :func:`writable_dir`."""
+
+    check = staticmethod(writable_dir)
+
+
+def command_parser(parser: argparse.ArgumentParser,
+                   args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the (sub)command ``args`` were parsed for."""
+    while True:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)),
+                   None)
+        if sub is None or getattr(args, sub.dest, None) not in sub.choices:
+            return parser
+        parser = sub.choices[getattr(args, sub.dest)]
+
+
+def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Try every :class:`Output` path of the command ``args`` were parsed for
+    (given, or a default) before it starts: :class:`UsageError` naming the
+    option and the errno for one it could not write."""
+    for action in command_parser(parser, args)._actions:
+        value = getattr(args, action.dest, None)
+        if isinstance(action, Output) and value is not None:
+            action.check(action.option_strings[0], value)
 
 
 def add_kernel(parser: argparse.ArgumentParser, what: str,
@@ -77,7 +242,7 @@ def add_kernel(parser: argparse.ArgumentParser, what: str,
              expand={catalog.ALL: catalog.NAMES}, default=default,
              help=f"{what} inside the test VM of these catalog kernels "
                   f"({', '.join(catalog.NAMES)}, or {catalog.ALL}); see `pybpfmap vm list`")
-    parser.add_argument("--results", metavar="DIR",
+    parser.add_argument("--results", metavar="DIR", action=OutputDir,
                         help="with --kernel: the folder for the VM's console.log, dmesg.txt, "
                              "stdout and result.json (default results/<command>-<kernel>-"
                              "<time>; one subfolder per kernel when there are several)")

@@ -19,7 +19,13 @@ import sys
 
 from pybpfmap.bcc_compare.result import FAILED, BccRecord, load, render_markdown, render_text
 from pybpfmap.bcc_compare.tools import DEFAULT_TOOLS, TOOLS
-from pybpfmap.commands.args import add_json, add_kernel, add_list
+from pybpfmap.commands.args import (
+    add_json,
+    add_kernel,
+    add_list,
+    int_at_least,
+    positive_float,
+)
 
 __all__ = ["load", "render_text", "render_markdown", "register", "run"]
 
@@ -35,9 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_list(p, "--tools", dest="tools", valid=list(TOOLS), metavar="TOOL",
              help=f"tools, comma- or space-separated, repeatable (default: all of "
                   f"{', '.join(DEFAULT_TOOLS)})")
-    p.add_argument("--duration", type=float, default=DEFAULT_DURATION, metavar="S",
+    p.add_argument("--duration", type=positive_float, default=DEFAULT_DURATION, metavar="S",
                    help=f"seconds per workload window (default {DEFAULT_DURATION:g})")
-    p.add_argument("--runs", type=int, default=DEFAULT_RUNS, metavar="R",
+    p.add_argument("--runs", type=int_at_least(2), default=DEFAULT_RUNS, metavar="R",
                    help=f"rounds of (baseline, shipped, NO_PREALLOC) windows, at least 2 "
                         f"(default {DEFAULT_RUNS})")
     add_kernel(p, "run the tools that need kprobes")

@@ -8,7 +8,16 @@ import sys
 
 from pybpfmap.bench.record import BenchRecord, load, pre_no_ratio  # noqa: F401 (the API)
 from pybpfmap.bench.table import render_markdown, render_text  # noqa: F401 (the API)
-from pybpfmap.commands.args import add_json, add_kernel, add_list, positive_int
+from pybpfmap.commands.args import (
+    OutputFile,
+    add_json,
+    add_kernel,
+    add_list,
+    non_negative_float,
+    number,
+    positive_float,
+    positive_int,
+)
 from pybpfmap.errors import KernelError, UsageError
 
 DEFAULT_SIZES = (1000, 10000, 100000, 1000000)
@@ -18,10 +27,8 @@ PEER_RUNS = 5          # under TCG one run's figure moves by 5-10%
 
 
 def percent(text: str) -> int:
-    value = int(text.rstrip("%"))
-    if not 0 <= value <= 100:
-        raise ValueError(f"{text!r}: a percentage is 0..100")
-    return value
+    """A percentage, 0..100, with or without ``%``."""
+    return number(text.rstrip("%"), int, lambda v: 0 <= v <= 100, "a percentage (0..100)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,14 +64,14 @@ def register(sub: argparse._SubParsersAction) -> None:
              help="preload this percentage of max_entries with resident keys, disjoint "
                   "from the triple's (the map gets room for the triple's own keys); "
                   "e.g. 0,50,100 (default 0)")
-    p.add_argument("--runs", type=int,
+    p.add_argument("--runs", type=positive_int,
                    help="repeated runs (default 3; with --peer 5, both tools' runs "
                         "alternating)")
-    p.add_argument("--seconds", type=float, default=0.3,
+    p.add_argument("--seconds", type=positive_float, default=0.3,
                    help="measuring window per run, CPU count and program (default 0.3)")
-    p.add_argument("--warmup", type=float, default=0.1,
+    p.add_argument("--warmup", type=non_negative_float, default=0.1,
                    help="syscall mode: discarded warm-up window after attach (default 0.1)")
-    p.add_argument("--triples", type=int,
+    p.add_argument("--triples", type=positive_int,
                    help="triples per program run (default: 100 in the kernel, so that "
                         "test_run's 1 ns resolution is below 1%% of the figure; 1 per "
                         "syscall event as in the seed, or with --peer as many as the peer's "
@@ -81,7 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the test-VM images) on the same maps and CPU counts, and show "
                         "both figures and their ratio (needs kprobes: use --kernel)")
     add_json(p)
-    p.add_argument("--plot", metavar="FILE", help="write PNG plots (made on this machine)")
+    p.add_argument("--plot", metavar="FILE", action=OutputFile,
+                   help="write PNG plots (made on this machine)")
     add_kernel(p, "run the bench")
     p.set_defaults(func=run)
 

@@ -18,15 +18,16 @@ import time
 from dataclasses import dataclass, field
 
 from pybpfmap import bpfsys, era, memcg
-from pybpfmap.commands.args import add_json, add_kernel, add_list
+from pybpfmap.commands.args import add_json, add_kernel, add_list, u32
 from pybpfmap.errors import KernelError, errno_name
-from pybpfmap.maps import LRU_PREALLOC_ONLY, TYPES, MapSpec, alloc_label, old_memlock_estimate
+from pybpfmap.maps import LRU_PREALLOC_ONLY, TYPES, MapSpec, alloc_label, memlock_is_usage
 from pybpfmap.output import Progress, human_bytes, md_table, print_json, text_table
 from pybpfmap.records import from_json
 
 MEMLOCK_NOTE = ("memlock is the kernel's fdinfo figure; it reports real usage for "
                 f"non-preallocated maps since {era.MEMORY_USAGE.cite()}, an estimate from "
-                "max_entries before")
+                "max_entries in 5.11-6.3, and before 5.11 the RLIMIT_MEMLOCK charge "
+                "computed from max_entries, the same for both modes")
 STAGES = ("empty", "full", "drained")
 
 
@@ -90,9 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="only preallocated maps (the kernel default)")
     mode.add_argument("--no-prealloc", dest="modes", action="store_const", const=[False],
                       help="only BPF_F_NO_PREALLOC maps")
-    p.add_argument("--max-entries", type=int, default=10000, metavar="N")
-    p.add_argument("--key-size", type=int, default=4, metavar="N")
-    p.add_argument("--value-size", type=int, default=8, metavar="N")
+    p.add_argument("--max-entries", type=u32, default=10000, metavar="N")
+    p.add_argument("--key-size", type=u32, default=4, metavar="N")
+    p.add_argument("--value-size", type=u32, default=8, metavar="N")
     p.add_argument("--map-flags", type=bits, default=0, metavar="BITS",
                    help="extra raw map_flags bits to OR in (e.g. 0x2 BPF_F_NO_COMMON_LRU), "
                    "to see what the kernel accepts")
@@ -102,8 +103,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def bits(text: str) -> int:
-    """An integer in any base Python accepts (0x2, 2, 0b10)."""
-    return int(text, 0)
+    """A 32-bit integer in any base Python accepts (0x2, 2, 0b10)."""
+    return u32(text, base=0)
 
 
 def specs_for(args: argparse.Namespace) -> list[tuple[MapSpec, str | None]]:
@@ -141,7 +142,7 @@ def measure(spec: MapSpec, where: str, release: str) -> MapRecord:
                     else (None, None, None, 0, 0, 0)))
 
             stage("empty")
-            rec.memlock_is_estimate = rec.memory["empty"].memlock == old_memlock_estimate(spec)
+            rec.memlock_is_estimate = not memlock_is_usage(rec.memory["empty"].memlock, spec)
             m.fill(spec.max_entries)
             stage("full")
             rec.entries_full = len(m.keys())
@@ -214,8 +215,9 @@ def notes(records: list[MapRecord]) -> str:
     sources = sorted({f"{r.where}: {r.memcg}" for r in records if not r.skipped})
     lines += [f"memory cgroup figures ({s})" for s in sources]
     if any(r.memlock_is_estimate for r in records):
-        lines.append("~ = fdinfo memlock is that estimate on this kernel: it does not show "
-                     "what a map uses.")
+        lines.append("~ = fdinfo memlock does not show what a map uses on this kernel: before "
+                     "5.11 it is the RLIMIT_MEMLOCK charge from max_entries (the same with "
+                     "and without NO_PREALLOC), in 5.11-6.3 that estimate.")
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from pybpfmap.commands.args import add_list
+from pybpfmap.commands.args import OutputDir, add_list
 from pybpfmap.errors import EnvironmentProblem, UsageError
 from pybpfmap.vm import catalog
 
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("report", help="the whole picture: every command, one report folder",
                        description=__doc__)
-    p.add_argument("--out", default="results/report", metavar="DIR",
+    p.add_argument("--out", default="results/report", metavar="DIR", action=OutputDir,
                    help="folder for report.md, results.json and plots (default: %(default)s)")
     add_list(p, "--kernel", dest="kernels", valid=catalog.CHOICES, metavar="K",
              expand={catalog.ALL: catalog.NAMES},
@@ -84,16 +84,13 @@ def run(args: argparse.Namespace) -> int:
     from pybpfmap.records import to_json
     from pybpfmap.report.render import render
 
+    if args.merge and (args.kernels or args.only or args.quick or args.no_vm):
+        raise UsageError("--merge", "merges finished reports: give no --kernel, --only, "
+                         "--quick or --no-vm with it")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     command = "pybpfmap " + " ".join(shlex.quote(a) for a in args.argv)
-    if args.merge:
-        if args.kernels or args.only or args.quick or args.no_vm:
-            raise UsageError("--merge", "merges finished reports: give no --kernel, --only, "
-                             "--quick or --no-vm with it")
-        report = merge(args.merge, out, command)
-    else:
-        report = _measure(args, out, command)
+    report = merge(args.merge, out, command) if args.merge else _measure(args, out, command)
     (out / "results.json").write_text(json.dumps(to_json(report), indent=1) + "\n")
     (out / "report.md").write_text(render(report))
     failed = [s for s in report.sections if s.error]

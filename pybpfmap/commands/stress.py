@@ -29,7 +29,13 @@ import argparse
 import os
 import sys
 
-from pybpfmap.commands.args import add_json, add_kernel, add_list
+from pybpfmap.commands.args import (
+    add_json,
+    add_kernel,
+    add_list,
+    non_negative_float,
+    positive_float,
+)
 from pybpfmap.errors import EnvironmentProblem, UsageError
 
 
@@ -44,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_list(p, "--scenario", "--scenarios", dest="scenarios", valid=SCENARIOS,
              metavar="S", help=f"scenarios ({', '.join(SCENARIOS)}; default allocator)")
-    p.add_argument("--duration", type=float, default=10.0, metavar="S",
+    p.add_argument("--duration", type=positive_float, default=10.0, metavar="S",
                    help="seconds of each row with its probes attached (default 10)")
     add_list(p, "--probes", metavar="NAME",
              help="spin_unlock functions (or, with --tracepoints, category:name "
@@ -65,12 +71,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tracepoints", action="store_true",
                    help="weaker variant for kernels without kprobes: attach to "
                         "lock:contention_begin/end and kmem:kmalloc/kfree instead")
-    p.add_argument("--heartbeat-limit", type=float, default=DEFAULT_HEARTBEAT_LIMIT_S,
-                   metavar="S", help="FAIL a row if its heartbeat is ever later than this "
-                                     "(default %(default)g)")
-    p.add_argument("--baseline", type=float, metavar="S",
+    p.add_argument("--heartbeat-limit", type=positive_float,
+                   default=DEFAULT_HEARTBEAT_LIMIT_S, metavar="S",
+                   help="FAIL a row if its heartbeat is ever later than this "
+                        "(default %(default)g)")
+    p.add_argument("--baseline", type=non_negative_float, metavar="S",
                    help="seconds of workload without probes, for the throughput "
-                        "comparison (default: duration/4, 1 to 3 s)")
+                        "comparison (default: duration/4, 1 to 3 s; 0: no comparison)")
     p.add_argument("--inject", choices=INJECTIONS,
                    help="negative control: make the run fail on purpose (a WARN line in "
                         "the kernel log, a stalled heartbeat, a guest panic)")

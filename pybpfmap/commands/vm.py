@@ -1,4 +1,4 @@
-"""``pybpfmap vm build|list|run|box|accel|splats``: the test VM (see :mod:`pybpfmap.vm`)."""
+"""``pybpfmap vm build|list|run|test|box|accel|splats``: the test VM (see :mod:`pybpfmap.vm`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,15 @@ import signal
 import sys
 import time
 
-from pybpfmap.commands.args import add_list
-from pybpfmap.vm import catalog
+from pybpfmap.commands.args import (
+    OutputDir,
+    OutputFile,
+    add_list,
+    memory_size,
+    positive_float,
+    positive_int,
+)
+from pybpfmap.vm import catalog, suite
 
 
 def _kernel_option(parser: argparse.ArgumentParser, what: str, many: bool = True) -> None:
@@ -46,21 +53,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Boot the image (read-only base, per-run overlay) and run "
                                    "CMD in the project tree; default CMD: python3 -m pytest.")
     _kernel_option(r, "boot these kernels in turn")
-    r.add_argument("--cpus", type=int, default=2)
-    r.add_argument("--memory", default="2G")
-    r.add_argument("--timeout", type=float, default=1800, help="overall limit, seconds")
-    r.add_argument("--hang-timeout", type=float, default=60,
+    r.add_argument("--cpus", type=positive_int, default=2)
+    r.add_argument("--memory", type=memory_size, default="2G")
+    r.add_argument("--timeout", type=positive_float, default=1800,
+                   help="overall limit, seconds")
+    r.add_argument("--hang-timeout", type=positive_float, default=60,
                    help="seconds without a heartbeat from one vCPU before the guest counts "
                         "as hung")
-    r.add_argument("--boot-timeout", type=float, default=180,
+    r.add_argument("--boot-timeout", type=positive_float, default=180,
                    help="seconds allowed from qemu start to CMD's start")
     r.add_argument("--accel", choices=["kvm", "tcg", "tcg-mttcg"],
                    help="default: KVM if a cached probe boot showed it works, else tcg "
                         "(single-threaded)")
-    r.add_argument("--results", help="host folder for stdout.txt, dmesg.txt, junit.xml, "
-                                     "console.log, result.json and files CMD writes to "
-                                     "$PYBPFMAP_RESULTS (one subfolder per kernel when there "
-                                     "are several)")
+    r.add_argument("--results", action=OutputDir,
+                   help="host folder for stdout.txt, dmesg.txt, junit.xml, "
+                        "console.log, result.json and files CMD writes to "
+                        "$PYBPFMAP_RESULTS (one subfolder per kernel when there "
+                        "are several)")
     r.add_argument("--allow-splat", action="append", default=[], metavar="REGEX",
                    help="dmesg lines matching REGEX are not splats (repeatable)")
     r.add_argument("--quiet", action="store_true",
@@ -71,9 +80,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     r.set_defaults(func=cmd_run)
 
+    t = sub.add_parser(
+        "test", help="run the guest tests (sudo pytest) in each kernel's test VM",
+        description="Boot each kernel once and run `python3 -m pytest -m \"guest or "
+                    "kprobes\"` as root in the project tree inside it (the tests about the "
+                    "running kernel); bring junit.xml back and print one line per kernel.",
+        epilog="exit status: 0 when every kernel's tests passed; else the first failing "
+               "kernel's: 1 (or pytest's status) for failed tests, 123 hung, 122 panic, "
+               "124 timeout, 125 qemu lost.")
+    _kernel_option(t, "the kernels to test in")
+    t.add_argument("--timeout", type=positive_float, default=suite.TIMEOUT,
+                   help=f"seconds allowed per kernel (default {suite.TIMEOUT:.0f})")
+    t.add_argument("--hang-timeout", type=positive_float, default=suite.HANG_TIMEOUT,
+                   help="seconds without a vCPU heartbeat before the guest counts as hung "
+                        f"(default {suite.HANG_TIMEOUT:.0f})")
+    t.add_argument("--accel", choices=["kvm", "tcg", "tcg-mttcg"],
+                   help="as for `vm run`")
+    t.add_argument("--results", metavar="DIR", action=OutputDir,
+                   help="host folder, one subfolder per kernel (default "
+                        "results/vm-test-<time>)")
+    t.add_argument("--quiet", action="store_true", help="do not show the guest's pytest output")
+    t.add_argument("--json", action="store_true",
+                   help="print one JSON record per kernel on stdout")
+    t.add_argument("pytest_args", nargs=argparse.REMAINDER,
+                   help="-- extra pytest arguments (e.g. -k NAME, -x)")
+    t.set_defaults(func=cmd_test)
+
     x = sub.add_parser("box", help="package the image as a local Vagrant libvirt box")
     _kernel_option(x, "the image to package", many=False)
-    x.add_argument("--output", metavar="FILE",
+    x.add_argument("--output", metavar="FILE", action=OutputFile,
                    help="box file to write (default pybpfmap-K.box)")
     x.set_defaults(func=cmd_box)
 
@@ -259,3 +294,36 @@ def cmd_splats(args: argparse.Namespace) -> int:
     else:
         print("no kernel splats")
     return EXIT_SPLAT if found else 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pybpfmap.output import print_json
+    from pybpfmap.vm import Accel, Streams
+    from pybpfmap.vm.suite import run_suite
+
+    extra = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
+    signal.signal(signal.SIGTERM, _sigterm)
+    base = Path(args.results) if args.results else \
+        Path("results") / f"vm-test-{time.strftime('%Y%m%d-%H%M%S')}"
+    shown = None if args.quiet or args.json else sys.stdout
+    runs = []
+    for n, kernel in enumerate(args.kernels, 1):
+        print(f"pybpfmap vm test: [{n}/{len(args.kernels)}] {kernel}", file=sys.stderr,
+              flush=True)
+        run = run_suite(kernel, base / kernel, pytest_args=extra,
+                        timeout=args.timeout, hang_timeout=args.hang_timeout,
+                        accel=Accel.parse(args.accel, "--accel") if args.accel else None,
+                        streams=Streams(shown, None))
+        print(f"pybpfmap vm test: {run.line()}", file=sys.stderr, flush=True)
+        if run.vm.evidence:
+            print(run.vm.evidence_text(), file=sys.stderr)
+        runs.append(run)
+    if args.json:
+        print_json([r.to_json() for r in runs])
+    else:
+        print(f"pybpfmap vm test: results in {base}")
+        for r in runs:
+            print(f"{'ok  ' if r.ok else 'FAIL'} {r.line()}")
+    return next((r.status for r in runs if r.status), 0)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pybpfmap import procs
 from pybpfmap.report.plan import Section
 
 GRACE = 30.0
@@ -50,11 +50,6 @@ def _log(msg: str) -> None:
     print(f"pybpfmap report: {msg}", file=sys.stderr, flush=True)
 
 
-def _default_sigint() -> None:
-    # A background job inherits SIGINT ignored; the section must get Ctrl-C.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def run_section(section: Section, out: Path, limit: float | None = None) -> SectionResult:
     """Run one section as ``python3 -m pybpfmap ...``; its result."""
     folder = out / section.folder
@@ -65,27 +60,22 @@ def run_section(section: Section, out: Path, limit: float | None = None) -> Sect
     limit = section.limit if limit is None else limit
     start = time.monotonic()
     stdout_path, stderr_path = folder / "stdout.txt", folder / "stderr.txt"
-    with open(stdout_path, "w") as out_f, open(stderr_path, "w") as err_f:
-        proc = subprocess.Popen([sys.executable, "-m", "pybpfmap", *argv], stdout=out_f,
-                                stderr=err_f, stdin=subprocess.DEVNULL,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                                preexec_fn=_default_sigint)
+    # Its own process group (procs.Child: the default SIGINT disposition, which
+    # a background job would not have), so Ctrl-C reaches it only through us.
+    with open(stdout_path, "w") as out_f, open(stderr_path, "w") as err_f, \
+            procs.Child([sys.executable, "-m", "pybpfmap", *argv], stdout=out_f,
+                        stderr=err_f, stdin=subprocess.DEVNULL,
+                        env=dict(os.environ, PYTHONUNBUFFERED="1")) as child:
         try:
-            res.status = proc.wait(limit)
+            res.status = child.wait(limit)
         except subprocess.TimeoutExpired:
             res.stopped = True
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(GRACE)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            status = child.stop(GRACE)  # SIGINT, GRACE s, SIGKILL to what is left
             res.error = (f"stopped at its time limit of {limit:.0f} s (SIGINT; exit "
-                         f"status {proc.returncode})")
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                         f"status {status})")
+        except BaseException:  # Ctrl-C (or an error) here: stop the section as Ctrl-C would
+            child.stop(GRACE)
+            raise
     res.seconds = round(time.monotonic() - start, 1)
     text = stdout_path.read_text()
     if not res.stopped:

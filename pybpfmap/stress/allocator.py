@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
-from pybpfmap import bpfsys, era, tracefs
+from pybpfmap import bpfsys, era, procs, tracefs
 from pybpfmap.errors import EnvironmentProblem, UsageError, errno_name
 from pybpfmap.kernel import Kernel
 from pybpfmap.loader import bcc_program, load_func
@@ -137,6 +137,7 @@ def loaded(kind: MapKind, probes: Sequence[Probe], label: str) -> Iterator[Loade
                 attach.enter_context(tracefs.attached(fd, cat, tp))
             out.prog_fds[probe] = fd
             mark("armed", label, probe.target)
+        procs.tell_ready()  # every probe attached: what a Ctrl-C must undo (once a run)
         yield out
 
 

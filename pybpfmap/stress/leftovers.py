@@ -12,6 +12,7 @@ import os
 import subprocess
 
 from pybpfmap.loader import loaded_ids
+from pybpfmap.procs import wait_until
 from pybpfmap.stress.allocator import NPROBES
 from pybpfmap.tracefs import KPROBE_EVENTS
 
@@ -71,27 +72,27 @@ def settled(before: dict, timeout: float = 5.0) -> dict:
     """:func:`left_behind` after giving the kernel up to ``timeout`` seconds:
     perf events and programs are freed after an RCU grace period, so an ID
     can outlive its last fd by a few milliseconds."""
-    import time
+    left: dict = {}
 
-    deadline = time.monotonic() + timeout
-    while True:
+    def clean() -> bool:
+        nonlocal left
         left = left_behind(before, snapshot())
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.1)
+        return not left
+
+    wait_until(clean, timeout, 0.1)
+    return left
 
 
 def quiescent(timeout: float = 10.0) -> dict:
     """A :func:`snapshot` once two in a row agree (what earlier runs left to the
     kernel's RCU-deferred frees is gone), or the last one after ``timeout``."""
-    import time
+    last: dict | None = None
 
-    deadline = time.monotonic() + timeout
-    last = snapshot()
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
+    def steady() -> bool:
+        nonlocal last
         now = snapshot()
-        if now == last:
-            return now
-        last = now
+        same, last = now == last, now
+        return same
+
+    wait_until(steady, timeout, 0.2)
     return last

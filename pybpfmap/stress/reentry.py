@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
-from pybpfmap import era, tracefs
+from pybpfmap import era, procs, tracefs
 from pybpfmap.errors import UsageError, errno_name
 from pybpfmap.kernel import Kernel
 from pybpfmap.loader import bcc_program, load_func
@@ -153,6 +153,7 @@ def _run(row: StressRow, kind: MapKind, k: Kernel, targets: list[str], duration:
                            f"{', '.join(tried)} never fired while the outer program held "
                            "the bucket lock"]
             return row, kmsg.read_new()
+        procs.tell_ready()  # both programs attached: what a Ctrl-C must undo (once a run)
         row.probe = f"raw_tp sys_enter + kprobe {target}"
         if tried:
             row.note = f"{', '.join(tried)}: never inside the update here; {target} is"

@@ -10,12 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pybpfmap import era
+from pybpfmap import era, procs
 from pybpfmap.errors import EnvironmentProblem, KernelError, UsageError, errno_name
 from pybpfmap.kernel import Kernel
 from pybpfmap.stress import allocator, reentry, verdict, watch
@@ -62,16 +61,17 @@ def injected(what: str | None, heartbeat_limit: float) -> Iterator[None]:
     elif what == "stall":
         # Stop this whole process (heartbeat thread included) for longer than
         # the heartbeat limit, from a helper process.
-        helper = subprocess.Popen(
-            [sys.executable, "-c",
-             "import os, signal, sys, time; p = int(sys.argv[1]); "
-             "os.kill(p, signal.SIGSTOP); time.sleep(float(sys.argv[2])); "
-             "os.kill(p, signal.SIGCONT)", str(os.getpid()), str(heartbeat_limit + 1.0)])
-        try:
-            yield
-        finally:
-            helper.wait()
-            os.kill(os.getpid(), signal.SIGCONT)
+        with procs.Child(
+                [sys.executable, "-c",
+                 "import os, signal, sys, time; p = int(sys.argv[1]); "
+                 "os.kill(p, signal.SIGSTOP); time.sleep(float(sys.argv[2])); "
+                 "os.kill(p, signal.SIGCONT)", str(os.getpid()),
+                 str(heartbeat_limit + 1.0)]) as helper:
+            try:
+                yield
+            finally:
+                helper.wait()
+                os.kill(os.getpid(), signal.SIGCONT)
     elif what == "panic":
         with open("/proc/sys/kernel/sysrq", "w") as f:
             f.write("1")

@@ -11,15 +11,17 @@ heartbeat for the GIL.
 from __future__ import annotations
 
 import errno
+import functools
 import multiprocessing
 import os
 import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
+from pybpfmap import procs
 from pybpfmap.errors import EnvironmentProblem
 from pybpfmap.workloads import Irq, Process, Softirq, Workload
 
@@ -92,8 +94,9 @@ def _del_link(ifname: str) -> None:
 
 def _child(work: Workload, go, duration: float, queue) -> None:
     # Ctrl-C is the parent's to handle: it detaches everything, then stops us.
-    # Our own process group, so that stop() reaches the helpers we fork too.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Our own process group (the parent adopts it), so that stop() reaches the
+    # helpers we fork too; we die with the parent.
+    procs.child_setup(sigint=signal.SIG_IGN)
     os.setpgid(0, 0)
     try:
         with work as w:
@@ -102,6 +105,12 @@ def _child(work: Workload, go, duration: float, queue) -> None:
         queue.put({"ops": got.ops, **got.counts})
     except Exception as e:  # reported by the parent as the workload's error
         queue.put({"ops": 0, "error": f"{type(e).__name__}: {e}"})
+
+
+def _join(p: multiprocessing.process.BaseProcess, timeout: float | None) -> int | None:
+    """A :class:`pybpfmap.procs.Group`'s ``reap`` for a multiprocessing child."""
+    p.join(timeout)
+    return p.exitcode
 
 
 def workloads_for(contexts: tuple[str, ...], pair: VethPair | None) -> list[Workload]:
@@ -128,12 +137,18 @@ class Started:
         ctx = multiprocessing.get_context("fork")
         self._go = ctx.Event()
         self.jobs: dict[str, tuple] = {}
-        for work in workloads_for(contexts, pair):
-            q = ctx.SimpleQueue()
-            p = ctx.Process(target=_child, args=(work, self._go, duration, q),
-                            name=f"pybpfmap-{work.name}", daemon=True)
-            p.start()
-            self.jobs[work.name] = (p, q)
+        self._groups: list[procs.Group] = []
+        try:
+            for work in workloads_for(contexts, pair):
+                q = ctx.SimpleQueue()
+                p = ctx.Process(target=_child, args=(work, self._go, duration, q),
+                                name=f"pybpfmap-{work.name}", daemon=True)
+                p.start()
+                self.jobs[work.name] = (p, q)
+                self._groups.append(procs.adopt(p.pid, functools.partial(_join, p)))
+        except BaseException:
+            self.stop()
+            raise
         self._deadline: float | None = None
 
     def go(self) -> None:
@@ -159,13 +174,16 @@ class Started:
         return out
 
     def stop(self) -> None:
-        """Kill every workload process and the helpers it forked."""
-        for p, _ in self.jobs.values():
-            with suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
-            if p.is_alive():  # killed before it made its own group
-                p.kill()
-            p.join()
+        """Kill every workload process and the helpers it forked (each its
+        own group), and wait until none of them is alive."""
+        stuck: list[procs.StuckProcess] = []
+        for group in self._groups:
+            try:
+                group.kill()
+            except procs.StuckProcess as e:
+                stuck.append(e)
+        if stuck:
+            raise stuck[0]
 
 
 @contextmanager

@@ -2,17 +2,15 @@
 
 :func:`qemu_process` is a context manager: whatever happens inside (an
 exception, Ctrl-C, a hang), qemu is killed and reaped on the way out, and it
-also gets SIGKILL from the kernel if this Python process dies
-(``PR_SET_PDEATHSIG``).
+is also killed if this Python process dies, even by SIGKILL (it is a
+:class:`pybpfmap.procs.Child`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import enum
 import json
-import signal
 import socket
 import subprocess
 import time
@@ -20,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pybpfmap import procs
 from pybpfmap.errors import UsageError
 from pybpfmap.vm.guest import CTL_PORT, OUT_PORT, TAG_CTL, TAG_REPO, TAG_RESULTS
 
@@ -136,26 +135,20 @@ def qemu_argv(c: QemuConfig) -> list[str]:
     ]
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 @contextlib.contextmanager
-def qemu_process(c: QemuConfig) -> Iterator[subprocess.Popen]:
-    """Run qemu for ``c``; on exit from the block it is killed and reaped."""
+def qemu_process(c: QemuConfig) -> Iterator[procs.Child]:
+    """Run qemu for ``c`` (``pid``, ``poll()``, ``returncode``); on exit from
+    the block it is killed (SIGKILL: there is nothing to shut down cleanly,
+    SIGCONT first if it was stopped) and reaped."""
     for f in (c.console_log, c.ctl_log, c.stdout_log):
         f.write_bytes(b"")
     with open(c.qemu_log, "wb") as log:
-        proc = subprocess.Popen(qemu_argv(c), stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        proc = procs.Child(qemu_argv(c), stdin=subprocess.DEVNULL, stdout=log,
+                           stderr=subprocess.STDOUT)
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGCONT)  # a stopped process dies only once resumed
-            proc.kill()
-        proc.wait()
+        proc.kill()
 
 
 class QmpTimeout(Exception):
