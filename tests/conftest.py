@@ -3,7 +3,10 @@
 Markers (registered in pyproject.toml):
   root     needs root for bpf(2)
   kprobes  needs CONFIG_KPROBES; on a host without them, run inside the test VM
-  vm       boots the test VM with qemu (skipped inside the VM itself)
+  vm       boots the test VM with qemu (skipped inside the VM itself): the
+           tests that watch a guest from outside
+  guest    about the running kernel, no outside observer: ``pybpfmap vm test``
+           runs the ``guest or kprobes`` tests inside each test VM
 
 Fixtures: ``kernel`` (the one probe of the running kernel, which every
 marker's skip reason comes from) and ``pybpfmap`` (runs the command line and
