@@ -10,11 +10,11 @@ import functools
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from pybpfmap import procs
 from pybpfmap.vm import Outcome, catalog
 from tests.helpers import image
 
@@ -70,9 +70,7 @@ def test_frozen_qemu_is_hung_not_timed_out(vm, tmp_path):
     started = threading.Event()
 
     def freeze() -> None:
-        deadline = time.monotonic() + 200
-        while time.monotonic() < deadline and not (tmp_path / "started").exists():
-            time.sleep(0.2)
+        procs.wait_until(lambda: (tmp_path / "started").exists(), 200, 0.2)
         for pid in _qemu_pids_for(tmp_path):
             os.kill(pid, signal.SIGSTOP)
             started.set()

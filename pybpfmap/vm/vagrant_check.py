@@ -230,10 +230,14 @@ class Check:
             if boot > 1:
                 self.run(self.vagrant("destroy", "-f"), 300)
             say(f"vagrant up (boot {boot} of at most {boots})")
+            start = time.monotonic()
             if not self.up(boot):
                 return 1
+            say(f"vagrant up: {time.monotonic() - start:.0f} s")
             say(f"sudo pytest -m '{GUEST_TESTS}' in the guest (boot {boot})")
+            start = time.monotonic()
             result = self.tests(boot)
+            say(f"the guest tests: {result} after {time.monotonic() - start:.0f} s")
             if result == "passed":
                 if deaths:
                     say(f"WARNING: the guest tests passed on boot {boot}; the guest's kernel "
