@@ -204,9 +204,14 @@ def allocator_prediction(release: str, spec: MapSpec, preempt_rt: bool) -> Predi
                       changes=_cites(PREALLOC, MEM_ALLOC))
 
 
-def reentry_prediction(release: str) -> Prediction:
-    """A raw_tp program and a kprobe program updating one key while the other holds
-    the bucket lock."""
+def reentry_prediction(release: str, spec: MapSpec | None = None,
+                       preempt_rt: bool = False) -> Prediction:
+    """A raw_tp program and a kprobe program updating one key of ``spec`` while the
+    other holds the bucket lock.  Both are tracing programs: on PREEMPT_RT 5.7-6.0
+    the verifier refuses a NO_PREALLOC map in them, as in the allocator scenario."""
+    if spec is not None and not spec.prealloc and preempt_rt and \
+            _between(release, RT_PREALLOC, WARN_REMOVED):
+        return allocator_prediction(release, spec, preempt_rt)
     if not has(release, MAP_LOCKED):
         return Prediction(Expect.DEADLOCK, "nothing stops the nested update from taking the "
                           "bucket lock its own CPU holds: an AA deadlock with interrupts "

@@ -60,6 +60,18 @@ def test_reentry_predictions(release, expect, errnos):
     assert (p.expect, p.errnos) == (expect, errnos)
 
 
+def test_reentry_on_preempt_rt_refuses_no_prealloc_until_6_1():
+    """Both re-entry programs are tracing programs: on PREEMPT_RT 5.7-6.0 a
+    NO_PREALLOC map is refused at load (2ed905c521e5), not deadlocked."""
+    rt = era.reentry_prediction("5.10.0-43-rt-amd64", HASH_NO, True)
+    assert (rt.expect, rt.errnos) == (era.Expect.REFUSED, ("EINVAL",))
+    assert "2ed905c521e5" in rt.changes
+    assert era.reentry_prediction("5.10.0-43-rt-amd64", HASH, True).expect is \
+        era.Expect.DEADLOCK
+    assert era.reentry_prediction("5.10.0", HASH_NO, False).expect is era.Expect.DEADLOCK
+    assert era.reentry_prediction("6.1.0", HASH_NO, True).errnos == ("EBUSY",)
+
+
 def test_prediction_matching():
     busy = era.reentry_prediction("6.1.0")
     assert busy.matches("PASS", {"EBUSY"}) and not busy.matches("PASS", set())

@@ -98,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="as for `vm run`")
     t.add_argument("--results", metavar="DIR", action=OutputDir,
                    help="host folder, one subfolder per kernel (default "
-                        "results/vm-test-<time>)")
+                        "results/vm-test-<kernels>-<time> in the project tree)")
     t.add_argument("--quiet", action="store_true", help="do not show the guest's pytest output")
     t.add_argument("--json", action="store_true",
                    help="print one JSON record per kernel on stdout")
@@ -300,13 +300,13 @@ def cmd_test(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pybpfmap.output import print_json
-    from pybpfmap.vm import Accel, Streams
+    from pybpfmap.vm import Accel, Streams, default_results_dir
     from pybpfmap.vm.suite import run_suite
 
     extra = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
     signal.signal(signal.SIGTERM, _sigterm)
     base = Path(args.results) if args.results else \
-        Path("results") / f"vm-test-{time.strftime('%Y%m%d-%H%M%S')}"
+        default_results_dir("vm-test", "-".join(args.kernels))
     shown = None if args.quiet or args.json else sys.stdout
     runs = []
     for n, kernel in enumerate(args.kernels, 1):

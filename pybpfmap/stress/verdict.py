@@ -94,7 +94,7 @@ def judge(row: StressRow, release: str, kernel_log: str, preempt_rt: bool,
 def predict(row: StressRow, release: str, preempt_rt: bool) -> StressRow:
     """The era's prediction for the row, and whether its outcome matches."""
     if row.scenario == "reentry":
-        p = era.reentry_prediction(release)
+        p = era.reentry_prediction(release, spec_of(row), preempt_rt)
     else:
         p = era.allocator_prediction(release, spec_of(row), preempt_rt)
     row.prediction, row.prediction_why = p.describe(), p.why
