@@ -93,34 +93,3 @@ def read(path: Path | str) -> Junit:
     except ValueError as e:
         raise EnvironmentProblem(str(path), str(e)) from None
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python3 -m pybpfmap.junit FILE [--require-run] [--forbid-skip WORD...]``:
-    print the counts and every non-passing case; exit 1 if a test failed, no test
-    ran (with ``--require-run``), or a test skipped for a reason containing a
-    forbidden word (the Vagrant check: no skip for lack of kprobes or root)."""
-    import argparse
-    import sys
-
-    p = argparse.ArgumentParser(prog="python3 -m pybpfmap.junit", allow_abbrev=False)
-    p.add_argument("file")
-    p.add_argument("--what", default="tests", help="what the counts are of, for the line")
-    p.add_argument("--forbid-skip", action="append", default=[], metavar="WORD")
-    args = p.parse_args(argv)
-    try:
-        j = read(args.file)
-    except EnvironmentProblem as e:
-        print(f"junit: {e.message()}", file=sys.stderr)
-        return 1
-    for c in j.cases:
-        print(f"junit: {c.kind} {c.name}: {c.message}")
-    bad = j.skipped_because(*args.forbid_skip) if args.forbid_skip else []
-    verdict = ("FAIL: no test ran" if j.passed <= 0 and not (j.failures or j.errors)
-               else f"FAIL: {len(bad)} skipped for a forbidden reason" if bad
-               else "FAIL" if not j.ok else "OK")
-    print(f"junit: {args.what}: {j.counts()} ({j.seconds:.0f} s): {verdict}")
-    return 0 if verdict == "OK" else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

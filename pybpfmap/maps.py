@@ -15,7 +15,7 @@ import errno
 import os
 from dataclasses import dataclass
 
-from pybpfmap import bpfsys
+from pybpfmap import bpfsys, memlock
 from pybpfmap.errors import ENOTSUPP, KernelError, UsageError
 
 TYPES = tuple(bpfsys.MAP_TYPES)
@@ -94,8 +94,6 @@ class MapSpec:
 
         Where the kernel charges map memory to RLIMIT_MEMLOCK (before v5.11) the
         limit is raised first, as BCC and libbpf do (:mod:`pybpfmap.memlock`)."""
-        from pybpfmap import memlock
-
         memlock.ensure_unlimited()
         try:
             fd = bpfsys.map_create(bpfsys.MAP_TYPES[self.type], self.key_size,
@@ -123,16 +121,14 @@ def old_memlock_estimate(spec: MapSpec) -> int:
     return -(-size // page) * page
 
 
-def memlock_is_usage(memlock: int, spec: MapSpec) -> bool:
-    """Whether fdinfo ``memlock`` shows what the map uses.  Not before v5.11,
+def memlock_is_usage(figure: int, spec: MapSpec) -> bool:
+    """Whether ``figure``, fdinfo's ``memlock``, shows what the map uses.  Not before v5.11,
     where it is the RLIMIT_MEMLOCK charge computed from max_entries at creation,
     the same with and without BPF_F_NO_PREALLOC (probed: the kernel charges
     RLIMIT_MEMLOCK; Linux kernel commit 80ee81e0403c ("bpf: Eliminate
     rlimit-based memory accounting infra for bpf maps") (in v5.11) ended it);
     nor in 5.11-6.3, where it is :func:`old_memlock_estimate`."""
-    from pybpfmap import memlock as rlimit
-
-    return not rlimit.charged_by_kernel() and memlock != old_memlock_estimate(spec)
+    return not memlock.charged_by_kernel() and figure != old_memlock_estimate(spec)
 
 
 def explain_create_error(spec: MapSpec, err: int) -> KernelError:
@@ -169,7 +165,6 @@ def explain_create_error(spec: MapSpec, err: int) -> KernelError:
         return KernelError("max_entries", err, f"{spec.type} with {spec.max_entries} "
                            f"entries: the kernel ran out of memory {what}")
     if err == errno.EPERM:
-        from pybpfmap import memlock
         from pybpfmap.era import NO_RLIMIT
 
         limit = memlock.current()

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -345,13 +345,6 @@ class Child:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@contextlib.contextmanager
-def child(argv: Sequence[str], **kwargs: Any) -> Iterator[Child]:
-    """:class:`Child` as a ``with`` block: the group is killed on the way out."""
-    with Child(argv, **kwargs) as c:
-        yield c
 
 
 def _waitpid(pid: int) -> Callable[[float | None], int | None]:

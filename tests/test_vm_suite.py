@@ -13,7 +13,7 @@ from pybpfmap import junit
 from pybpfmap.errors import EnvironmentProblem
 from pybpfmap.vm.qemu import Accel
 from pybpfmap.vm.runner import Outcome, VmResult
-from pybpfmap.vm.suite import SuiteRun, judge
+from pybpfmap.vm.suite import SuiteRun, judge, junit_problem
 
 CASES = """
 import pytest
@@ -75,6 +75,14 @@ def test_forbidden_skips_and_no_test_run_fail(tmp_path):
     only_skips = junit.parse('<testsuite tests="1" skipped="1"><testcase name="t">'
                              '<skipped message="x"/></testcase></testsuite>')
     assert judge(_vm(tmp_path, Outcome.PASSED), only_skips) == "no test ran"
+
+
+def test_a_nonzero_pytest_status_fails_even_with_clean_junit(tmp_path):
+    """The Vagrant check's guest pytest and vm test's share these rules."""
+    j = junit.parse('<testsuite tests="1"><testcase classname="a" name="t"/></testsuite>')
+    assert junit_problem(j, 0) is None
+    assert junit_problem(j, 5) == "pytest exited with status 5"
+    assert judge(_vm(tmp_path, Outcome.FAILED, 4), j) == "pytest exited with status 4"
 
 
 def test_a_guest_that_hung_is_said_with_its_outcome(tmp_path):

@@ -65,25 +65,31 @@ class SuiteRun:
                 "vm": self.vm.to_json()}
 
 
-def judge(vm: VmResult, j: junit.Junit | None) -> str | None:
-    """Why a guest test run failed, or None: the VM must have finished
-    cleanly, and junit must show a test run, none failed, and none skipped
-    for lack of kprobes or root."""
-    if vm.outcome is not Outcome.PASSED and vm.outcome is not Outcome.FAILED:
-        return f"the guest {vm.outcome.label}: {vm.message}"
-    if j is None:
-        return f"pytest wrote no junit.xml ({vm.message})"
+def junit_problem(j: junit.Junit, status: int) -> str | None:
+    """Why a guest's pytest run, which exited with ``status``, failed by its
+    junit, or None: a test must have run, none failed, none skipped for lack of
+    kprobes or root.  The rules of ``vm test`` and of the Vagrant check."""
     if j.failures or j.errors:
         names = [c.name for c in j.cases if c.kind != "skipped"]
         return f"{j.failures + j.errors} test(s) failed: {', '.join(names[:5])}"
-    if vm.outcome is Outcome.FAILED:
-        return f"pytest exited with status {vm.exit_code} ({vm.message})"
+    if status != 0:
+        return f"pytest exited with status {status}"
     if j.passed <= 0:
         return "no test ran"
     bad = j.skipped_because(*FORBIDDEN_SKIPS)
     if bad:
         return f"{len(bad)} skipped for lack of what the guest has: {bad[0].message}"
     return None
+
+
+def judge(vm: VmResult, j: junit.Junit | None) -> str | None:
+    """Why a guest test run failed, or None: the VM must have finished
+    cleanly, and its junit pass :func:`junit_problem`."""
+    if vm.outcome is not Outcome.PASSED and vm.outcome is not Outcome.FAILED:
+        return f"the guest {vm.outcome.label}: {vm.message}"
+    if j is None:
+        return f"pytest wrote no junit.xml ({vm.message})"
+    return junit_problem(j, (vm.exit_code or 1) if vm.outcome is Outcome.FAILED else 0)
 
 
 def run_suite(kernel: str, results_dir: Path, *, pytest_args: list[str] | None = None,

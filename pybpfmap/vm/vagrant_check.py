@@ -11,9 +11,10 @@ Every ``vagrant`` call runs as ``ip netns exec NS vagrant ...`` under
 goes, vagrant's ssh included, so no orphan holds a pipe open).  The guest runs
 ``sudo pytest -m "guest or kprobes"`` (the selection of ``pybpfmap vm test``)
 with a time limit of its own; junit comes back and is judged by
-:func:`pybpfmap.vm.suite.judge`'s rules.  A watcher connects to the guest's sshd
-every ``WATCH_PERIOD`` s: silent for ``DEAD_AFTER`` s, its kernel is taken
-for dead, the ssh session is ended, the vCPUs are sampled through libvirt
+:func:`pybpfmap.vm.suite.junit_problem`, as ``vm test``'s are.  A watcher
+connects to the guest's sshd every ``WATCH_PERIOD`` s: silent for
+``DEAD_AFTER`` s, its kernel is taken for dead, the ssh session is ended, the
+vCPUs are sampled through libvirt
 (``pybpfmap vm evidence``) and the console's end is shown.  A failed test
 fails the check at once; a guest that died gets another boot, up to
 ``--boots``, each death said in a WARNING line.
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 
 from pybpfmap import junit, procs
-from pybpfmap.vm.suite import FORBIDDEN_SKIPS, GUEST_TESTS
+from pybpfmap.vm.suite import GUEST_TESTS, junit_problem
 
 WATCH_PERIOD = 10.0
 DEAD_AFTER = 90.0
@@ -187,13 +188,11 @@ class Check:
                     return "failed"
                 for c in j.cases:
                     say(f"{c.kind} {c.name}: {c.message}")
-                bad = j.skipped_because(*FORBIDDEN_SKIPS)
                 say(f"guest tests: {j.counts()}")
-                if j.ok and not bad and status == 0:
+                problem = junit_problem(j, status)
+                if problem is None:
                     return "passed"
-                say("FAIL: " + (f"{len(bad)} skipped for lack of kprobes or root" if bad
-                                else "no test ran" if j.passed <= 0 and status == 0
-                                else f"pytest exited with status {status}"))
+                say(f"FAIL: {problem}")
                 return "failed"
         if status is None and not dead.is_set():
             say(f"the guest's pytest did not finish within {limit} s")
