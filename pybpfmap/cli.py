@@ -19,7 +19,7 @@ import importlib
 import sys
 
 from pybpfmap import __version__
-from pybpfmap.commands.args import Parser, check_outputs
+from pybpfmap.commands.args import Parser, check_outputs, command_parser, guest_argv
 from pybpfmap.errors import EXIT_KERNEL, PybpfmapError
 
 # Order is the order of ``pybpfmap --help``.
@@ -46,33 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """The option strings of the (sub)command ``argv`` runs."""
-    options: set[str] = set()
-    current = parser
-    for word in argv:
-        sub = next((a for a in current._actions
-                    if isinstance(a, argparse._SubParsersAction)), None)
-        if sub is None or word not in sub.choices:
-            break
-        current = sub.choices[word]
-    for action in current._actions:
-        options.update(action.option_strings)
-    return options
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    # The command line as typed, from the command's name on: what the VM relay
-    # passes on to the guest (pybpfmap.vm.relay.forwarded_argv).
+    # The command line as typed, from the command's name on, without its
+    # host-only options: what a --kernel run relays to the test VM.
     args.argv = argv[argv.index(args.command):] if args.command in argv else [args.command]
+    args.guest_argv = guest_argv(command_parser(parser, args), args.argv)
     try:
         check_outputs(parser, args)  # an unwritable --out fails before anything starts
         return int(args.func(args) or 0)
     except PybpfmapError as e:
-        e.as_option(_options(parser, argv))
+        e.as_option({o for a in command_parser(parser, args)._actions for o in a.option_strings})
         print(f"pybpfmap {args.command}: error: {e.message()}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -10,70 +10,38 @@ prediction here.  Everything that *can* be probed (kprobes, PREEMPT_RT,
 RLIMIT_MEMLOCK charging, recursion_misses, BPF_ENABLE_STATS, the memory
 cgroup) is probed where it is used.
 
-Every :class:`Change` was checked against the kernel source (Debian's
-``linux-source`` packages of 5.10, 6.1, 6.12 and 7.3): its id, its subject and
-the first mainline release that contains it (a commit record quoting id and
-subject, and the code present in that release's source and absent in the one
-before).  Debian's kernels carry backports: 6.1.y has NO_EBUSY and HASH_MASK,
+Every commit cited here is a checked :class:`pybpfmap.commits.Change`.
+Debian's kernels carry backports: 6.1.y has NO_EBUSY and HASH_MASK,
 and old stable series have RCU_FREE — which is why what can be probed is.
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from pybpfmap.commits import (
+    MAP_LOCKED,
+    MEM_ALLOC,
+    MEMCG,
+    MEMORY_USAGE,
+    MISSED_STATS,
+    NO_RLIMIT,
+    PERCPU_MEM_ALLOC,
+    PREALLOC,
+    RCU_FREE,
+    RQSPINLOCK,
+    RT_PREALLOC,
+    TIGHTEN,
+    WARN_REMOVED,
+    Change,
+)
+from pybpfmap.errors import errno_name
 from pybpfmap.maps import MapSpec
-from pybpfmap.vm.splats import Allowed
-
-
-@dataclass(frozen=True)
-class Change:
-    """A kernel commit that changed what pybpfmap sees."""
-
-    commit: str
-    subject: str
-    version: tuple[int, int]
-
-    def cite(self) -> str:
-        """drgn style: Linux kernel commit X ("subject") (in vA.B)."""
-        return (f'Linux kernel commit {self.commit} ("{self.subject}") '
-                f"(in v{self.version[0]}.{self.version[1]})")
-
-
-PREALLOC = Change("6c9059817432", "bpf: pre-allocate hash map elements", (4, 6))
-RCU_FREE = Change("8a37963c7ac9", "bpf: Remove recursion prevention from rcu free callback",
-                  (5, 7))
-TIGHTEN = Change("94dacdbd5d2d", "bpf: Tighten the requirements for preallocated hash maps",
-                 (5, 7))
-RT_PREALLOC = Change("2ed905c521e5", "bpf: Enforce preallocation for instrumentation "
-                     "programs on RT", (5, 7))
-MAP_LOCKED = Change("20b6cc34ea74", "bpf: Avoid hashtab deadlock with map_locked", (5, 11))
-MEMCG = Change("d5299b67dd59", "bpf: Memcg-based memory accounting for bpf maps", (5, 11))
-NO_RLIMIT = Change("755e5d55367a", "bpf: Eliminate rlimit-based memory accounting for "
-                   "hashtab maps", (5, 11))
-RECURSION_MISSES = Change("9ed9e9ba2337", "bpf: Count the number of times recursion was "
-                          "prevented", (5, 12))
-MEM_ALLOC = Change("fba1a1c6c912", "bpf: Convert hash map to bpf_mem_alloc.", (6, 1))
-PERCPU_MEM_ALLOC = Change("ee4ed53c5eb6", "bpf: Convert percpu hash map to per-cpu "
-                          "bpf_mem_alloc.", (6, 1))
-WARN_REMOVED = Change("96da3f7d489d", "bpf: Remove tracing program restriction on map types",
-                      (6, 1))
-RAW_TP_GUARD = Change("05b24ff9b2cf", "bpf: Prevent bpf program recursion for raw "
-                      "tracepoint probes", (6, 1))
-HASH_MASK = Change("9f907439dc80", "bpf: hash map, avoid deadlock with suitable hash mask",
-                   (6, 2))
-MEMORY_USAGE = Change("304849a27b34", "bpf: hashtab memory usage", (6, 4))
-NO_EBUSY = Change("d35381aa73f7", "bpf: Fix unnecessary -EBUSY from htab_lock_bucket", (6, 7))
-MISSED_STATS = Change("dd8657894c11", "bpf: Count missed stats in trace_call_bpf", (6, 7))
-RQSPINLOCK = Change("4fa8d68aa53e", "bpf: Convert hashtab.c to rqspinlock", (6, 15))
-
-CHANGES: tuple[Change, ...] = (
-    PREALLOC, RCU_FREE, TIGHTEN, RT_PREALLOC, MAP_LOCKED, MEMCG, NO_RLIMIT, RECURSION_MISSES,
-    MEM_ALLOC, PERCPU_MEM_ALLOC, WARN_REMOVED, RAW_TP_GUARD, HASH_MASK, MEMORY_USAGE, NO_EBUSY,
-    MISSED_STATS, RQSPINLOCK)
+from pybpfmap.splats import Allowed
 
 # The one-time WARN that TIGHTEN added and WARN_REMOVED removed (kernel/bpf/verifier.c).
 RUNTIME_ALLOC_WARN = "trace type BPF program uses run-time allocation"
@@ -138,6 +106,11 @@ class Expect(enum.Enum):
     ERRNO = "errno"                # runs, and the named errnos are counted
     REFUSED = "refused at load"    # the verifier refuses the program
 
+    @property
+    def may_lock_up(self) -> bool:
+        """Whether such a row may hang the kernel (it runs only in the test VM)."""
+        return self in (Expect.DEADLOCK, Expect.MAY_DEADLOCK)
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -145,17 +118,17 @@ class Prediction:
 
     expect: Expect
     why: str
-    errnos: tuple[str, ...] = ()      # for ERRNO: any of these counted; for REFUSED: this one
+    errnos: tuple[int, ...] = ()      # for ERRNO: any of these counted; for REFUSED: this one
     changes: tuple[str, ...] = field(default=())  # the commits that make it so
 
     def describe(self) -> str:
         if self.expect is Expect.ERRNO:
-            return " or ".join(self.errnos) + " counted"
+            return " or ".join(map(errno_name, self.errnos)) + " counted"
         if self.expect is Expect.REFUSED:
-            return f"refused at load ({'/'.join(self.errnos)})"
+            return f"refused at load ({'/'.join(map(errno_name, self.errnos))})"
         return self.expect.value
 
-    def matches(self, outcome: str, errnos: Iterable[str]) -> bool:
+    def matches(self, outcome: str, errnos: Iterable[int]) -> bool:
         """Whether a row's ``outcome`` (PASS, DEADLOCK, REFUSED, FAIL) and the errnos
         it counted are what this predicts."""
         seen = set(errnos)
@@ -179,7 +152,7 @@ def allocator_prediction(release: str, spec: MapSpec, preempt_rt: bool) -> Predi
     if not spec.prealloc and preempt_rt and _between(release, RT_PREALLOC, WARN_REMOVED):
         return Prediction(Expect.REFUSED, f'the verifier refuses it: "{RT_REFUSAL}" '
                           f"({RT_PREALLOC.cite()}; lifted by {WARN_REMOVED.cite()})",
-                          ("EINVAL",), _cites(RT_PREALLOC, WARN_REMOVED))
+                          (errno.EINVAL,), _cites(RT_PREALLOC, WARN_REMOVED))
     if not spec.prealloc and spec.percpu and not has(release, PERCPU_MEM_ALLOC):
         return Prediction(Expect.DEADLOCK, "an update of a new key calls alloc_percpu "
                           "(pcpu_lock) under the bucket lock; a kprobe at the entry of "
@@ -218,11 +191,12 @@ def reentry_prediction(release: str, spec: MapSpec | None = None,
                           f"off (fixed by {MAP_LOCKED.cite()})", changes=_cites(MAP_LOCKED))
     if not has(release, RQSPINLOCK):
         return Prediction(Expect.ERRNO, f"the per-CPU map_locked counter refuses the nested "
-                          f"update with -EBUSY ({MAP_LOCKED.cite()})", ("EBUSY",),
+                          f"update with -EBUSY ({MAP_LOCKED.cite()})", (errno.EBUSY,),
                           _cites(MAP_LOCKED))
     return Prediction(Expect.ERRNO, "the resilient bucket lock detects the AA deadlock "
                       f"(-EDEADLK) or gives up after its timeout (-ETIMEDOUT) "
-                      f"({RQSPINLOCK.cite()})", ("EDEADLK", "ETIMEDOUT"), _cites(RQSPINLOCK))
+                      f"({RQSPINLOCK.cite()})", (errno.EDEADLK, errno.ETIMEDOUT),
+                      _cites(RQSPINLOCK))
 
 
 # The bucket lock's unlock function, whose entry runs with the lock still held:
@@ -249,48 +223,46 @@ def reentry_targets(release: str, spec: MapSpec) -> list[str]:
     return targets
 
 
-def deadlock_possible(release: str, specs: Iterable[MapSpec], scenario: str) -> bool:
-    """Whether a scenario on these maps may lock the machine up: such runs
-    happen only inside the test VM."""
-    if scenario == "reentry":
-        return reentry_prediction(release).expect is Expect.DEADLOCK
-    return any(allocator_prediction(release, s, False).expect in
-               (Expect.DEADLOCK, Expect.MAY_DEADLOCK) for s in specs)
-
-
-def explain_error(release: str, spec: MapSpec, op: str, err: str,
+def explain_error(release: str, spec: MapSpec, op: str, err: int,
                   failed_updates: int = 0, count: int = 0) -> str | None:
-    """Why ``op`` on ``spec`` may fail with errno name ``err`` inside a
+    """Why ``op`` on ``spec`` may fail with errno ``err`` inside a
     tracing program on this kernel; None when the era does not explain it.
 
     ``failed_updates``/``count``: an ENOENT on lookup/delete is explained
     when no more of them happened than updates failed (the element was never
     inserted)."""
-    if err == "EBUSY" and op in ("update", "delete") and \
+    if err == errno.EBUSY and op in ("update", "delete") and \
             _between(release, MAP_LOCKED, RQSPINLOCK):
         return f"re-entrant op on a bucket lock this CPU holds is refused: {MAP_LOCKED.cite()}"
-    if err in ("EDEADLK", "ETIMEDOUT") and op in ("update", "delete") and \
+    if err in (errno.EDEADLK, errno.ETIMEDOUT) and op in ("update", "delete") and \
             has(release, RQSPINLOCK):
         return f"the resilient bucket lock detected a deadlock or timed out: {RQSPINLOCK.cite()}"
-    if err == "ENOMEM" and op == "update" and not spec.prealloc:
+    if err == errno.ENOMEM and op == "update" and not spec.prealloc:
         if has(release, MEM_ALLOC):
             return ("a non-preallocated map takes new elements from bpf_mem_alloc's "
                     "per-CPU cache, refilled asynchronously; in a tracing context it may be "
                     f"empty: {MEM_ALLOC.cite()}")
         return ("a non-preallocated map allocates each new element with GFP_ATOMIC, which "
                 f"may fail under memory pressure (before {MEM_ALLOC.cite()})")
-    if err == "ENOENT" and op in ("lookup", "delete") and count <= failed_updates:
+    if err == errno.ENOENT and op in ("lookup", "delete") and count <= failed_updates:
         return "the update before it failed, so the element was never inserted"
     return None
 
 
 def expected_splats(release: str, specs: Iterable[MapSpec], preempt_rt: bool = False
                     ) -> list[Allowed]:
-    """Splats this era explains for tracing programs on these maps: the WARN_ONCE
-    for a non-preallocated hash map on 5.7-6.0 (not on PREEMPT_RT, which refuses
-    the program instead), once per boot."""
-    if not preempt_rt and _between(release, TIGHTEN, WARN_REMOVED) and \
-            any(not s.prealloc for s in specs):
+    """Splats this era explains for tracing programs on these maps
+    (:func:`no_prealloc_tracing_splats` when one of them is NO_PREALLOC)."""
+    if any(not s.prealloc for s in specs):
+        return no_prealloc_tracing_splats(release, preempt_rt)
+    return []
+
+
+def no_prealloc_tracing_splats(release: str, preempt_rt: bool = False) -> list[Allowed]:
+    """Splats this era explains for a tracing program that uses a
+    non-preallocated hash map: the verifier's WARN_ONCE on 5.7-6.0 (not on
+    PREEMPT_RT, which refuses the program instead), once per boot."""
+    if not preempt_rt and _between(release, TIGHTEN, WARN_REMOVED):
         return [Allowed(r"WARNING: .* at kernel/bpf/verifier\.c:\d+", times=1,
                         message=re.escape(RUNTIME_ALLOC_WARN),
                         why=f"{RUNTIME_ALLOC_WARN!r}: {TIGHTEN.cite()}")]

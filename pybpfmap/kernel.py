@@ -15,10 +15,14 @@ import re
 import subprocess
 from dataclasses import asdict, dataclass, field
 
-from pybpfmap import tracefs
-from pybpfmap.headers import headers_in_use
+from pybpfmap import era, memlock, tracefs
+from pybpfmap.errors import PybpfmapError
+from pybpfmap.guest import Accel, guest_accel, guest_kernel
+from pybpfmap.headers import ensure_headers, headers_in_use
 from pybpfmap.memlock import MemlockLimit
-from pybpfmap.tracefs import TRACEFS
+from pybpfmap.output import md_table
+from pybpfmap.records import from_json
+from pybpfmap.tracefs import TRACEFS, ensure_tracefs
 
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
 KPROBE_BLACKLIST = "/sys/kernel/debug/kprobes/blacklist"
@@ -54,7 +58,7 @@ class Kernel:
     preempt_rt: bool = False
     memlock: MemlockLimit | None = None
     where: str = "host"                 # "host", or "vm:<catalog kernel>" in the test VM
-    accel: str | None = None            # in the test VM: kvm or tcg
+    accel: Accel | None = None          # in the test VM: how qemu runs it
     era: str = ""                       # pybpfmap.era.era_of(kernel_release).name
     problems: list[str] = field(default_factory=list)
 
@@ -144,18 +148,14 @@ def preempt_rt() -> bool:
     return (_read(REALTIME) or "").strip() == "1"
 
 
-def place() -> tuple[str, str | None]:
+def place() -> tuple[str, Accel | None]:
     """("host", None) or ("vm:<catalog kernel>", accel) inside the test VM."""
-    from pybpfmap.vm.guest import guest_accel, guest_kernel
-
     name = guest_kernel()
     return (f"vm:{name}", guest_accel()) if name else ("host", None)
 
 
 def probe() -> Kernel:
     """Look at the running kernel and return what it can do."""
-    from pybpfmap import era, memlock
-
     kprobes, reason = kprobes_available()
     in_vm, virt = detect_vm()
     symbols, unavailable = unlock_symbols(kprobes, reason)
@@ -180,6 +180,29 @@ def probe() -> Kernel:
         accel=accel,
         era=era.era_of(release).name,
     )
+
+
+def prepared_probe() -> Kernel:
+    """Mount tracefs, link headers, raise RLIMIT_MEMLOCK where the kernel charges
+    it (as root), then :func:`probe`; what could not be set up is in ``problems``."""
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("not root: tracefs, headers and RLIMIT_MEMLOCK were not set up "
+                        "(run with sudo)")
+    else:
+        for step in (ensure_tracefs, ensure_headers, memlock.ensure_unlimited):
+            try:
+                step()
+            except PybpfmapError as e:
+                problems.append(e.message())
+    k = probe()
+    k.problems = problems
+    return k
+
+
+def load(data: list) -> list[Kernel]:
+    """``info --json``'s document: one record per kernel looked at."""
+    return [from_json(Kernel, d) for d in data]
 
 
 def render(k: Kernel) -> str:
@@ -212,8 +235,6 @@ def render(k: Kernel) -> str:
 
 def markdown(k: Kernel) -> str:
     """``pybpfmap info`` as a Markdown table (the report's section)."""
-    from pybpfmap.output import md_table
-
     rows = [["kernel", f"{k.kernel_release} (era {k.era})"], ["where", k.where],
             ["in a VM", f"{k.in_vm} ({k.virt})"], ["PREEMPT_RT", k.preempt_rt],
             ["kprobes", f"{k.kprobes}: {k.kprobes_reason}"],
@@ -223,3 +244,7 @@ def markdown(k: Kernel) -> str:
     rows += [[f"not {sym}", why] for sym, why in k.unlock_unavailable.items()]
     rows += [["problem", p] for p in k.problems]
     return md_table(["", ""], rows)
+
+
+def render_markdown(records: list[Kernel]) -> str:
+    return "\n".join(markdown(k) for k in records)

@@ -10,8 +10,11 @@ errno — BCC itself only prints strerror text and raises a bare Exception.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,9 +47,6 @@ def map_cflags(maps: Mapping[str, MapSpec]) -> list[str]:
 def _stderr_captured() -> Iterator[list[str]]:
     """What BCC (C++, printing to fd 2) says inside the block, in the yielded
     list once the block is left; re-printed when the block succeeds."""
-    import os
-    import tempfile
-
     said: list[str] = []
     with tempfile.TemporaryFile() as log:
         saved = os.dup(2)
@@ -65,18 +65,50 @@ def _stderr_captured() -> Iterator[list[str]]:
                 sys.stderr.write(text)  # warnings BCC printed on success still reach stderr
 
 
+# libbcc's line before the verifier's log of a refused load; lines of that log
+# which are not the verifier's verdict (instructions, source, register state,
+# statistics).
+_LOAD_FAILED = "bpf: Failed to load program"
+_NOT_VERDICT = ("func#", "Validating", ";", "processed", _LOAD_FAILED)
+
+
+def verifier_words(said: str) -> str | None:
+    """The verifier's last words in what BCC printed on a refused load (``R0
+    !read_ok``; ``trace type programs can only use preallocated hash map``):
+    the last line of the log after libbcc's "bpf: Failed to load program" that
+    is not an instruction, a source line or the statistics.  A Python
+    traceback after the log (a tool's stderr) is not read.  None if there is none."""
+    lines = said.splitlines()
+    marks = [i for i, ln in enumerate(lines) if ln.startswith(_LOAD_FAILED)]
+    words = None
+    for line in lines[marks[-1] + 1 if marks else 0:]:
+        line = line.strip()
+        if line.startswith("Traceback"):
+            break
+        if line and not line[:1].isdigit() and not line.startswith(_NOT_VERDICT):
+            words = line
+    return words
+
+
+def errno_of(strerror: str) -> int | None:
+    """The errno whose strerror text is in ``strerror`` (BCC reports a refusal
+    with strerror text, not the number); None if none is."""
+    for err in sorted(errno.errorcode):
+        if os.strerror(err) in strerror:
+            return err
+    return None
+
+
 def _refusal(what: str, error: Exception, log: str) -> KernelError | None:
     """A KernelError for BCC's "Failed to load BPF program X: <strerror>": the
     errno and the verifier's own last words.  None for anything else."""
     m = re.search(r"Failed to load BPF program (\S+): (.*)", str(error))
     if m is None:
         return None
-    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
-    said = next((ln for ln in reversed(lines) if not ln[:1].isdigit() and not ln.startswith(
-        ("func#", "Validating", ";", "processed", "bpf: Failed"))), m.group(2))
+    said = verifier_words(log) or m.group(2)
     program = re.sub(r"^b?'|'$", "", m.group(1))  # BCC prints the name as bytes
-    return KernelError(what, _errno_of(m.group(2)), f"the kernel refused to load {program}: "
-                       f"{said}")
+    return KernelError(what, errno_of(m.group(2)) or errno.EINVAL,
+                       f"the kernel refused to load {program}: {said}")
 
 
 @contextmanager
@@ -116,18 +148,6 @@ def bcc_program(name: str, *, maps: Mapping[str, MapSpec] | None = None,
         bpf.cleanup()
 
 
-def _errno_of(text: str) -> int:
-    """The errno whose strerror BCC put in its message (it raises bare
-    Exception with strerror text, not the number)."""
-    import errno as _errno
-    import os
-
-    for err in sorted(_errno.errorcode):
-        if os.strerror(err) in text:
-            return err
-    return _errno.EINVAL
-
-
 def load_func(bpf: BPF, name: str, prog_type: int, what: str) -> int:
     """``bpf.load_func`` that turns a refusal into a :class:`KernelError` with
     the errno and the verifier's own words (BCC prints its log to fd 2 and
@@ -141,47 +161,10 @@ def load_func(bpf: BPF, name: str, prog_type: int, what: str) -> int:
     if error is None:
         return fd
     refused = _refusal(what, error, said[0])
-    raise refused or KernelError(what, _errno_of(str(error)), f"the kernel refused to load "
-                                 f"{name}: {error}")
+    raise refused or KernelError(what, errno_of(str(error)) or errno.EINVAL,
+                                 f"the kernel refused to load {name}: {error}")
 
 
 def map_fd(bpf: BPF, name: str) -> int:
     """The fd of map ``name`` in a loaded BCC object."""
     return bpf[name.encode()].map_fd
-
-
-def loaded_ids() -> dict[str, set[int]]:
-    """IDs of every BPF map and program loaded on the system right now, from
-    bpf(2) BPF_*_GET_NEXT_ID — what `bpftool map/prog list` shows."""
-    from pybpfmap import bpfsys
-
-    return {"maps": bpfsys.all_ids(bpfsys.MAP_GET_NEXT_ID),
-            "progs": bpfsys.all_ids(bpfsys.PROG_GET_NEXT_ID)}
-
-
-
-
-
-def held_ids() -> dict[str, set[int]]:
-    """Map and program IDs held open by some live process (/proc/*/fdinfo)."""
-    held: dict[str, set[int]] = {"maps": set(), "progs": set()}
-    for fdinfo in Path("/proc").glob("[0-9]*/fdinfo/*"):
-        try:
-            text = fdinfo.read_text()
-        except OSError:
-            continue  # the process or fd went away
-        for line in text.splitlines():
-            if line.startswith("map_id:"):
-                held["maps"].add(int(line.split()[1]))
-            elif line.startswith("prog_id:"):
-                held["progs"].add(int(line.split()[1]))
-    return held
-
-
-def leftovers(before: dict[str, set[int]]) -> dict[str, set[int]]:
-    """Objects loaded since ``before`` that no process holds any more: what a
-    finished command left behind (pinned, or attached without an owner).
-    Objects of other, still running processes do not count."""
-    now, held = loaded_ids(), held_ids()
-    return {kind: ids - before[kind] - held[kind] for kind, ids in now.items()
-            if ids - before[kind] - held[kind]}

@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 
 from pybpfmap import bpfsys, memlock
+from pybpfmap.commits import MAP_LOCKED, NO_RLIMIT, RQSPINLOCK
 from pybpfmap.errors import ENOTSUPP, KernelError, UsageError
 
 TYPES = tuple(bpfsys.MAP_TYPES)
@@ -165,8 +166,6 @@ def explain_create_error(spec: MapSpec, err: int) -> KernelError:
         return KernelError("max_entries", err, f"{spec.type} with {spec.max_entries} "
                            f"entries: the kernel ran out of memory {what}")
     if err == errno.EPERM:
-        from pybpfmap.era import NO_RLIMIT
-
         limit = memlock.current()
         if limit.charged and limit.soft is not None:
             return KernelError("RLIMIT_MEMLOCK", err, f"{spec.label}: the map does not fit "
@@ -190,12 +189,10 @@ _OPS = {
 
 def explain_elem_error(spec: MapSpec, op: str, err: int) -> KernelError:
     """A map element operation (update/lookup/delete) refused, explained."""
-    from pybpfmap import era
-
     reentry = {errno.EBUSY: "bucket lock already held on this CPU: the kernel refused a "
-                            f"re-entrant map op ({era.MAP_LOCKED.cite()})",
+                            f"re-entrant map op ({MAP_LOCKED.cite()})",
                errno.EDEADLK: "re-entrant map op detected by the resilient bucket lock "
-                              f"({era.RQSPINLOCK.cite()})"}
+                              f"({RQSPINLOCK.cite()})"}
     text = reentry.get(err) or _OPS.get(err, f"{op} failed").format(n=spec.max_entries,
                                                                      type=spec.type)
     return KernelError(f"{op} on {spec.label}", err, text)

@@ -1,6 +1,6 @@
 """Memory a map really costs, from the kernel's memory cgroup.
 
-Since the memory-cgroup accounting of v5.11 (:data:`pybpfmap.era.MEMCG`) the
+Since the memory-cgroup accounting of v5.11 (:data:`pybpfmap.commits.MEMCG`) the
 kernel charges a BPF map's memory — its preallocated elements, its bucket
 array, and later every element a NO_PREALLOC map allocates — to the memory
 cgroup of the process that created it (``bench_htab_mem`` in the kernel's
@@ -25,6 +25,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from pybpfmap.maps import MapSpec
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -177,8 +179,6 @@ def charges_maps() -> bool | None:
     """Whether this kernel charges BPF map memory to the creator's memory cgroup:
     a preallocated map of about 4 MiB must move ``memory.current`` by at least
     half of that.  None when no memory cgroup can be made here."""
-    from pybpfmap.maps import MapSpec
-
     with measuring() as cg:
         if cg is None:
             return None

@@ -1,8 +1,8 @@
 """RLIMIT_MEMLOCK: whether this kernel charges BPF map memory against it, and
 raising it when it does (as BCC and libbpf do).
 
-Before the memory-cgroup accounting of v5.11 (:data:`pybpfmap.era.MEMCG`,
-:data:`pybpfmap.era.NO_RLIMIT`) a map's memory counts against the creating
+Before the memory-cgroup accounting of v5.11 (:data:`pybpfmap.commits.MEMCG`,
+:data:`pybpfmap.commits.NO_RLIMIT`) a map's memory counts against the creating
 user's RLIMIT_MEMLOCK (``bpf_charge_memlock()``), and a map that does not fit
 is refused with EPERM — indistinguishable, by errno, from
 "not allowed".  Whether the limit applies is probed, not assumed: a tiny map
@@ -15,6 +15,8 @@ import errno
 import functools
 import resource
 from dataclasses import dataclass
+
+from pybpfmap import bpfsys
 
 
 @dataclass
@@ -48,8 +50,6 @@ def _limits() -> tuple[int | None, int | None]:
 def charged_by_kernel() -> bool | None:
     """Whether BPF_MAP_CREATE fails with EPERM under a zero RLIMIT_MEMLOCK
     (pre-v5.11 charging); None when even that cannot be tried (not root)."""
-    from pybpfmap import bpfsys
-
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     try:
         resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, hard))

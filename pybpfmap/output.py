@@ -8,11 +8,11 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from pybpfmap.records import to_json
+
 
 def print_json(data: Any, out: TextIO | None = None) -> None:
     """``data`` (records, dataclasses, plain values) as one JSON document."""
-    from pybpfmap.records import to_json
-
     out = out or sys.stdout
     json.dump(to_json(data), out, indent=2, sort_keys=False)
     out.write("\n")

@@ -28,9 +28,9 @@ import pytest
 
 from pybpfmap import kernel as kernel_probe
 from pybpfmap import procs
+from pybpfmap.guest import in_test_vm
 from pybpfmap.headers import ensure_headers
 from pybpfmap.tracefs import ensure_tracefs
-from pybpfmap.vm.guest import in_test_vm
 from tests.helpers import cmd, pybpfmap_argv
 
 IN_TEST_VM = in_test_vm()

@@ -104,9 +104,10 @@ def json_out(proc: subprocess.CompletedProcess) -> Any:
 def image(name: str):
     """The cached image of catalog kernel ``name`` (for VM tests), or skip saying
     why there is none."""
-    from pybpfmap.vm import find_image
+    from pybpfmap.vm import catalog
+    from pybpfmap.vm.image import find_image
 
-    found = find_image(name)
+    found = find_image(catalog.get(name))
     if found is None:
         pytest.skip(f"no {name} image built for the current inputs: run `pybpfmap vm build "
                     f"--kernel {name}` (CI builds bookworm, bullseye and trixie-backports)")

@@ -7,7 +7,7 @@ import pytest
 from pybpfmap import bpfsys
 from pybpfmap.bcc_compare.rewrite import find_hashes, no_prealloc
 from pybpfmap.errors import UsageError
-from pybpfmap.vm.guest import in_test_vm
+from pybpfmap.guest import in_test_vm
 
 F = "BPF_F_NO_PREALLOC"
 

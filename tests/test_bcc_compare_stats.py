@@ -8,10 +8,15 @@ from pathlib import Path
 import pytest
 
 from pybpfmap.bcc_compare import compare, result, tools
-from pybpfmap.bcc_compare.run import MODES, Measurement, ModeRun, Window, round_order
+from pybpfmap.bcc_compare.launcher import MODES
+from pybpfmap.bcc_compare.measurement import Measurement, ModeRun, Window, round_order
+from pybpfmap.cli import build_parser, main
+from pybpfmap.commands.args import command_parser, guest_argv
+from pybpfmap.guest import Accel
 from pybpfmap.records import RecordError, to_json
 from pybpfmap.stats import MeanCI, mean_ci, t_cdf, t_quantile
-from pybpfmap.vm import Accel, Outcome, VmResult
+from pybpfmap.vm import catalog
+from pybpfmap.vm.outcome import Outcome, VmResult
 from pybpfmap.vm.relay import GuestRun
 
 # Student's t 0.975 quantiles (any statistics table).
@@ -96,7 +101,7 @@ def test_records_round_trip_strictly() -> None:
                       "noprealloc": [4e5, 5e5]})
     recs = [result.measured(m, "host", "6.x", None, "0.26.0"),
             result.not_run(tools.TOOLS["opensnoop"], result.NOT_COMPARABLE,
-                           "no hash map to rewrite", "vm:bookworm", "6.1", "tcg", "0.26.0")]
+                           "no hash map to rewrite", "vm:bookworm", "6.1", Accel.TCG, "0.26.0")]
     data = json.loads(json.dumps(to_json(recs)))
     assert result.load(data) == recs
     assert recs[1].verdict == "not comparable: no hash map to rewrite"
@@ -107,13 +112,16 @@ def test_records_round_trip_strictly() -> None:
 
 
 def test_guest_argv_narrows_tools_and_drops_host_options() -> None:
+    """What the guest runs: the typed command line without --kernel, --results and
+    --tools (host-only, computed from the parser), then the tools that need kprobes."""
     vm_tools = [tools.TOOLS["tcpconnect"], tools.TOOLS["biolatency"]]
-    argv = ["--kernel", "bookworm", "--results", "/tmp/x", "--tools", "runqlat", "tcpconnect",
-            "--runs", "6", "--json"]
-    assert compare.guest_argv(argv, vm_tools) == [
+    typed = ["bcc-compare", "--kernel", "bookworm", "--results", "/tmp/x", "--tools",
+             "runqlat", "tcpconnect", "--runs", "6", "--json"]
+    parser = build_parser()
+    args = parser.parse_args(typed)
+    relayed = guest_argv(command_parser(parser, args), typed)
+    assert compare.guest_argv(relayed, vm_tools) == [
         "bcc-compare", "--runs", "6", "--json", "--tools", "tcpconnect,biolatency"]
-    assert compare.guest_argv(["--tools=a,b", "--kernel=all"], vm_tools[:1]) == [
-        "bcc-compare", "--tools", "tcpconnect"]
 
 
 def _guest_run(kernel: str, data, problem: str | None) -> GuestRun:
@@ -128,37 +136,39 @@ def _guest_run(kernel: str, data, problem: str | None) -> GuestRun:
 
 
 def test_vm_failure_gives_failed_records_with_the_vms_outcome(monkeypatch) -> None:
-    import pybpfmap.vm.relay as relay
-
     ok = to_json([result.not_run(tools.TOOLS["opensnoop"], result.NOT_COMPARABLE, "x",
-                                 "vm:bookworm", "6.1.0", "tcg", "0.26.0")])
+                                 "vm:bookworm", "6.1.0", Accel.TCG, "0.26.0")])
     seen = {}
 
+    def expected(kernel):
+        return ()
+
     def fake(kernels, argv, **kw):
-        seen["argv"], seen["timeout"] = argv, kw["timeout"]
+        seen["argv"], seen["timeout"], seen["splats"] = argv, kw["timeout"], \
+            kw["expected_splats"]
         return [_guest_run("bookworm", ok, None),
                 _guest_run("trixie", None, "timed out after 900 s")]
 
-    monkeypatch.setattr(relay, "run_on_kernels", fake)
+    monkeypatch.setattr(compare, "run_on_kernels", fake)
     opensnoop = [tools.TOOLS["opensnoop"]]
-    recs = compare.compare_in_vms(opensnoop, ["bookworm", "trixie"],
-                                  ["--kernel", "bookworm,trixie"], 1.0, 5, None, log=None)
+    recs = compare.compare_in_vms(opensnoop, catalog.resolve(["bookworm", "trixie"]),
+                                  ["bcc-compare"], 1.0, 5, None, expected, log=None)
     assert seen["argv"] == ["bcc-compare", "--tools", "opensnoop"]
+    assert seen["splats"] is expected
     assert [(r.where, r.status) for r in recs] == [("vm:bookworm", "not_comparable"),
                                                    ("vm:trixie", "failed")]
-    assert recs[0].vm.outcome == "passed" and recs[0].vm.accel == "tcg"
+    assert recs[0].vm.outcome == "passed" and recs[0].vm.accel is Accel.TCG
     assert "timed out after 900 s" in recs[1].verdict and recs[1].vm.results_dir == "/r/trixie"
     # The VM's time limit covers the tool's two starts (shipped, noprealloc) and
     # the 3 windows of every round, and grows with the rounds asked for.
     short = seen["timeout"]
     assert short >= 2 * compare.VM_START + 5 * 3 * 1.0
-    compare.compare_in_vms(opensnoop, ["bookworm"], [], 10.0, 50, None, log=None)
+    compare.compare_in_vms(opensnoop, catalog.resolve(["bookworm"]), ["bcc-compare"], 10.0, 50,
+                           None, expected, log=None)
     assert seen["timeout"] - short >= 3 * (50 * 10.0 - 5 * 1.0)
 
 
 def test_usage_errors_name_the_parameter(capsys) -> None:
-    from pybpfmap.cli import main
-
     with pytest.raises(SystemExit) as e:
         main(["bcc-compare", "--tools", "runqlat,nope"])
     assert e.value.code == 2
@@ -172,8 +182,6 @@ def test_usage_errors_name_the_parameter(capsys) -> None:
 
 
 def test_tools_list_forms() -> None:
-    from pybpfmap.cli import build_parser
-
     p = build_parser()
     forms = (["--tools", "runqlat,syscount"], ["--tools", "runqlat", "syscount"],
              ["--tools", "runqlat", "--tools", "syscount"])

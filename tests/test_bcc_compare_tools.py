@@ -3,18 +3,19 @@ windows with parked probes, output, "not comparable", skips with BCC's reason, c
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
 from pybpfmap import bpfsys, procs
-from pybpfmap.bcc_compare import compare, result, run, tools, verify
+from pybpfmap.bcc_compare import compare, deadline, failures, process, result, run, tools, verify
+from pybpfmap.bcc_compare.launcher import rewrite_text
 from pybpfmap.bcc_compare.result import NOT_COMPARABLE, OK, SKIPPED, BccRecord
-from pybpfmap.vm.guest import in_test_vm
+from pybpfmap.guest import Accel, in_test_vm
 from tests.helpers import kprobe_refusals
 
 EXPECTED_FLAGS = {"shipped": 0, "noprealloc": bpfsys.F_NO_PREALLOC}
@@ -156,8 +157,44 @@ def test_unchanged_text_is_not_compared(tmp_path) -> None:
     script.write_text(STAND_IN.format(text="int f(void *ctx) { return 0; }"))
     tool = tools.Tool("standin", (), "getpid", "nothing", False, r"Tracing", (),
                       script=str(script))
-    with pytest.raises(run.NotComparable, match="no hash map to rewrite"):
+    with pytest.raises(failures.NotComparable, match="no hash map to rewrite"):
         run.measure_tool(tool, SHORT, RUNS, log=None)
+
+
+FAILING_STAND_IN = """
+import time
+from bcc import BPF
+BPF(text=b"BPF_HASH(start, u32); {text}").load_func(b"f", BPF.SOCKET_FILTER)
+print("Tracing nothing... Hit Ctrl-C to end.", flush=True)
+time.sleep(3600)
+"""
+
+
+@host_run
+@pytest.mark.root
+@pytest.mark.parametrize("text, kind, detail", [
+    ("int f(struct __sk_buff *skb) { return *(volatile u32 *)((char *)skb + 4000); }",
+     failures.BccRefused, "invalid bpf_context access"),
+    ("int f(void *ctx) { return undeclared; }",
+     failures.BccNotCompilable, "error: use of undeclared identifier 'undeclared'"),
+])
+def test_bccs_words_are_typed_where_read(tmp_path, text, kind, detail) -> None:
+    """What real BCC prints when the verifier refuses a tool's program, or
+    clang cannot compile it, reaches the caller as a type with the details
+    (errno, the verifier's words, clang's error), and the message still
+    names the tool, its mode and how it ended."""
+    script = tmp_path / "stand-in"
+    script.write_text(FAILING_STAND_IN.format(text=text))
+    tool = tools.Tool("standin", (), "getpid", "nothing", False, r"Tracing", (),
+                      script=str(script))
+    with pytest.raises(kind) as e:
+        run.measure_tool(tool, SHORT, RUNS, log=None)
+    assert type(e.value) is kind
+    assert str(e.value).startswith("standin (shipped) exited with status 1 before tracing: ")
+    if kind is failures.BccRefused:
+        assert e.value.err == errno.EACCES and detail in e.value.verifier
+    else:
+        assert detail in e.value.clang_error
 
 
 @pytest.mark.root
@@ -175,13 +212,13 @@ def test_start_deadline_scales_with_this_machine(monkeypatch) -> None:
     machine is calibrated with (bookworm under TCG: tcpconnect 23 s against
     2.5 s): the deadline leaves room for that, grows with the machine's time,
     and a very fast machine still gets a floor of some seconds."""
-    def deadline(calibration: float) -> float:
-        monkeypatch.setattr(run, "compile_calibration", lambda: calibration)
-        return run.start_deadline()
+    def deadline_for(calibration: float) -> float:
+        monkeypatch.setattr(deadline, "compile_calibration", lambda: calibration)
+        return deadline.start_deadline()
 
-    assert deadline(2.5) > 23 and deadline(2.5) >= 10 * 2.5
-    assert deadline(20.0) == pytest.approx(2 * deadline(10.0))
-    assert deadline(0.001) == deadline(0.01) >= 10
+    assert deadline_for(2.5) > 23 and deadline_for(2.5) >= 10 * 2.5
+    assert deadline_for(20.0) == pytest.approx(2 * deadline_for(10.0))
+    assert deadline_for(0.001) == deadline_for(0.01) >= 10
 
 
 @host_run
@@ -190,7 +227,7 @@ def test_park_and_resume_move_the_probes() -> None:
     """Kernel evidence that parking detaches and resuming re-attaches the same
     programs: their run counts stay still, then move."""
     tool = tools.TOOLS["runqlat"]
-    with run.running_tool(tool, "noprealloc") as t, bpfsys.stats_enabled():
+    with process.running_tool(tool, "noprealloc") as t, bpfsys.stats_enabled():
         progs_before = set(verify.prog_ids(t.proc.pid))
         opened = t.park(60)
         assert opened > 0
@@ -212,7 +249,7 @@ def test_park_and_resume_move_the_probes() -> None:
 def test_interrupted_tool_leaves_nothing() -> None:
     """An exception while the tool runs (as Ctrl-C would be) kills its group."""
     tool = tools.TOOLS["runqlat"]
-    with pytest.raises(KeyboardInterrupt), run.running_tool(tool, "noprealloc") as t:
+    with pytest.raises(KeyboardInterrupt), process.running_tool(tool, "noprealloc") as t:
         pid = t.proc.pid
         ids = {m["id"] for m in t.maps()["maps"].values()}
         assert ids
@@ -269,14 +306,14 @@ def _launchers() -> set[int]:
     return out
 
 
-KILLED_PARENT = textwrap.dedent("""
-    import time
-    from pybpfmap.bcc_compare import run, tools
-    with run.running_tool(tools.TOOLS["runqlat"], "shipped") as t:
-        ids = [m["id"] for m in t.maps()["maps"].values()]
-        print(t.proc.pid, *ids, flush=True)
-        time.sleep(60)
-""")
+KILLED_PARENT = """\
+import time
+from pybpfmap.bcc_compare import process, tools
+with process.running_tool(tools.TOOLS["runqlat"], "shipped") as t:
+    ids = [m["id"] for m in t.maps()["maps"].values()]
+    print(t.proc.pid, *ids, flush=True)
+    time.sleep(60)
+"""
 
 
 @host_run
@@ -299,8 +336,6 @@ def test_tool_dies_with_killed_parent() -> None:
 
 
 def test_launcher_reports_rewritability() -> None:
-    from pybpfmap.bcc_compare.launcher import rewrite_text
-
     kfunc = "KRETFUNC_PROBE(do_sys_open, int dfd) { return 0; }"
     text, info = rewrite_text(kfunc, "noprealloc")
     assert text == kfunc and not info["rewritable"] and info["kinds"] == ["kfunc"]
@@ -314,29 +349,8 @@ def test_launcher_reports_rewritability() -> None:
 
 def test_not_run_records_say_why() -> None:
     rec = result.not_run(tools.TOOLS["biolatency"], SKIPPED, "cannot attach", "vm:bookworm",
-                         "6.1", "tcg", "0.26.0")
+                         "6.1", Accel.TCG, "0.26.0")
     assert rec.verdict == "skipped: cannot attach"
     assert "skipped: cannot attach" in result.render_markdown([rec])
 
 
-@pytest.mark.root
-@pytest.mark.parametrize("message, stderr, status, says", [
-    ("x (noprealloc) exited with status 1 before tracing: bpf: Failed to load program",
-     "0: (85) call\ntrace type programs can only use preallocated hash map\n", SKIPPED,
-     "the kernel refuses BPF_F_NO_PREALLOC"),
-    ("Exception: Failed to attach BPF program b'f' to kprobe b'g', it's not traceable",
-     "", SKIPPED, "cannot attach on this kernel"),
-    ("x (shipped) exited with status 1 before tracing: Exception: boom", "", "failed",
-     "failed: x (shipped) exited"),
-])
-def test_tool_failures_are_classified(monkeypatch, message, stderr, status, says) -> None:
-    """A kernel's refusal or an untraceable attach point is reported as skipped
-    with the reason; anything else is a failed run."""
-    def fail(*a, **kw):
-        raise run.ToolFailed(message, stderr)
-
-    monkeypatch.setattr(compare, "measure_tool", fail)
-    monkeypatch.setattr(compare, "start_deadline", lambda: 30.0)
-    [rec] = compare.compare_here([tools.TOOLS["syscount"]], SHORT, RUNS, log=None)
-    assert rec.status == status
-    assert says in rec.verdict and message in rec.verdict

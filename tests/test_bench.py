@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 
 from pybpfmap.bench import record
+from pybpfmap.bench.options import Options
+from pybpfmap.bench.record import Mode
+from pybpfmap.guest import Accel
 from tests.helpers import image
 
 
@@ -33,10 +36,10 @@ def records(pybpfmap) -> Callable[..., list[record.BenchRecord]]:
 def hash_bench():
     """bench_triple.c loaded on a 1000-entry preallocated hash (syscall
     programs on the syscall tracepoint or raw tracepoint, whichever exists)."""
-    from pybpfmap.bench import program, syscall
+    from pybpfmap.bench import program, triggers
     from pybpfmap.maps import MapSpec
 
-    trigger, _ = syscall.choose_trigger("auto")
+    trigger, _ = triggers.choose()
     spec = MapSpec("hash", True, 4, 8, 1000)
     with spec.create() as m, program.load(spec, m.fd, program.Workload(
             inkernel_triples=10, syscall_triples=2, trigger=trigger)) as b:
@@ -49,9 +52,9 @@ def test_inkernel_event_counter_is_exactly_the_runs_asked_for(hash_bench) -> Non
 
     phase = inkernel.window(hash_bench, "triple", [0], 1000, 0.02)
     assert phase.calls[0] >= inkernel.MIN_CALLS + 1
-    assert phase.counts.events[0] == phase.calls[0] * 1000 == phase.expected_events()
-    assert phase.misplaced_events() == 0 and phase.counts.failed == 0
-    assert phase.stats.run_cnt == phase.expected_events()  # bpf_stats saw every run
+    assert phase.counts.events[0] == phase.calls[0] * 1000 == phase.triggers()
+    assert phase.elsewhere() == 0 and phase.counts.failed == 0
+    assert phase.stats.run_cnt == phase.triggers()  # bpf_stats saw every run
 
 
 @pytest.mark.root
@@ -72,9 +75,9 @@ def test_syscall_event_counter_matches_the_trigger_calls(hash_bench) -> None:
 def test_a_failing_helper_is_reported_and_flags_the_record(prealloc: bool) -> None:
     """A map filled to max_entries without room for the triple's keys: every
     update fails (E2BIG), so lookups and deletes find nothing (ENOENT)."""
-    from pybpfmap.bench.run import Options, run
+    from pybpfmap.bench.run import run
 
-    (rec,) = run(Options(modes=("inkernel",), types=("hash",), prealloc=(prealloc,),
+    (rec,) = run(Options(modes=(Mode.INKERNEL,), types=("hash",), prealloc=(prealloc,),
                          max_entries=(64,), fills=(100,), headroom=False, runs=1,
                          seconds=0.02, inkernel_triples=10))
     assert rec.flagged and rec.verification is not None
@@ -83,16 +86,16 @@ def test_a_failing_helper_is_reported_and_flags_the_record(prealloc: bool) -> No
     assert fails["lookup"]["ENOENT"] == fails["update"]["E2BIG"]
     assert fails["delete"]["ENOENT"] == fails["update"]["E2BIG"]
     assert any("map calls failed" in p for p in rec.verification.problems)
-    assert record.pre_no_ratio([rec], mode="inkernel", type="hash", cpus=1,
+    assert record.pre_no_ratio([rec], mode=Mode.INKERNEL, type="hash", cpus=1,
                                max_entries=64, fill_percent=100) is None
 
 
 @pytest.mark.root
 @pytest.mark.parametrize("prealloc", [True, False])
 def test_a_full_map_still_takes_the_triples_keys(prealloc: bool) -> None:
-    from pybpfmap.bench.run import Options, run
+    from pybpfmap.bench.run import run
 
-    (rec,) = run(Options(modes=("inkernel",), types=("hash",), prealloc=(prealloc,),
+    (rec,) = run(Options(modes=(Mode.INKERNEL,), types=("hash",), prealloc=(prealloc,),
                          max_entries=(200,), fills=(100,), runs=1, seconds=0.02,
                          inkernel_triples=10))
     assert rec.verification.ok, rec.verification.problems
@@ -103,14 +106,14 @@ def test_a_full_map_still_takes_the_triples_keys(prealloc: bool) -> None:
 @pytest.mark.root
 def test_memcg_charge_of_a_preallocated_map_is_at_least_its_elements() -> None:
     from pybpfmap import memcg
-    from pybpfmap.bench.run import Options, run
+    from pybpfmap.bench.run import run
 
     if memcg.unavailable_reason():
         pytest.skip(f"no memory cgroup: {memcg.unavailable_reason()}")
     if memcg.charges_maps() is False:
         pytest.skip("this kernel does not charge BPF maps to the memory cgroup (probed)")
     n = 65536
-    (rec,) = run(Options(modes=("inkernel",), types=("hash",), prealloc=(True,),
+    (rec,) = run(Options(modes=(Mode.INKERNEL,), types=("hash",), prealloc=(True,),
                          max_entries=(n,), runs=1, seconds=0.02, inkernel_triples=10))
     mem = rec.memory
     assert mem.memcg.startswith("cgroup"), mem.memcg
@@ -127,13 +130,13 @@ def test_both_modes_json_complete(records) -> None:
     measured = [r for r in recs if r.refused is None]
     assert {(r.type, r.prealloc, r.mode) for r in measured} == {
         (t, p, m) for t, p in (("hash", True), ("hash", False), ("lru_hash", True))
-        for m in ("inkernel", "syscall")}
+        for m in Mode}
     for r in measured:
         assert r.runs == 2 and len(r.ns_per_triple.values) == 2 and r.cpus == 1
         assert r.verification.ok, r.verification.problems
         assert r.machine.where == "host" and r.machine.possible_cpus >= 1
         assert r.element_counter and r.memory is not None and r.cpu_list == [0]
-        if r.mode == "inkernel":
+        if r.mode is Mode.INKERNEL:
             assert r.trigger == "test_run" and r.triples_per_event == 100
             assert r.ns_per_triple_bpf_stats is not None and r.ns_per_triple_wall is not None
             assert r.resolution_ns == 0.01
@@ -179,4 +182,4 @@ def test_peer_runs_beside_the_syscall_mode_in_the_vm(records, tmp_path: Path) ->
     assert rec.peer.events_per_sec.median > 0 and rec.peer.ratio is not None
     assert rec.key == "tid" and rec.triples_per_event == rec.peer.triples_per_event
     assert (rec.machine.where, rec.trigger) == ("vm:bookworm", "kprobe")
-    assert rec.machine.accel in ("kvm", "tcg") and rec.verification.ok
+    assert rec.machine.accel in (Accel.KVM, Accel.TCG) and rec.verification.ok

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pybpfmap.bench import compare, peer
-from pybpfmap.bench.run import Options
+from pybpfmap.bench.options import Options
 
 MPT_OUTPUT = """\
 0:hash_map_perf pre-alloc 1203344 events per sec

@@ -14,16 +14,26 @@ from pathlib import Path
 
 import pytest
 
-from pybpfmap.bench import machine, program, record, syscall, table
-from pybpfmap.bench.record import BenchRecord, Memory, PeerFigure, Refusal, Spread, Verification
-from pybpfmap.errors import EnvironmentProblem
+from pybpfmap.bench import machine, program, record, syscall, table, triggers, verify
+from pybpfmap.bench.options import Options
+from pybpfmap.bench.record import (
+    BenchRecord,
+    Memory,
+    Mode,
+    PeerFigure,
+    Refusal,
+    Spread,
+    Verification,
+)
+from pybpfmap.errors import EnvironmentProblem, UsageError
+from pybpfmap.guest import Accel
 from pybpfmap.loader import bpf_source
 from pybpfmap.records import to_json
 
-MACHINE = machine.Machine("6.1.0-50-amd64", "vm:bookworm", "tcg", "qemu", 2, 2, 1, False, True)
+MACHINE = machine.Machine("6.1.0-50-amd64", "vm:bookworm", Accel.TCG, "qemu", 2, 2, 1, False, True)
 
 
-def rec(prealloc: bool, speed: float, *, mode: str = "syscall", cpus: int = 1,
+def rec(prealloc: bool, speed: float, *, mode: Mode = Mode.SYSCALL, cpus: int = 1,
         problems: list[str] | None = None, peer_rate: float | None = None) -> BenchRecord:
     ns = Spread.of([1e9 / speed] * 3)
     r = BenchRecord(mode, "hash", prealloc, 1000, cpus, MACHINE, map_max_entries=1000,
@@ -32,7 +42,7 @@ def rec(prealloc: bool, speed: float, *, mode: str = "syscall", cpus: int = 1,
                                               problems or []),
                     memory=Memory(16384, 16384, 16384, True, 73728, 73728, 73728, 0, 0,
                                   "cgroup v2"))
-    if mode == "inkernel":
+    if mode is Mode.INKERNEL:
         r.triples_per_sec_per_cpu = speed
     else:
         r.events_per_sec = Spread.of([speed] * 3, 0)
@@ -74,8 +84,8 @@ def test_counts_layout_follows_the_c_source_or_refuses_it() -> None:
 
 
 def test_records_round_trip() -> None:
-    recs = [rec(True, 2e6, peer_rate=2.1e6), rec(False, 1e6, mode="inkernel"),
-            BenchRecord("syscall", "lru_hash", False, 1000, None, MACHINE,
+    recs = [rec(True, 2e6, peer_rate=2.1e6), rec(False, 1e6, mode=Mode.INKERNEL),
+            BenchRecord(Mode.SYSCALL, "lru_hash", False, 1000, None, MACHINE,
                         refused=Refusal(524, "ENOTSUPP", "--no-prealloc", "refused"))]
     back = record.load(to_json(recs))
     assert back == recs
@@ -85,15 +95,15 @@ def test_records_round_trip() -> None:
 
 def test_pre_no_ratio_and_flagged_runs() -> None:
     good = [rec(True, 3e6, peer_rate=3e6), rec(False, 1.5e6, peer_rate=1e6)]
-    assert record.pre_no_ratio(good, mode="syscall", type="hash", cpus=1,
+    assert record.pre_no_ratio(good, mode=Mode.SYSCALL, type="hash", cpus=1,
                                max_entries=1000) == pytest.approx(2.0)
-    assert record.pre_no_ratio(good, mode="syscall", type="hash", cpus=1, max_entries=1000,
+    assert record.pre_no_ratio(good, mode=Mode.SYSCALL, type="hash", cpus=1, max_entries=1000,
                                peer=True) == pytest.approx(3.0)
-    assert record.pre_no_ratio(good, mode="syscall", type="hash", cpus=2,
+    assert record.pre_no_ratio(good, mode=Mode.SYSCALL, type="hash", cpus=2,
                                max_entries=1000) is None
     flagged = [rec(True, 3e6), rec(False, 1.5e6, problems=["1000 map calls failed"])]
     assert flagged[1].flagged
-    assert record.pre_no_ratio(flagged, mode="syscall", type="hash", cpus=1,
+    assert record.pre_no_ratio(flagged, mode=Mode.SYSCALL, type="hash", cpus=1,
                                max_entries=1000) is None
 
 
@@ -107,9 +117,9 @@ def test_clock_agreement_and_peer_tolerance() -> None:
 def test_text_table_is_seed_shaped() -> None:
     recs = [rec(True, 2e6, peer_rate=2.2e6), rec(False, 1e6, peer_rate=1e6),
             rec(True, 1.5e6, cpus=2), rec(False, 0.5e6, cpus=2, problems=["bad"]),
-            BenchRecord("syscall", "lru_hash", False, 1000, None, MACHINE,
+            BenchRecord(Mode.SYSCALL, "lru_hash", False, 1000, None, MACHINE,
                         refused=Refusal(524, "ENOTSUPP", "--no-prealloc", "LRU: refused")),
-            BenchRecord("syscall", "lru_hash", True, 1000, 1, MACHINE,
+            BenchRecord(Mode.SYSCALL, "lru_hash", True, 1000, 1, MACHINE,
                         events_per_sec=Spread.of([1e6]), ns_per_triple=Spread.of([5.0]))]
     text = table.render_text(recs)
     assert "2.00x" in text                           # prealloc twice as fast at 1 CPU
@@ -122,7 +132,7 @@ def test_text_table_is_seed_shaped() -> None:
 
 
 def test_markdown_has_one_row_per_record() -> None:
-    recs = [rec(True, 2e6), rec(False, 1e6), rec(True, 2e6, mode="inkernel")]
+    recs = [rec(True, 2e6), rec(False, 1e6), rec(True, 2e6, mode=Mode.INKERNEL)]
     md = table.render_markdown(recs)
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + len(recs)
@@ -230,6 +240,136 @@ def test_plot_writes_png(tmp_path: Path) -> None:
 
     recs = [replace(rec(p, 2e6 if p else 1e6, cpus=c, mode=m), max_entries=n)
             for p in (True, False) for c in (1, 2) for n in (1000, 100000)
-            for m in ("inkernel", "syscall")]
+            for m in Mode]
     plot(recs, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mode_travels_as_its_name() -> None:
+    """The JSON keeps the mode's old string; it comes back as the object."""
+    for mode in Mode:
+        data = to_json(rec(True, 2e6, mode=mode))
+        assert data["mode"] == mode.value and data["machine"]["accel"] == "tcg"
+        (back,) = record.load([data])
+        assert back.mode is mode and back.machine.accel is Accel.TCG
+    assert {m.value for m in Mode} == {"inkernel", "syscall"}
+
+
+def test_each_mode_says_its_speed() -> None:
+    inkernel, calls = rec(True, 3e6, mode=Mode.INKERNEL), rec(True, 2e6)
+    inkernel.events_per_sec = Spread.of([1.0])      # not the in-kernel figure
+    calls.triples_per_sec_per_cpu = 1.0             # not the syscall figure
+    assert inkernel.speed() == 3e6 and calls.speed() == 2e6
+    calls.events_per_sec = Spread.of([1e6, 2e6, 3e6], 0)
+    assert calls.noisy and not inkernel.noisy
+
+
+@pytest.mark.parametrize("accel, settle", [(None, 0.05), (Accel.KVM, 0.05),
+                                           (Accel.TCG, 0.2), (Accel.TCG_MTTCG, 0.2)])
+def test_settle_time_is_longer_under_any_tcg(accel: Accel | None, settle: float) -> None:
+    from pybpfmap.bench.run import settle_time
+
+    assert settle_time(Options(), replace(MACHINE, accel=accel)) == settle
+    assert settle_time(Options(settle=0.5), replace(MACHINE, accel=accel)) == 0.5
+
+
+@pytest.mark.parametrize("accel", list(Accel))
+def test_tcg_notes(accel: Accel) -> None:
+    """Every TCG is emulation; only single-threaded TCG time-shares its vCPUs."""
+    recs = [replace(rec(True, 2e6, cpus=2), machine=replace(MACHINE, accel=accel))]
+    notes = table.notes(recs, estimate=False, noisy=False)
+    assert any(n.startswith("tcg = ") for n in notes) is accel.emulated
+    assert any("single-threaded TCG" in n for n in notes) is (accel is Accel.TCG)
+
+
+def test_options_say_when_a_tracing_program_uses_a_no_prealloc_map() -> None:
+    assert Options(modes=(Mode.SYSCALL,)).tracing_no_prealloc
+    assert not Options(modes=(Mode.INKERNEL,)).tracing_no_prealloc
+    assert not Options(modes=tuple(Mode), prealloc=(True,)).tracing_no_prealloc
+
+
+class _Phase:
+    """A window as verify() reads it."""
+
+    def __init__(self, events: int, triggers: int, elsewhere: int = 0,
+                 misses: int | None = 0, failures: dict | None = None) -> None:
+        self.counts = program.Counts([events], failures or {})
+        self._triggers, self._elsewhere, self.recursion_misses = triggers, elsewhere, misses
+
+    def events(self) -> int:
+        return sum(self.counts.events)
+
+    def triggers(self) -> int:
+        return self._triggers
+
+    def elsewhere(self) -> int:
+        return self._elsewhere
+
+
+def test_verification_sums_every_window() -> None:
+    counted = (True, "counted")
+    ok = verify.verify([_Phase(100, 100), _Phase(50, 50)], counted, exact=True)
+    assert ok.ok and (ok.events, ok.triggers, ok.difference) == (150, 150, 0)
+    assert ok.recursion_misses == 0
+    off = verify.verify([_Phase(100, 100), _Phase(49, 50, elsewhere=3)], counted, exact=True)
+    assert len(off.problems) == 2 and off.difference == -1 and off.elsewhere == 3
+    # the syscall mode: none missing, a few stray getuid() allowed, runs elsewhere too
+    stray = verify.verify([_Phase(1005, 1000, elsewhere=7)], counted, exact=False)
+    assert stray.ok and stray.difference == 5
+    assert not verify.verify([_Phase(1011, 1000)], counted, exact=False).ok
+    assert not verify.verify([_Phase(999, 1000)], counted, exact=False).ok
+    failed = verify.verify([_Phase(10, 10, failures={"update": {"E2BIG": 4}}),
+                            _Phase(10, 10, failures={"update": {"E2BIG": 1}})],
+                           counted, exact=True)
+    assert failed.failures == {"update": {"E2BIG": 5}}
+    assert failed.problems == ["5 map calls failed: update E2BIG 5"]
+    missed = [_Phase(10, 10, misses=2), _Phase(10, 10, misses=1)]
+    assert verify.verify(missed, counted, exact=True).problems[0].startswith(
+        "recursion_misses 3")
+    quiet = verify.verify(missed, (False, "not counted"), exact=True)
+    assert quiet.ok and quiet.recursion_misses is None
+    unknown = verify.verify([_Phase(10, 10, misses=None), _Phase(10, 10, misses=5)],
+                            counted, exact=True)
+    assert unknown.ok and unknown.recursion_misses is None
+
+
+def test_recursion_misses_by_trigger_and_release() -> None:
+    assert triggers.RAW_TP.misses("6.1.0-50-amd64")[0]
+    assert not triggers.RAW_TP.misses("5.15.0")[0]
+    for t in (triggers.KPROBE, triggers.TRACEPOINT):
+        assert not t.misses("6.1.0-50-amd64")[0] and t.misses("6.8.0")[0]
+        assert t.name in t.misses("6.1.0")[1]
+    assert list(triggers.TRIGGERS) == ["kprobe", "tracepoint", "raw_tp"]
+    assert triggers.RAW_TP.cflags()[0].startswith("-DTRIGGER_RAW_TP_NR=")
+    assert triggers.KPROBE.cflags() == triggers.TRACEPOINT.cflags() == []
+
+
+def test_trigger_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto takes the first trigger this kernel can run and says why; one
+    asked for that it cannot run is a usage error naming --trigger."""
+    monkeypatch.setattr(triggers.KPROBE, "missing", lambda: "no kprobes (test)")
+    monkeypatch.setattr(triggers.TRACEPOINT, "missing", lambda: None)
+    assert triggers.choose() == (triggers.TRACEPOINT, "no kprobes (test)")
+    assert triggers.choose(triggers.TRACEPOINT) == (triggers.TRACEPOINT, "asked for")
+    with pytest.raises(UsageError, match="kprobe: no kprobes"):
+        triggers.choose(triggers.KPROBE)
+    monkeypatch.setattr(triggers.TRACEPOINT, "missing", lambda: "no tracepoint (test)")
+    trigger, why = triggers.choose()
+    assert trigger is triggers.RAW_TP and why == "no kprobes (test); no tracepoint (test)"
+    monkeypatch.setattr(triggers.KPROBE, "missing", lambda: None)
+    assert triggers.choose()[0] is triggers.KPROBE
+
+
+@pytest.mark.parametrize("argv, modes, trigger", [
+    ([], tuple(Mode), None),
+    (["--mode", "both", "--trigger", "auto"], tuple(Mode), None),
+    (["--mode", "inkernel"], (Mode.INKERNEL,), None),
+    (["--mode", "syscall", "--trigger", "raw_tp"], (Mode.SYSCALL,), triggers.RAW_TP),
+    (["--peer", "map_perf_test"], (Mode.SYSCALL,), None),
+])
+def test_command_line_to_options(argv: list[str], modes: tuple, trigger) -> None:
+    from pybpfmap.cli import build_parser
+    from pybpfmap.commands import bench
+
+    opts = bench.options(build_parser().parse_args(["bench", *argv]))
+    assert opts.modes == modes and opts.trigger is trigger

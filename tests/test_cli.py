@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pybpfmap.loader import leftovers, loaded_ids
+from tests.bpf_objects import leftovers, loaded_ids
 from tests.helpers import bpftool, kernel_config
 
 
@@ -158,7 +158,7 @@ def test_maps_default_skips_lru_no_prealloc_with_reason(pybpfmap):
 def test_info_json_tells_the_truth(pybpfmap):
     """Checked against what the kernel was built with (its config) and what the
     headers were built for (their utsrelease.h), not against info's own tests."""
-    data = json.loads(pybpfmap("info", "--json").stdout)
+    (data,) = json.loads(pybpfmap("info", "--json").stdout)  # a list, with --kernel or not
     for key in ("kernel_release", "kprobes", "in_vm", "headers", "unlock_symbols"):
         assert key in data
     assert data["kernel_release"] == os.uname().release

@@ -3,13 +3,14 @@ explained errnos and excused splats (pure functions, no kernel needed)."""
 
 from __future__ import annotations
 
+import errno
 import re
 
 import pytest
 
-from pybpfmap import era
+from pybpfmap import commits, era
 from pybpfmap.maps import MapSpec
-from pybpfmap.vm.splats import classify
+from pybpfmap.splats import classify
 
 HASH, PERCPU = MapSpec("hash", True), MapSpec("percpu_hash", True)
 HASH_NO, PERCPU_NO = MapSpec("hash", False), MapSpec("percpu_hash", False)
@@ -18,10 +19,10 @@ LRU = MapSpec("lru_hash", True)
 
 def test_citations_are_drgn_style_and_unique():
     pattern = re.compile(r'^Linux kernel commit [0-9a-f]{12} \("[^"]+"\) \(in v\d+\.\d+\)$')
-    for change in era.CHANGES:
+    for change in commits.CHANGES:
         assert pattern.match(change.cite()), change
-    assert len({c.commit for c in era.CHANGES}) == len(era.CHANGES)
-    assert era.MAP_LOCKED.version == (5, 11)  # not 5.10: Debian's 5.10.262 has no map_locked
+    assert len({c.commit for c in commits.CHANGES}) == len(commits.CHANGES)
+    assert commits.MAP_LOCKED.version == (5, 11)  # not 5.10: Debian's 5.10.262 has no map_locked
 
 
 @pytest.mark.parametrize("release,name", [
@@ -51,9 +52,9 @@ def test_allocator_predictions(release, spec, rt, expect):
 
 @pytest.mark.parametrize("release,expect,errnos", [
     ("5.10.0-46-amd64", era.Expect.DEADLOCK, ()),
-    ("5.11.0", era.Expect.ERRNO, ("EBUSY",)),
-    ("6.12.117+deb13-amd64", era.Expect.ERRNO, ("EBUSY",)),
-    ("6.15.0", era.Expect.ERRNO, ("EDEADLK", "ETIMEDOUT")),
+    ("5.11.0", era.Expect.ERRNO, (errno.EBUSY,)),
+    ("6.12.117+deb13-amd64", era.Expect.ERRNO, (errno.EBUSY,)),
+    ("6.15.0", era.Expect.ERRNO, (errno.EDEADLK, errno.ETIMEDOUT)),
 ])
 def test_reentry_predictions(release, expect, errnos):
     p = era.reentry_prediction(release)
@@ -64,17 +65,17 @@ def test_reentry_on_preempt_rt_refuses_no_prealloc_until_6_1():
     """Both re-entry programs are tracing programs: on PREEMPT_RT 5.7-6.0 a
     NO_PREALLOC map is refused at load (2ed905c521e5), not deadlocked."""
     rt = era.reentry_prediction("5.10.0-43-rt-amd64", HASH_NO, True)
-    assert (rt.expect, rt.errnos) == (era.Expect.REFUSED, ("EINVAL",))
+    assert (rt.expect, rt.errnos) == (era.Expect.REFUSED, (errno.EINVAL,))
     assert "2ed905c521e5" in rt.changes
     assert era.reentry_prediction("5.10.0-43-rt-amd64", HASH, True).expect is \
         era.Expect.DEADLOCK
     assert era.reentry_prediction("5.10.0", HASH_NO, False).expect is era.Expect.DEADLOCK
-    assert era.reentry_prediction("6.1.0", HASH_NO, True).errnos == ("EBUSY",)
+    assert era.reentry_prediction("6.1.0", HASH_NO, True).errnos == (errno.EBUSY,)
 
 
 def test_prediction_matching():
     busy = era.reentry_prediction("6.1.0")
-    assert busy.matches("PASS", {"EBUSY"}) and not busy.matches("PASS", set())
+    assert busy.matches("PASS", {errno.EBUSY}) and not busy.matches("PASS", set())
     assert not busy.matches("DEADLOCK", set())
     dead = era.reentry_prediction("5.10.0")
     assert dead.matches("DEADLOCK", set()) and not dead.matches("PASS", set())
@@ -82,7 +83,8 @@ def test_prediction_matching():
     assert maybe.matches("PASS", set()) and maybe.matches("DEADLOCK", set())
     assert not maybe.matches("FAIL", set())
     refused = era.allocator_prediction("5.10.0-rt", HASH_NO, True)
-    assert refused.matches("REFUSED", {"EINVAL"}) and not refused.matches("REFUSED", {"EPERM"})
+    assert refused.matches("REFUSED", {errno.EINVAL})
+    assert not refused.matches("REFUSED", {errno.EPERM})
 
 
 def test_reentry_targets_follow_the_lock():
@@ -93,24 +95,24 @@ def test_reentry_targets_follow_the_lock():
 
 
 @pytest.mark.parametrize("release,err,explained", [
-    ("5.10.0", "EBUSY", False),
-    ("5.11.0", "EBUSY", True),
-    ("6.14.2", "EBUSY", True),
-    ("6.15.0", "EBUSY", False),
-    ("6.15.0", "EDEADLK", True),
-    ("7.3.4", "ETIMEDOUT", True),
-    ("6.12.57", "EDEADLK", False),
-    ("6.12.57", "EINVAL", False),
+    ("5.10.0", errno.EBUSY, False),
+    ("5.11.0", errno.EBUSY, True),
+    ("6.14.2", errno.EBUSY, True),
+    ("6.15.0", errno.EBUSY, False),
+    ("6.15.0", errno.EDEADLK, True),
+    ("7.3.4", errno.ETIMEDOUT, True),
+    ("6.12.57", errno.EDEADLK, False),
+    ("6.12.57", errno.EINVAL, False),
 ])
 def test_reentry_errno_is_explained_only_in_its_era(release, err, explained):
     assert (era.explain_error(release, HASH, "update", err) is not None) is explained
 
 
 def test_enoent_and_enomem_explanations():
-    assert era.explain_error("6.1.0", HASH, "lookup", "ENOENT", 2, 2)
-    assert era.explain_error("6.1.0", HASH, "lookup", "ENOENT", 2, 5) is None
-    assert era.explain_error("6.1.0", HASH_NO, "update", "ENOMEM") is not None
-    assert era.explain_error("6.1.0", HASH, "update", "ENOMEM") is None
+    assert era.explain_error("6.1.0", HASH, "lookup", errno.ENOENT, 2, 2)
+    assert era.explain_error("6.1.0", HASH, "lookup", errno.ENOENT, 2, 5) is None
+    assert era.explain_error("6.1.0", HASH_NO, "update", errno.ENOMEM) is not None
+    assert era.explain_error("6.1.0", HASH, "update", errno.ENOMEM) is None
 
 
 WARN = """\
@@ -141,6 +143,6 @@ def test_the_5_7_to_6_0_warn_is_excused_once_and_only_there():
 
 def test_expectations_cite_their_commits():
     lines = era.expectations("5.10.0-46-amd64")
-    assert any("RLIMIT_MEMLOCK" in line and era.NO_RLIMIT.commit in line for line in lines)
-    assert any("DEADLOCK" in line and era.MAP_LOCKED.commit in line for line in lines)
+    assert any("RLIMIT_MEMLOCK" in line and commits.NO_RLIMIT.commit in line for line in lines)
+    assert any("DEADLOCK" in line and commits.MAP_LOCKED.commit in line for line in lines)
     assert not any("RLIMIT_MEMLOCK" in line for line in era.expectations("6.1.0"))

@@ -13,8 +13,8 @@ import pytest
 
 from pybpfmap import era
 from pybpfmap import kernel as kernel_probe
+from pybpfmap.guest import guest_kernel
 from pybpfmap.vm import catalog
-from pybpfmap.vm.guest import guest_kernel
 from tests.helpers import kprobe_refusals
 
 pytestmark = [pytest.mark.guest, pytest.mark.root]
@@ -22,9 +22,7 @@ pytestmark = [pytest.mark.guest, pytest.mark.root]
 
 @pytest.fixture(scope="module")
 def info() -> kernel_probe.Kernel:
-    from pybpfmap.commands.info import local
-
-    return local()
+    return kernel_probe.prepared_probe()
 
 
 def test_kernel_is_its_catalog_entry_and_era(info):

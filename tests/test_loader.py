@@ -7,8 +7,9 @@ import errno
 import pytest
 
 from pybpfmap.errors import KernelError
-from pybpfmap.loader import bcc_program, leftovers, loaded_ids, map_fd
+from pybpfmap.loader import bcc_program, map_fd
 from pybpfmap.maps import ENOTSUPP, MapSpec
+from tests.bpf_objects import leftovers, loaded_ids
 
 # About this kernel: `pybpfmap vm test` runs these in each test VM too.
 pytestmark = [pytest.mark.root, pytest.mark.guest]

@@ -37,6 +37,8 @@ COMMAND = {
     "vm run": ["vm", "run", "--kernel", "bookworm"],
     "vm test": ["vm", "test", "--kernel", "bookworm"],
     "vm box": ["vm", "box", "--kernel", "bookworm"],
+    "vm box-check": ["vm", "box-check", "--netns", "none", "--domain", "none", "--work",
+                     "/nonexistent"],
 }
 
 
@@ -84,6 +86,8 @@ BAD_NUMBERS = [
     ("vm run", "--boot-timeout", ["0", "-1", "abc"]),
     ("vm test", "--timeout", ["0", "-1", "abc"]),
     ("vm test", "--hang-timeout", ["0", "-1", "abc"]),
+    ("vm box-check", "--boots", ["0", "-1", "abc"]),
+    ("vm box-check", "--limit", ["0", "-1", "abc"]),
 ]
 BAD_NUMBER_CASES = [(c, o, v) for c, o, values in BAD_NUMBERS for v in values]
 

@@ -14,7 +14,8 @@ from pybpfmap.report import plan as plan_mod
 from pybpfmap.report.plan import Section, plan
 from pybpfmap.report.render import Report, across_kernels, render
 from pybpfmap.report.run import run_all, run_section
-from pybpfmap.stress import leftovers
+from pybpfmap.vm import catalog
+from tests import stress_leftovers as leftovers
 
 
 def _report(results, places=("host",)) -> Report:
@@ -41,7 +42,7 @@ def test_sections_run_and_every_record_renders_a_row(host_sections):
     for rec in maps:
         alloc = "prealloc" if rec["prealloc"] else "no_prealloc"
         assert f"| {rec['type']} | {alloc} | {plan_mod.MAPS_ENTRIES} |" in text
-    info = next(r for r in results if r.name == "info").data
+    (info,) = next(r for r in results if r.name == "info").data
     assert info["kernel_release"] in text
 
 
@@ -51,7 +52,7 @@ def test_across_kernels_table_uses_one_max_entries_and_real_memory(host_sections
     table = across_kernels(_report(results))
     row = next(line for line in table.splitlines() if line.startswith("| host |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == results[0].data["kernel_release"]
+    assert cells[1] == results[0].data[0]["kernel_release"]
     assert cells[8] != "–" and cells[10] != "–"  # memory figures for both allocation modes
     assert f"(full, {plan_mod.MAPS_ENTRIES})" in table
 
@@ -115,7 +116,7 @@ def test_a_stress_section_stopped_by_its_time_limit_leaves_nothing(tmp_path):
 
 
 def test_plan_puts_kprobe_parts_in_the_vm_and_never_forces():
-    sections = plan(["bullseye", "bookworm"], quick=False, host_kprobes=False,
+    sections = plan(catalog.resolve(["bullseye", "bookworm"]), quick=False, host_kprobes=False,
                     host_in_vm=True)
     keys = {s.key for s in sections}
     for kernel in ("bullseye", "bookworm"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pybpfmap.vm.splats import find_splats, format_splats
+from pybpfmap.splats import find_splats, format_splats
 
 CLEAN = """\
 [    0.000000] Linux version 6.1.0-50-amd64 (debian-kernel@lists.debian.org)

@@ -7,13 +7,20 @@ from __future__ import annotations
 
 import pytest
 
-from pybpfmap.stress import allocator, kinds, leftovers, run
+from pybpfmap.stress import allocator, kinds, run
+from tests import stress_leftovers as leftovers
 from tests.helpers import json_out
 
 AVAILABLE, WHY_NOT = allocator.tracepoints_available()
 TP_NEEDED = pytest.mark.skipif(not AVAILABLE, reason="none of the lock:/kmem: tracepoints "
                                "exist here: " + "; ".join(WHY_NOT.values()))
 STRESS = ("stress", "--tracepoints", "--json")
+
+
+def one_run(proc) -> dict:
+    """The one run of a ``pybpfmap stress --json`` here (its records are a list)."""
+    (run,) = json_out(proc)
+    return run
 
 
 @pytest.fixture
@@ -27,7 +34,7 @@ def clean():
 @pytest.mark.root
 @TP_NEEDED
 def test_every_row_fires_and_passes(pybpfmap, clean):
-    res = json_out(pybpfmap(*STRESS, "--duration", "1", "--baseline", "0.5"))
+    res = one_run(pybpfmap(*STRESS, "--duration", "1", "--baseline", "0.5"))
     assert "WEAKER TRACEPOINT VARIANT" in res["note"]
     assert [r["kind"] for r in res["rows"]] == [k.name for k in kinds.KINDS]
     for row in res["rows"]:
@@ -43,7 +50,7 @@ def test_every_row_fires_and_passes(pybpfmap, clean):
 @TP_NEEDED
 def test_negative_control_injected_splat_fails(pybpfmap, clean):
     """A WARN line written to the kernel log during the run must turn the row to FAIL."""
-    (row,) = json_out(pybpfmap(*STRESS, "--duration", "1", "--baseline", "0.5", "--types",
+    (row,) = one_run(pybpfmap(*STRESS, "--duration", "1", "--baseline", "0.5", "--types",
                                "hash/prealloc", "--inject", "splat", expect=1))["rows"]
     assert (row["outcome"], row["as_predicted"]) == ("FAIL", False)
     assert [s["kind"] for s in row["splats"]] == ["warning"]
@@ -54,7 +61,7 @@ def test_negative_control_injected_splat_fails(pybpfmap, clean):
 @TP_NEEDED
 def test_negative_control_stalled_heartbeat_fails(pybpfmap, clean):
     """The whole process stopped (SIGSTOP) longer than the limit: reported as unresponsive."""
-    (row,) = json_out(pybpfmap(*STRESS, "--duration", "2", "--baseline", "0.5", "--types",
+    (row,) = one_run(pybpfmap(*STRESS, "--duration", "2", "--baseline", "0.5", "--types",
                                "hash/prealloc", "--inject", "stall", "--heartbeat-limit", "0.5",
                                expect=1))["rows"]
     assert row["outcome"] == "FAIL" and row["heartbeat_max_delay_s"] > 0.5
@@ -94,8 +101,7 @@ def test_cleanup_on_ctrl_c(clean, ctrl_c):
 
 @pytest.mark.root  # stress refuses non-root before it looks at the machine
 def test_refuses_outside_a_vm_without_force(monkeypatch, capsys):
-    from pybpfmap import cli, kernel
-    from pybpfmap.vm import guest
+    from pybpfmap import cli, guest, kernel
 
     real = kernel.probe
 
@@ -114,8 +120,7 @@ def test_refuses_outside_a_vm_without_force(monkeypatch, capsys):
 def test_predicted_deadlocks_never_run_outside_the_test_vm(monkeypatch, capsys):
     """--force or not: on a 5.10 kernel the allocator scenario with NO_PREALLOC
     maps is refused outside the test VM."""
-    from pybpfmap import cli, kernel
-    from pybpfmap.vm import guest
+    from pybpfmap import cli, guest, kernel
 
     real = kernel.probe
 

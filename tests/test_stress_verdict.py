@@ -1,16 +1,21 @@
-"""A stress row's outcome against its prediction, on made-up rows (no kernel needed)."""
+"""A stress row's outcome against its prediction, on made-up rows, and the scenario,
+probe-kind and injection objects that decide them (no kernel needed)."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from pybpfmap.stress import records, verdict
+from pybpfmap.errors import EnvironmentProblem, UsageError
+from pybpfmap.guest import Accel
+from pybpfmap.maps import MapSpec
+from pybpfmap.splats import Splat
+from pybpfmap.stress import inject, kinds, probes, records, run, scenarios, verdict
 from pybpfmap.stress.records import ProbeStats, StressRow, StressRun
-from pybpfmap.vm.qemu import Accel
-from pybpfmap.vm.runner import Outcome, VmResult
-from pybpfmap.vm.splats import Splat
+from pybpfmap.vm.outcome import Outcome, VmResult
 from pybpfmap.vm.watchdog import Evidence, VcpuEvidence
 
 R61, R510 = "6.1.0-50-amd64", "5.10.0-46-amd64"
@@ -129,7 +134,7 @@ def test_rows_round_trip_through_json():
                                               ["a+0x1", "b+0x2"], 30.0)])
     row = verdict.from_vm(_row(), _vm(Outcome.HUNG, ev), 19.9, R510, False)
     run = StressRun(R510, "vm:bullseye", "5.7-5.10", 5, True, ["x"], [row])
-    (back,) = records.load(to_json(run))
+    (back,) = records.load([to_json(run)])
     assert back == run
     assert "pcpu_lock" in records.render_markdown([back])
 
@@ -146,3 +151,70 @@ def test_a_probe_the_kernel_never_called_is_not_exercised_not_failed():
     nothing = _row(events=0)
     nothing.per_probe[0].kprobe_hits = 0
     assert "no probe ran its map ops" in verdict.judge(nothing, R510, "", False).reasons
+
+
+@pytest.mark.parametrize("err,name", [(0, "ok"), (errno.EBUSY, "EBUSY"),
+                                      (errno.EDEADLK, "EDEADLK"), (524, "ENOTSUPP"),
+                                      (600, "errno 600"), (None, "other")])
+def test_results_are_named_at_the_record_boundary_and_read_back_as_errnos(err, name):
+    assert records.result_name(err) == name
+    assert records.result_errno(name) == err
+
+
+def test_an_errno_the_counters_did_not_keep_is_never_explained():
+    row = verdict.judge(_row("reentry", errors={"nested update": {"other": 3}}), R61, "",
+                        False)
+    assert row.outcome == "FAIL" and "nested update returned other 3x" in row.reasons[0]
+    assert row.counted_errnos() == set()
+
+
+def test_scenarios_are_the_records_names_and_say_where_they_may_deadlock():
+    assert list(scenarios.SCENARIOS) == ["allocator", "reentry"]
+    assert scenarios.named("allocator") is scenarios.ALLOCATOR
+    with pytest.raises(UsageError, match="--scenario"):
+        scenarios.named("nosuch")
+    percpu_no = MapSpec("percpu_hash", False)
+    assert scenarios.ALLOCATOR.may_deadlock(R510, [MapSpec("hash", True), percpu_no])
+    assert not scenarios.ALLOCATOR.may_deadlock(R510, [MapSpec("hash", True)])
+    assert not scenarios.ALLOCATOR.may_deadlock(R61, [percpu_no])
+    assert scenarios.REENTRY.may_deadlock(R510, [MapSpec("hash", True)])
+    assert not scenarios.REENTRY.may_deadlock(R61, [MapSpec("hash", True)])
+    assert scenarios.ALLOCATOR.baseline_seconds(20) == 3.0
+    assert scenarios.REENTRY.baseline_seconds(20) == 0.0
+
+
+def _kernel(release=R61, kprobes=True, in_vm=True) -> SimpleNamespace:
+    return SimpleNamespace(kernel_release=release, kprobes=kprobes, kprobes_reason="none here",
+                           in_vm=in_vm)
+
+
+def test_reentry_refuses_the_tracepoint_variant_and_a_kernel_without_kprobes():
+    with pytest.raises(UsageError, match="--tracepoints"):
+        scenarios.REENTRY.check(_kernel(), probes.TRACEPOINT)
+    with pytest.raises(EnvironmentProblem, match="needs kprobes: none here"):
+        scenarios.REENTRY.check(_kernel(kprobes=False), probes.KPROBE)
+    scenarios.ALLOCATOR.check(_kernel(kprobes=False), probes.TRACEPOINT)
+
+
+def test_probe_kinds_know_their_recursion_misses_and_attachment():
+    assert probes.probe_kind("raw_tp") is probes.RAW_TP
+    assert not probes.KPROBE.misses_counted("6.1.0-50-amd64")
+    assert probes.KPROBE.misses_counted("6.12.117+deb13-amd64")
+    assert probes.TRACEPOINT.misses_counted("5.10.0") and probes.RAW_TP.misses_counted("5.10.0")
+    assert probes.TRACEPOINT.weaker and not probes.KPROBE.weaker
+    assert _row().variant_kind is probes.KPROBE
+    with pytest.raises(TypeError, match="attached by BCC"):
+        probes.RAW_TP.attach(3, "sys_enter", group="g", tag="t", events=None, links=None)
+
+
+def test_panic_is_injected_only_inside_the_test_vm(monkeypatch):
+    from pybpfmap import guest
+
+    monkeypatch.delenv(guest.ENV_KERNEL, raising=False)
+    assert [i.name for i in inject.INJECTIONS.values() if i.test_vm_only] == ["panic"]
+    opts = run.Options(kinds=kinds.select(["hash/prealloc"]), inject="panic")
+    with pytest.raises(UsageError, match="--inject: panic only inside the test VM"):
+        run.check_safe_here(opts, _kernel(), force=True)
+    run.check_safe_here(run.Options(kinds=opts.kinds, inject="splat"), _kernel(), force=True)
+    with pytest.raises(UsageError, match="--inject: one of splat, stall, panic"):
+        inject.injection("nosuch")

@@ -8,11 +8,12 @@ import threading
 from pathlib import Path
 
 from pybpfmap import procs
+from pybpfmap.vm import catalog
 from pybpfmap.vm.vagrant_check import Check
 
 
 def _check(tmp_path: Path) -> Check:
-    return Check("no-such-netns", "no-such-domain", "bookworm", tmp_path, 900)
+    return Check("no-such-netns", "no-such-domain", catalog.get("bookworm"), tmp_path, 900)
 
 
 def test_a_command_runs_and_its_output_is_logged(tmp_path):

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from pybpfmap import procs
-from pybpfmap.vm import Outcome, catalog
+from pybpfmap.vm import catalog
+from pybpfmap.vm.outcome import Outcome
+from pybpfmap.vm.run import run_in_vm
 from tests.helpers import image
 
 pytestmark = pytest.mark.vm  # the vm skip checks root too
@@ -24,10 +26,8 @@ pytestmark = pytest.mark.vm  # the vm skip checks root too
 @pytest.fixture
 def vm():
     """run_in_vm on the default catalog kernel; never builds the image."""
-    from pybpfmap.vm import run_in_vm
-
     image(catalog.DEFAULT)
-    return functools.partial(run_in_vm, kernel=catalog.DEFAULT, build=False)
+    return functools.partial(run_in_vm, kernel=catalog.get(catalog.DEFAULT), build=False)
 
 
 def _qemu_pids_for(results: Path) -> list[int]:

@@ -11,8 +11,8 @@ import pytest
 
 from pybpfmap import junit
 from pybpfmap.errors import EnvironmentProblem
-from pybpfmap.vm.qemu import Accel
-from pybpfmap.vm.runner import Outcome, VmResult
+from pybpfmap.guest import Accel
+from pybpfmap.vm.outcome import Outcome, VmResult
 from pybpfmap.vm.suite import SuiteRun, judge, junit_problem
 
 CASES = """

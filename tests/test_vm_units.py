@@ -9,10 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from pybpfmap import guest
+from pybpfmap.cli import build_parser
+from pybpfmap.commands.args import command_parser, guest_argv
 from pybpfmap.errors import UsageError
-from pybpfmap.vm import catalog, guest
-from pybpfmap.vm.qemu import Accel, QemuConfig, kernel_cmdline, qemu_argv
-from pybpfmap.vm.relay import forwarded_argv
+from pybpfmap.guest import Accel
+from pybpfmap.vm import catalog
+from pybpfmap.vm.qemu import QemuConfig, kernel_cmdline, qemu_argv
 from pybpfmap.vm.watchdog import (
     SymbolMap,
     VcpuEvidence,
@@ -133,12 +136,15 @@ def test_marks_go_to_the_control_port_and_a_copy_to_the_console(monkeypatch, cap
     os.close(w)
     with os.fdopen(r) as f:
         ctl = "hb 0 12.00\n\n" + f.read() + "hb 1 12.50\nexit 0\n"
-    ((event, args, up),) = guest.marks(ctl)
+    ((event, args, up),) = [(m.event, list(m.args), m.uptime) for m in guest.marks(ctl)]
     assert (event, args) == ("armed", ["allocator", "hash/prealloc", "_raw_spin_unlock"])
     assert up > 0
     assert capsys.readouterr().err == (f"{guest.MARK} armed allocator hash/prealloc "
                                        f"_raw_spin_unlock uptime={up:.2f}\n")
     assert guest.marks("pybpfmap-mark: armed a b uptime=1.0\n") == []  # the console copy
+    assert [guest.parse_ctl(x) for x in ctl.splitlines() if x.startswith(("hb", "exit"))] == [
+        guest.Beat(0, 12.0), guest.Beat(1, 12.5), guest.Exit(0)]
+    assert guest.parse_ctl("exit zero") is None and guest.parse_ctl("hb 0") is None
     guest.mark("row-end", "x")  # the port closed by a parent: the console still has it
     assert "row-end x" in capsys.readouterr().err
 
@@ -209,13 +215,36 @@ def test_catalog_names_all_and_eras():
         "linux-headers-7.3.4+deb13-amd64"
 
 
-def test_forwarded_argv_drops_host_options_only():
-    argv = ["stress", "--kernel", "bullseye", "bookworm", "--types", "hash,percpu_hash",
-            "--results=/tmp/x", "--duration", "5", "--plot", "p.png", "--json"]
-    assert forwarded_argv(argv, {"--plot": 1}) == [
-        "stress", "--types", "hash,percpu_hash", "--duration", "5", "--json"]
-    assert forwarded_argv(["vm", "run", "--kernel", "all", "--", "uname", "-r"]) == [
-        "vm", "run", "--", "uname", "-r"]
+def _guest_argv(*argv: str) -> list[str]:
+    """What ``pybpfmap ARGV`` relays to the test VM, as the CLI computes it."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return guest_argv(command_parser(parser, args), list(argv))
+
+
+def test_guest_argv_drops_the_host_only_options_by_the_parsers_arities():
+    assert _guest_argv("bench", "--kernel", "bullseye", "bookworm", "--types",
+                       "hash,percpu_hash", "--results=/tmp/x", "--seconds", "5", "--plot",
+                       "p.png", "--json") == [
+        "bench", "--types", "hash,percpu_hash", "--seconds", "5", "--json"]
+    # stress decides --scenario, --types and --isolate per boot: none is relayed as typed
+    assert _guest_argv("stress", "--scenario", "reentry", "allocator", "--no-isolate",
+                       "--duration", "5", "--kernel=all", "--types", "hash", "--force") == [
+        "stress", "--duration", "5"]
+    assert _guest_argv("bcc-compare", "--tools", "runqlat", "opensnoop", "--kernel",
+                       "bookworm", "--runs", "3") == ["bcc-compare", "--runs", "3"]
+    assert _guest_argv("maps", "--kernel", "bookworm", "bullseye", "--max-entries", "10",
+                       "--results", "out", "--json") == ["maps", "--max-entries", "10", "--json"]
+
+
+def test_kernel_option_is_parsed_once_into_catalog_entries():
+    args = build_parser().parse_args(["info", "--kernel", "bookworm,all", "--kernel",
+                                      "bullseye"])
+    assert [k.name for k in args.kernels] == [  # in the order named, each once
+        "bookworm", "bullseye", "bullseye-rt", "trixie", "trixie-backports"]
+    assert build_parser().parse_args(["vm", "box", "--kernel", "trixie"]).kernel is \
+        catalog.get("trixie")
+    assert build_parser().parse_args(["vm", "run"]).kernels == [catalog.get(catalog.DEFAULT)]
 
 
 def test_live_console_leaves_the_boot_log_out_once_cmd_started() -> None:

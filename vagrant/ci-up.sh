@@ -5,9 +5,9 @@
 # (CI), on a host without systemd: a private libvirtd and virtlogd run in a
 # network namespace of their own (its NAT bridge and the guest exist only
 # there); the box is added to a throw-away VAGRANT_HOME; then
-# pybpfmap.vm.vagrant_check boots it (`vagrant up`), runs `sudo pytest -m
-# "guest or kprobes"` in the guest (at least one test must run, none skipped
-# for lack of kprobes or root), and `vagrant destroy -f`.
+# `pybpfmap vm box-check` (pybpfmap.vm.vagrant_check) boots it (`vagrant up`),
+# runs `sudo pytest -m "guest or kprobes"` in the guest (at least one test must
+# run, none skipped for lack of kprobes or root), and `vagrant destroy -f`.
 # Its libvirt objects are named pybpfmap-vagrant-PID (domain, pool, network).
 # Whatever happens (failure, Ctrl-C, TERM) the trap removes all of it: domain,
 # volumes, pool, networks, daemons, namespace, every process in it.
@@ -200,8 +200,8 @@ EOF
 domain=$id-default   # vagrant-libvirt: default_prefix (set in add_box) + machine name
 step "vagrant box add pybpfmap-$kernel (VAGRANT_HOME $VAGRANT_HOME)" add_box
 step "network namespace $ns, virtlogd and libvirtd in it" start_libvirt
-step "the guest tests in the box (pybpfmap.vm.vagrant_check)" \
-    "$here/../.venv/bin/python" -m pybpfmap.vm.vagrant_check --netns "$ns" \
+step "the guest tests in the box (pybpfmap vm box-check)" \
+    "$here/../.venv/bin/python" -m pybpfmap vm box-check --netns "$ns" \
     --domain "$domain" --kernel "$kernel" --work "$work" \
     --boots "${PYBPFMAP_GUEST_BOOTS:-3}" --limit "${PYBPFMAP_GUEST_PYTEST_LIMIT:-900}"
 say "OK"

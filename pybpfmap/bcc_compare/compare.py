@@ -17,23 +17,29 @@ measured already and stay valid.  The exit status is then 1.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 
-from pybpfmap import era
+from pybpfmap import commits, era
+from pybpfmap import kernel as kernel_probe
 from pybpfmap.bcc_compare import result
+from pybpfmap.bcc_compare.deadline import start_deadline
+from pybpfmap.bcc_compare.failures import (
+    BccCannotAttach,
+    BccNotCompilable,
+    NoPreallocRefused,
+    NotComparable,
+    ToolFailed,
+)
 from pybpfmap.bcc_compare.result import FAILED, NOT_COMPARABLE, SKIPPED, BccRecord
-from pybpfmap.bcc_compare.run import NotComparable, ToolFailed, measure_tool, start_deadline
+from pybpfmap.bcc_compare.run import measure_tool
 from pybpfmap.bcc_compare.tools import Tool, select
 from pybpfmap.errors import EnvironmentProblem, UsageError
-
-# What BCC says when a kprobe target is inlined, notrace or missing.
-NOT_TRACEABLE = "it's not traceable"
-# What BCC says when clang cannot compile the tool's C against this kernel's
-# headers (seen: trixie's BCC 0.30 and tcpconnect/biolatency on 7.3).
-NOT_COMPILABLE = "Failed to compile BPF module"
-_CLANG_ERROR = re.compile(r"^(\S+:\d+:\d+: error: .*)$", re.M)
+from pybpfmap.headers import ensure_headers
+from pybpfmap.tracefs import ensure_tracefs
+from pybpfmap.vm import catalog
+from pybpfmap.vm.catalog import CatalogKernel
+from pybpfmap.vm.relay import ExpectedSplats, run_on_kernels
 
 DEFAULT_RUNS = 8        # rounds: windows per mode, each paired with a baseline
 DEFAULT_DURATION = 1.0  # seconds per window
@@ -61,8 +67,6 @@ def bcc_version() -> str:
 
 def skip_reason(tool: Tool, kprobes_reason: str, kfunc_error: str | None = None) -> str:
     """Why ``tool`` cannot run on a kernel without kprobes."""
-    from pybpfmap.vm import catalog
-
     tried = ""
     if kfunc_error is not None:
         tried = f"; its kfunc (fentry) path failed here too: {kfunc_error}"
@@ -72,11 +76,10 @@ def skip_reason(tool: Tool, kprobes_reason: str, kfunc_error: str | None = None)
 
 def compare_here(tools: list[Tool], duration: float, runs: int,
                  log=sys.stderr) -> list[BccRecord]:
-    """Measure ``tools`` on the running kernel."""
-    from pybpfmap import kernel as kernel_probe
-    from pybpfmap.headers import ensure_headers
-    from pybpfmap.tracefs import ensure_tracefs
-
+    """Measure ``tools`` on the running kernel.  A tool that BCC cannot compile
+    or attach here, or whose rewritten maps the kernel refuses, is ``skipped``
+    with that reason (a fact about this kernel and this BCC, not a failed run);
+    any other failure is ``failed``."""
     if not tools:
         return []
     if os.geteuid() != 0:
@@ -90,6 +93,38 @@ def compare_here(tools: list[Tool], duration: float, runs: int,
     def not_run(tool: Tool, status: str, reason: str) -> BccRecord:
         return result.not_run(tool, status, reason, where, k.kernel_release, accel, version)
 
+    def measured_or_why_not(tool: Tool, no_kprobes: bool, deadline: float) -> BccRecord:
+        def unmeasured(e: ToolFailed, status: str, reason: str) -> BccRecord:
+            if no_kprobes:  # its kfunc path failed: whatever the reason, it needs kprobes
+                return not_run(tool, SKIPPED, skip_reason(tool, k.kprobes_reason, str(e)))
+            return not_run(tool, status, reason)
+
+        try:
+            m = measure_tool(tool, duration, runs, log, deadline)
+        except NotComparable as e:
+            return not_run(tool, NOT_COMPARABLE, str(e))
+        except NoPreallocRefused as e:
+            # PREEMPT_RT kernels refuse non-preallocated hash maps in tracing
+            # programs: the kernel's answer.
+            return unmeasured(e, SKIPPED, f"the kernel refuses BPF_F_NO_PREALLOC hash maps in "
+                              f"tracing programs ({commits.RT_PREALLOC.cite()}): the verifier "
+                              f"says \"{era.RT_REFUSAL}\"; {e}")
+        except BccNotCompilable as e:
+            # A fact about this bcc and these kernel headers.
+            return unmeasured(e, SKIPPED, f"bcc {version} cannot compile {tool.name} against "
+                              f"this kernel's headers ({k.kernel_release}): "
+                              f"{e.clang_error or e}")
+        except BccCannotAttach as e:
+            # The attach point is inlined or notrace on this kernel (e.g.
+            # biolatency's blk_account_io_done on 6.1 with bcc 0.26).
+            return unmeasured(e, SKIPPED, f"cannot attach on this kernel with bcc {version}: "
+                              f"{e}")
+        except ToolFailed as e:
+            return unmeasured(e, FAILED, str(e))
+        except EnvironmentProblem as e:
+            return not_run(tool, FAILED, e.message())
+        return result.measured(m, where, k.kernel_release, accel, version)
+
     out = []
     deadline = None
     for tool in tools:
@@ -98,41 +133,12 @@ def compare_here(tools: list[Tool], duration: float, runs: int,
             out.append(not_run(tool, SKIPPED, skip_reason(tool, k.kprobes_reason)))
             continue
         deadline = deadline or start_deadline()
-        started, before = time.monotonic(), len(out)
-        try:
-            m = measure_tool(tool, duration, runs, log, deadline)
-        except NotComparable as e:
-            out.append(not_run(tool, NOT_COMPARABLE, str(e)))
-        except ToolFailed as e:
-            if no_kprobes:
-                out.append(not_run(tool, SKIPPED, skip_reason(tool, k.kprobes_reason, str(e))))
-            elif era.RT_REFUSAL in e.stderr:
-                # PREEMPT_RT kernels refuse non-preallocated hash maps in
-                # tracing programs: the kernel's answer, not a failed run.
-                out.append(not_run(tool, SKIPPED, f"the kernel refuses BPF_F_NO_PREALLOC "
-                                   f"hash maps in tracing programs ({era.RT_PREALLOC.cite()}):"
-                                   f" the verifier says \"{era.RT_REFUSAL}\"; {e}"))
-            elif NOT_COMPILABLE in e.stderr:
-                # A fact about this bcc and these kernel headers, not a failed run.
-                first = _CLANG_ERROR.search(e.stderr)
-                out.append(not_run(tool, SKIPPED, f"bcc {version} cannot compile {tool.name} "
-                                   f"against this kernel's headers ({k.kernel_release}): "
-                                   f"{first.group(1) if first else e}"))
-            elif NOT_TRACEABLE in str(e):
-                # The attach point is inlined or notrace on this kernel (e.g.
-                # biolatency's blk_account_io_done on 6.1 with bcc 0.26): a fact
-                # about this kernel and this bcc, not a failure of the run.
-                out.append(not_run(tool, SKIPPED, f"cannot attach on this kernel with bcc "
-                                   f"{version}: {e}"))
-            else:
-                out.append(not_run(tool, FAILED, str(e)))
-        except EnvironmentProblem as e:
-            out.append(not_run(tool, FAILED, e.message()))
-        else:
-            out.append(result.measured(m, where, k.kernel_release, accel, version))
-        for rec in out[before:]:  # what a tool cost, measured or not (the time budget)
-            rec.elapsed_s = time.monotonic() - started
-            rec.start_deadline_s = deadline
+        started = time.monotonic()
+        rec = measured_or_why_not(tool, no_kprobes, deadline)
+        # what a tool cost, measured or not (the time budget)
+        rec.elapsed_s = time.monotonic() - started
+        rec.start_deadline_s = deadline
+        out.append(rec)
     return out
 
 
@@ -143,26 +149,22 @@ def vm_timeout(tools: list[Tool], duration: float, runs: int) -> float:
 
 
 def guest_argv(argv: list[str], tools: list[Tool]) -> list[str]:
-    """The guest's command line: the user's, without the host-only options,
-    with ``--tools`` narrowed to ``tools``."""
-    from pybpfmap.vm.relay import forwarded_argv
-
-    rest = forwarded_argv(argv, drop={"--tools": "+"})
-    if rest[:1] == ["bcc-compare"]:
-        rest = rest[1:]
-    return ["bcc-compare", *rest, "--tools", ",".join(t.name for t in tools)]
+    """The guest's command line: ``argv`` (the user's, without the host-only
+    options, ``--tools`` among them) with ``--tools`` narrowed to ``tools``."""
+    return [*argv, "--tools", ",".join(t.name for t in tools)]
 
 
-def compare_in_vms(tools: list[Tool], kernels: list[str], argv: list[str], duration: float,
-                   runs: int, results: str | None, log=sys.stderr) -> list[BccRecord]:
-    """Measure ``tools`` inside the test VM of each kernel."""
-    from pybpfmap.vm.relay import run_on_kernels
-
+def compare_in_vms(tools: list[Tool], kernels: list[CatalogKernel], argv: list[str],
+                   duration: float, runs: int, results: str | None,
+                   expected_splats: ExpectedSplats, log=sys.stderr) -> list[BccRecord]:
+    """Measure ``tools`` inside the test VM of each kernel (whose tracing
+    programs use NO_PREALLOC hash maps in one mode: ``expected_splats`` says
+    what that costs in dmesg there)."""
     out = []
     for run in run_on_kernels(kernels, guest_argv(argv, tools), what="bcc-compare",
                               results=results, timeout=vm_timeout(tools, duration, runs),
-                              tracing_no_prealloc=True, console=log):
-        accel = run.vm.accel.value
+                              expected_splats=expected_splats, console=log):
+        accel = run.vm.accel
         note = result.VmNote(run.kernel, run.vm.outcome.label, run.vm.message, accel,
                              str(run.vm.results_dir))
         if run.data is None:
@@ -179,14 +181,17 @@ def compare_in_vms(tools: list[Tool], kernels: list[str], argv: list[str], durat
 
 
 def compare(names: list[str] | None = None, duration: float = DEFAULT_DURATION,
-            runs: int = DEFAULT_RUNS, kernels: list[str] | None = None,
+            runs: int = DEFAULT_RUNS, kernels: list[CatalogKernel] | None = None,
             argv: list[str] | None = None, results: str | None = None,
+            expected_splats: ExpectedSplats = lambda kernel: (),
             log=sys.stderr) -> list[BccRecord]:
     """Compare BCC tools with preallocated vs BPF_F_NO_PREALLOC hash maps.
 
     ``names``: tools from :data:`pybpfmap.bcc_compare.tools.TOOLS` (default all);
     ``kernels``: test-VM kernels for the tools that need kprobes; ``argv``: the
-    command line they are relayed with (default: built from the arguments).
+    command line they are relayed with, without host-only options (default:
+    built from the arguments); ``expected_splats``: what each kernel's dmesg
+    may show for that.
     One record per tool and place.
     """
     check(duration, runs)
@@ -195,8 +200,8 @@ def compare(names: list[str] | None = None, duration: float = DEFAULT_DURATION,
     records = compare_here([t for t in selected if t not in to_vm], duration, runs, log)
     if to_vm:
         if argv is None:
-            argv = ["--duration", str(duration), "--runs", str(runs)]
+            argv = ["bcc-compare", "--duration", str(duration), "--runs", str(runs)]
         records += compare_in_vms(to_vm, list(kernels or []), argv, duration, runs, results,
-                                  log)
+                                  expected_splats, log)
     order = {t.name: i for i, t in enumerate(selected)}
     return sorted(records, key=lambda r: order[r.tool])

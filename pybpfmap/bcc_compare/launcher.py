@@ -1,7 +1,7 @@
 """Run an installed BCC tool with its hash maps switched to BPF_F_NO_PREALLOC,
 and let the parent detach and re-attach its probes without reloading it.
 
-Usage (a child process; :mod:`pybpfmap.bcc_compare.run` starts it)::
+Usage (a child process; :mod:`pybpfmap.bcc_compare.process` starts it)::
 
     python -m pybpfmap.bcc_compare.launcher --mode noprealloc --control IN,OUT -- \\
         /usr/sbin/runqlat-bpfcc [tool args]

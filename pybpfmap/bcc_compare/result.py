@@ -20,8 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pybpfmap.bcc_compare.run import MODES, Measurement, Window
+from pybpfmap.bcc_compare.launcher import MODES
+from pybpfmap.bcc_compare.measurement import Measurement, Window
 from pybpfmap.bcc_compare.tools import Tool
+from pybpfmap.guest import Accel
 from pybpfmap.output import md_table, text_table
 from pybpfmap.records import from_json
 from pybpfmap.stats import MeanCI, mean_ci
@@ -78,7 +80,7 @@ class VmNote:
     kernel: str
     outcome: str
     message: str
-    accel: str | None
+    accel: Accel | None
     results_dir: str
 
 
@@ -89,7 +91,7 @@ class BccRecord:
     tool: str
     where: str                   # "host" or "vm:<catalog kernel>"
     kernel_release: str
-    accel: str | None            # in the test VM: kvm or tcg (emulated figures)
+    accel: Accel | None            # in the test VM: how qemu runs it (TCG: emulated)
     bcc: str                     # python3-bpfcc version: tools differ between versions
     status: str
     verdict: str
@@ -145,7 +147,7 @@ def _rates(m: Measurement, slot: str) -> list[float]:
     return [by_round[r].rate for r in range(m.runs)]
 
 
-def measured(m: Measurement, where: str, release: str, accel: str | None,
+def measured(m: Measurement, where: str, release: str, accel: Accel | None,
              bcc: str) -> BccRecord:
     """The record of a measured tool."""
     base = _rates(m, "baseline")
@@ -173,14 +175,14 @@ def measured(m: Measurement, where: str, release: str, accel: str | None,
 
 
 def not_run(tool: Tool, status: str, reason: str, where: str, release: str,
-            accel: str | None, bcc: str) -> BccRecord:
+            accel: Accel | None, bcc: str) -> BccRecord:
     """A record for a tool not measured: not comparable, skipped or failed."""
     label = "not comparable" if status == NOT_COMPARABLE else status
     return _base(tool, status, f"{label}: {reason}", reason, where, release, accel, bcc)
 
 
 def _base(tool: Tool, status: str, verdict_: str, reason: str | None, where: str,
-          release: str, accel: str | None, bcc: str) -> BccRecord:
+          release: str, accel: Accel | None, bcc: str) -> BccRecord:
     return BccRecord(tool.name, where, release, accel, bcc, status, verdict_, reason,
                      tool.attach, tool.workload, OPERATION[tool.workload], list(tool.args))
 
@@ -239,7 +241,7 @@ def notes(records: list[BccRecord]) -> list[str]:
         if r.other_programs:
             lines.append(f"{r.tool} ({r.where}): {r.other_programs} other BPF programs were "
                          "loaded during its baselines: baselines may include their cost")
-        if r.accel and r.accel.startswith("tcg"):
+        if r.accel and r.accel.emulated:
             lines.append(f"{r.tool} ({r.where}): measured under {r.accel} (CPU emulation): "
                          "ns/event is not comparable with hardware")
     for r in records:

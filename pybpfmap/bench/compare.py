@@ -19,26 +19,27 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from pybpfmap.bench import machine
+from pybpfmap.bench import machine, triggers
 from pybpfmap.bench import peer as peer_tool
 from pybpfmap.bench import run as bench_run
-from pybpfmap.bench.record import BenchRecord, PeerFigure, Spread, within
+from pybpfmap.bench.options import Options
+from pybpfmap.bench.record import BenchRecord, Mode, PeerFigure, Spread, within
 from pybpfmap.errors import UsageError
+from pybpfmap.guest import in_test_vm
 from pybpfmap.kernel import kprobes_available
 from pybpfmap.output import Progress
-from pybpfmap.vm.guest import in_test_vm
 
 PEER_TYPES = ("hash", "percpu_hash")   # the map kinds of map_perf_test's four hash tests
 MIN_CNT = 1000                         # syscalls per CPU and peer run, at least
 
 
-def differences(test: peer_tool.PeerTest, opts: bench_run.Options,
+def differences(test: peer_tool.PeerTest, opts: Options,
                 build: peer_tool.PeerBuild) -> list[str]:
     """What pybpfmap's event does differently from the peer's, for the record."""
     out = ["pybpfmap's program also counts its run and xors its keys into a sink (one "
            "per-CPU array lookup per event), checks every map call's result, and deletes "
            "even after a failed lookup (map_perf_test deletes only a key it found)",
-           f"pybpfmap attaches one program, on {bench_run.program.SYSCALL}(); map_perf_test "
+           f"pybpfmap attaches one program, on {triggers.SYSCALL}(); map_perf_test "
            f"attaches all eight of its kprobe programs (this test's on {test.syscall}())",
            "pybpfmap's triggers start together after a warm-up and time bursts between "
            "clock reads; map_perf_test's children loop max_cnt times from fork, "
@@ -66,7 +67,7 @@ def rate_per_cpu(results: list[peer_tool.PeerResult]) -> float:
     return sum(r.rate for r in results) / len(results)
 
 
-def run(opts: bench_run.Options, tool: str, *, explicit_key: bool = False,
+def run(opts: Options, tool: str, *, explicit_key: bool = False,
         explicit_triples: bool = False) -> list[BenchRecord]:
     """pybpfmap's bench as ``opts`` says, on the peer's event, then the peer."""
     kprobes, why = kprobes_available()
@@ -83,7 +84,7 @@ def run(opts: bench_run.Options, tool: str, *, explicit_key: bool = False,
     opts = replace(opts, key=opts.key if explicit_key else "tid",
                    syscall_triples=(opts.syscall_triples if explicit_triples
                                     else triples.pop() if triples else opts.syscall_triples),
-                   trigger="kprobe", cpus_from_zero=True)
+                   trigger=triggers.KPROBE, cpus_from_zero=True)
     progress = Progress(opts.steps() + opts.runs * len(tests) * len(opts.cpus)
                         * len(opts.max_entries), enabled=False if in_test_vm() else None)
     peer_runs: dict[tuple, tuple[peer_tool.PeerTest, list[float]]] = {}
@@ -117,7 +118,7 @@ def run(opts: bench_run.Options, tool: str, *, explicit_key: bool = False,
         progress.done()
     for r in records:
         got = peer_runs.get((r.type, r.prealloc, r.cpus, r.max_entries))
-        if r.mode != "syscall" or r.fill_percent or got is None:
+        if r.mode is not Mode.SYSCALL or r.fill_percent or got is None:
             continue
         test, rates = got
         peer_rate = Spread.of(rates, 0)

@@ -87,15 +87,21 @@ class Phase:
         return statistics.fmean(sum(self.wall_ns[c]) / (len(self.wall_ns[c]) * self.repeat)
                                 for c in self.cpus)
 
-    def expected_events(self) -> int:
+    # what :func:`pybpfmap.bench.verify.verify` checks (as syscall.Phase)
+    def triggers(self) -> int:
+        """The program runs asked for: calls x repeat."""
         return sum(self.calls.values()) * self.repeat
 
     def events(self) -> int:
         return sum(self.counts.events)
 
-    def misplaced_events(self) -> int:
+    def elsewhere(self) -> int:
         """Runs counted on CPUs that were not asked to run anything."""
         return sum(n for c, n in enumerate(self.counts.events) if c not in self.cpus)
+
+    @property
+    def recursion_misses(self) -> int | None:
+        return self.stats.recursion_misses
 
 
 def window(bench: Bench, prog: str, cpus: list[int], repeat: int, seconds: float) -> Phase:

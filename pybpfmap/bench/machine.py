@@ -19,6 +19,8 @@ from pathlib import Path
 
 from pybpfmap import bpfsys
 from pybpfmap.errors import UsageError
+from pybpfmap.guest import Accel
+from pybpfmap.kernel import detect_vm, place
 
 CPU_SYS = Path("/sys/devices/system/cpu")
 BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
@@ -35,7 +37,7 @@ class Machine:
 
     kernel_release: str
     where: str                  # "host" or "vm:<catalog kernel>"
-    accel: str | None           # in the test VM: kvm or tcg
+    accel: Accel | None         # in the test VM: how qemu runs it
     virt: str                   # what the host itself runs on ("none": bare metal)
     possible_cpus: int
     online_cpus: int
@@ -67,8 +69,6 @@ def has_percpu_element_counter() -> bool:
 
 def probe() -> Machine:
     """This machine's facts, as the bench records them."""
-    from pybpfmap.kernel import detect_vm, place
-
     where, accel = place()
     in_vm, virt = detect_vm()
     stats = _read_int(STATS_ENABLED)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pybpfmap.bench.record import BenchRecord
+from pybpfmap.bench.record import BenchRecord, Mode
 from pybpfmap.errors import EnvironmentProblem
 
-STYLE = {"inkernel": "-", "syscall": "--"}
+STYLE = {Mode.INKERNEL: "-", Mode.SYSCALL: "--"}
 PALETTE = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7"]
 
 
@@ -51,9 +51,8 @@ def plot(records: list[BenchRecord], path: str | Path) -> None:
     colors: dict[str, str] = {}
     at = [r for r in ok if r.max_entries == size and r.fill_percent == fill]
     for (label, mode, _), (r, pts) in _series(at, lambda r: r.cpus, BenchRecord.speed).items():
-        unit = "triples/s" if mode == "inkernel" else "events/s"
         ax_rate.plot(*zip(*pts, strict=True), **_look(r, colors),
-                     label=f"{label} {mode} ({unit})")
+                     label=f"{label} {mode} ({mode.unit})")
     ax_rate.set(title=f"speed per CPU (max_entries={size}, fill {fill}%)", xlabel="CPUs",
                 ylabel="per second per CPU")
     ax_rate.xaxis.get_major_locator().set_params(integer=True)

@@ -26,14 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pybpfmap import bpfsys
+from pybpfmap.bench.triggers import Trigger
 from pybpfmap.errors import EnvironmentProblem, KernelError
 from pybpfmap.loader import bcc_program, bpf_source
 from pybpfmap.maps import MapSpec
 
 SOURCE = "bench_triple.c"
-SYSCALL = "getuid"
-TRACEPOINT = f"syscalls:sys_enter_{SYSCALL}"
-TRIGGERS = ("kprobe", "tracepoint", "raw_tp")
 KEYS = ("random", "tid")
 KEY_BASE = 1 << 31   # the triple's keys; resident (--fill) keys are below
 OBJ_PIN = 6
@@ -46,7 +44,7 @@ class Workload:
     key: str = "random"          # "random": a random key in this CPU's slice; "tid": thread id
     inkernel_triples: int = 100  # triples per BPF_PROG_TEST_RUN run
     syscall_triples: int = 1     # triples per syscall event
-    trigger: str | None = None   # kprobe, tracepoint or raw_tp; None: no syscall mode
+    trigger: Trigger | None = None   # the syscall mode's; None: no syscall mode
 
 
 @dataclass(frozen=True)
@@ -172,19 +170,9 @@ def cflags(spec: MapSpec, work: Workload, pinned: str | None) -> list[str]:
         flags.append("-DKEY_TID")
     if pinned:
         flags.append(f'-DMAP_PINNED="{pinned}"')
-    if work.trigger == "raw_tp":
-        flags.append(f"-DTRIGGER_RAW_TP_NR={syscall_nr(SYSCALL)}")
+    if work.trigger is not None:
+        flags += work.trigger.cflags()
     return flags
-
-
-def syscall_nr(name: str) -> int:
-    """This architecture's number of syscall ``name`` (BCC's table)."""
-    from bcc.syscall import syscalls  # {nr: name}
-
-    for nr, sname in syscalls.items():
-        if sname == name.encode():
-            return nr
-    raise EnvironmentProblem("--trigger raw_tp", f"syscall number of {name} unknown")
 
 
 # --- a bpffs to hand the map over to BCC ------------------------------------
@@ -256,10 +244,12 @@ class Bench:
         """The fd of ``bench_<name>`` (SCHED_CLS) or ``trig_<name>`` (the trigger's type)."""
         from bcc import BPF
 
-        kind, _, _ = name.partition("_")
-        types = {"kprobe": BPF.KPROBE, "tracepoint": BPF.TRACEPOINT,
-                 "raw_tp": BPF.RAW_TRACEPOINT}
-        prog_type = BPF.SCHED_CLS if kind == "bench" else types[self.work.trigger or ""]
+        if name.startswith("bench_"):
+            prog_type = BPF.SCHED_CLS
+        elif self.work.trigger is not None:
+            prog_type = getattr(BPF, self.work.trigger.prog_type)
+        else:
+            raise ValueError(f"{name}: no trigger in this workload")
         return self.bpf.load_func(name.encode(), prog_type).fd
 
     def stats(self, name: str) -> ProgStats:
@@ -270,27 +260,14 @@ class Bench:
     def attach(self, name: str) -> None:
         """Put ``trig_<name>`` on the syscall trigger (detaching any other)."""
         self.detach()
-        fn = f"trig_{name}".encode()
-        self.prog_fd(f"trig_{name}")
-        b, trigger = self.bpf, self.work.trigger
-        if trigger == "kprobe":
-            b.attach_kprobe(event=b.get_syscall_fnname(SYSCALL), fn_name=fn)
-        elif trigger == "tracepoint":
-            b.attach_tracepoint(tp=TRACEPOINT.encode(), fn_name=fn)
-        else:
-            b.attach_raw_tracepoint(tp=b"sys_enter", fn_name=fn)
+        self.prog_fd(f"trig_{name}")  # loaded as the trigger's program type
+        self.work.trigger.attach(self.bpf, f"trig_{name}".encode())
         self._attached = name
 
     def detach(self) -> None:
         if self._attached is None:
             return
-        b, trigger = self.bpf, self.work.trigger
-        if trigger == "kprobe":
-            b.detach_kprobe(event=b.get_syscall_fnname(SYSCALL))
-        elif trigger == "tracepoint":
-            b.detach_tracepoint(tp=TRACEPOINT.encode())
-        else:
-            b.detach_raw_tracepoint(tp=b"sys_enter")
+        self.work.trigger.detach(self.bpf)
         self._attached = None
 
     # the program's own counters

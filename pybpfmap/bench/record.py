@@ -14,8 +14,10 @@ with BPF_F_NO_PREALLOC: ENOTSUPP) is a record too, with ``refused``.
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pybpfmap.bench.machine import Machine
 from pybpfmap.records import from_json
@@ -23,6 +25,54 @@ from pybpfmap.stats import CV_WARN, summarise
 
 CLOCK_TOLERANCE = 0.10  # the independent clock must agree within this
 PEER_TOLERANCE = 0.10   # pybpfmap vs map_perf_test: the issue's target
+
+
+class _Figures(NamedTuple):
+    """What the records of one :class:`Mode` hold."""
+
+    per: str                # one program run is a test_run "run", or a syscall "event"
+    unit: str               # what speed() counts per second
+    clock: str              # the second clock beside the figure
+    triggered: bool         # trigger processes call a syscall: bursts, a trigger loop
+    headline: Callable[[BenchRecord], Spread | None]   # the runs must agree on this one
+    speed: Callable[[BenchRecord], float | None]       # per CPU: what pre/no compares
+    title: str
+
+
+class Mode(enum.Enum):
+    """How the triple was run (``--mode``), and what a record of it holds.
+    A record's JSON names its mode by value.  What measures each mode is
+    :mod:`pybpfmap.bench.harness`."""
+
+    INKERNEL = "inkernel", _Figures(
+        per="run", unit="triples/s", clock="bpf_stats", triggered=False,
+        headline=lambda r: r.ns_per_triple, speed=lambda r: r.triples_per_sec_per_cpu,
+        title="in kernel (BPF_PROG_TEST_RUN): ns per triple net of the empty program, "
+              "M triples/s per CPU")
+    SYSCALL = "syscall", _Figures(
+        per="event", unit="events/s", clock="in program", triggered=True,
+        headline=lambda r: r.events_per_sec,
+        speed=lambda r: r.events_per_sec.median if r.events_per_sec else None,
+        title="syscall-triggered (map_perf_test style): M events/s per CPU, whole-window "
+              "mean (ns per triple net of the empty program)")
+
+    per: str
+    unit: str
+    clock: str
+    triggered: bool
+    headline: Callable[[BenchRecord], Spread | None]
+    speed: Callable[[BenchRecord], float | None]
+    title: str
+
+    def __new__(cls, value: str, figures: _Figures) -> Mode:
+        mode = object.__new__(cls)
+        mode._value_ = value
+        (mode.per, mode.unit, mode.clock, mode.triggered, mode.headline, mode.speed,
+         mode.title) = figures
+        return mode
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass
@@ -108,9 +158,9 @@ class Refusal:
 
 @dataclass
 class BenchRecord:
-    """One map kind, mode (inkernel or syscall) and CPU count."""
+    """One map kind, mode and CPU count."""
 
-    mode: str
+    mode: Mode
     type: str
     prealloc: bool
     max_entries: int               # as asked: the workload axis
@@ -173,15 +223,13 @@ class BenchRecord:
 
     @property
     def noisy(self) -> bool:
-        main = self.ns_per_triple if self.mode == "inkernel" else self.events_per_sec
+        main = self.mode.headline(self)
         return bool(main and main.noisy)
 
     def speed(self) -> float | None:
         """This record's speed per CPU, the one the seed's table compares:
-        triples/s in the kernel, events/s when syscall-triggered."""
-        if self.mode == "inkernel":
-            return self.triples_per_sec_per_cpu
-        return self.events_per_sec.median if self.events_per_sec else None
+        triples/s in the kernel, events/s when syscall-triggered (``mode.unit``)."""
+        return self.mode.speed(self)
 
 
 def agree(a: Spread | None, b: Spread | None, tolerance: float = CLOCK_TOLERANCE
@@ -203,14 +251,14 @@ def load(data: Any) -> list[BenchRecord]:
     return [from_json(BenchRecord, r) for r in data]
 
 
-def _find(records: list[BenchRecord], mode: str, type: str, prealloc: bool, cpus: int,
+def _find(records: list[BenchRecord], mode: Mode, type: str, prealloc: bool, cpus: int,
           max_entries: int, fill_percent: int) -> BenchRecord | None:
     return next((r for r in records if (r.mode, r.type, r.prealloc, r.cpus, r.max_entries,
                                         r.fill_percent)
                  == (mode, type, prealloc, cpus, max_entries, fill_percent)), None)
 
 
-def pre_no_ratio(records: list[BenchRecord], *, mode: str, type: str, cpus: int,
+def pre_no_ratio(records: list[BenchRecord], *, mode: Mode, type: str, cpus: int,
                  max_entries: int, fill_percent: int = 0, peer: bool = False) -> float | None:
     """Prealloc speed / BPF_F_NO_PREALLOC speed for one map type, mode, CPU
     count and size (the seed's "pcpu_freelist / kmalloc"); ``peer`` gives

@@ -4,10 +4,11 @@
 getuid(): on a kprobe on the syscall's entry function where the kernel has
 kprobes (map_perf_test's way), else on the ``syscalls:sys_enter_getuid``
 tracepoint, else on the ``sys_enter`` raw tracepoint filtered by syscall
-number.  One trigger process per CPU, pinned, calls getuid() in a tight loop
-— the compiled loop ``trigger_loop.c`` for every CPU count wherever a C
-compiler exists (the Python loop only as the labelled fallback: it is
-slower per call, so it would lower the rate per CPU and hide contention).
+number (:mod:`pybpfmap.bench.triggers`).  One trigger process per CPU,
+pinned, calls getuid() in a tight loop — the compiled loop
+``trigger_loop.c`` for every CPU count wherever a C compiler exists (the
+Python loop only as the labelled fallback: it is slower per call, so it
+would lower the rate per CPU and hide contention).
 All start at one moment, warm up (discarded), then count their calls over
 the same window: events per second per CPU, the whole window's mean, with
 the median burst and its spread beside it (a burst median would drop the
@@ -40,35 +41,13 @@ from itertools import repeat, starmap
 from pathlib import Path
 
 from pybpfmap import bpfsys, procs
-from pybpfmap.bench.program import TRACEPOINT, Bench, Counts, ProgStats
-from pybpfmap.errors import EnvironmentProblem, UsageError
-from pybpfmap.kernel import kprobes_available
-from pybpfmap.tracefs import TRACEFS
+from pybpfmap.bench.program import Bench, Counts, ProgStats
+from pybpfmap.errors import EnvironmentProblem
 
 LOOP_C = Path(__file__).resolve().parent / "trigger_loop.c"
 COMPILERS = ("cc", "gcc", "clang")
 BURST_NS = 50_000   # as trigger_loop.c: a burst grows until it lasts this long
 START_DELAY = 0.02  # s between "everyone ready" and the common start
-
-
-def choose_trigger(requested: str = "auto") -> tuple[str, str]:
-    """(trigger, why): kprobe where kprobes exist, else the syscall
-    tracepoint, else the raw tracepoint."""
-    kprobes, kreason = kprobes_available()
-    tp = os.path.isdir(os.path.join(TRACEFS, "events", *TRACEPOINT.split(":")))
-    if requested == "kprobe" and not kprobes:
-        raise UsageError("--trigger", f"kprobe: {kreason}; or run the bench in the test VM "
-                         "with --kernel K")
-    if requested == "tracepoint" and not tp:
-        raise UsageError("--trigger", f"tracepoint {TRACEPOINT} not in {TRACEFS}/events "
-                         "(kernel without CONFIG_FTRACE_SYSCALLS?)")
-    if requested != "auto":
-        return requested, "asked for"
-    if kprobes:
-        return "kprobe", "kprobes available (as samples/bpf/map_perf_test)"
-    if tp:
-        return "tracepoint", f"no kprobes ({kreason})"
-    return "raw_tp", f"no kprobes and no {TRACEPOINT}"
 
 
 # --- the trigger processes -------------------------------------------------
@@ -267,7 +246,9 @@ class Phase:
     def total_rate(self) -> float:
         return sum(c.rate for c in self.calls)
 
+    # what :func:`pybpfmap.bench.verify.verify` checks (as inkernel.Phase)
     def triggers(self) -> int:
+        """The trigger calls: each should run the program once."""
         return sum(c.warmup_calls + c.calls for c in self.calls)
 
     def events(self) -> int:
@@ -276,6 +257,7 @@ class Phase:
         return sum(self.counts.events[c] for c in self.cpus if c < len(self.counts.events))
 
     def elsewhere(self) -> int:
+        """Program runs on other CPUs (other processes' getuid() there)."""
         return sum(n for c, n in enumerate(self.counts.events) if c not in self.cpus)
 
 

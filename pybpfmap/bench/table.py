@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from itertools import groupby
 
-from pybpfmap import era
+from pybpfmap import commits
 from pybpfmap.bench.record import BenchRecord, pre_no_ratio
+from pybpfmap.guest import Accel
 from pybpfmap.maps import TYPES
 from pybpfmap.output import human_bytes, md_table, text_table
 
@@ -23,11 +24,6 @@ from pybpfmap.output import human_bytes, md_table, text_table
 # became) and kmalloc (what BPF_F_NO_PREALLOC kept).
 SEED_RATES = {1: (2.6, 1.8), 4: (2.0, 0.7), 8: (1.5, 0.4), 32: (0.49, 0.13)}
 SEED_RATIOS = {k: pre / kmalloc for k, (pre, kmalloc) in SEED_RATES.items()}
-
-MODE_TITLE = {"inkernel": "in kernel (BPF_PROG_TEST_RUN): ns per triple net of the empty "
-                          "program, M triples/s per CPU",
-              "syscall": "syscall-triggered (map_perf_test style): M events/s per CPU, "
-                         "whole-window mean (ns per triple net of the empty program)"}
 
 
 def _m(rate: float | None) -> str:
@@ -42,9 +38,9 @@ def _cell(r: BenchRecord) -> str:
     if r.refused is not None:
         return "refused"
     ns = r.ns_per_triple.median if r.ns_per_triple else None
-    if r.mode == "inkernel":
-        return f"{ns:.1f} ns {_m(r.triples_per_sec_per_cpu)}{_marks(r)}"
-    return f"{_m(r.speed())} ({ns:.0f} ns){_marks(r)}"
+    if r.mode.triggered:  # the trigger's rate is the figure, ns per triple from it
+        return f"{_m(r.speed())} ({ns:.0f} ns){_marks(r)}"
+    return f"{ns:.1f} ns {_m(r.speed())}{_marks(r)}"
 
 
 def _clock_cell(r: BenchRecord) -> str:
@@ -71,16 +67,16 @@ def _header(r: BenchRecord) -> str:
 
 def _workload(r: BenchRecord) -> str:
     what = (f"{r.triples_per_event} triple{'s' if r.triples_per_event != 1 else ''} per "
-            f"{'run' if r.mode == 'inkernel' else 'event'}, key {r.key}")
-    if r.mode == "syscall":
+            f"{r.mode.per}, key {r.key}")
+    if r.mode.triggered:
         what += f", trigger {r.trigger} ({r.trigger_loop})"
     return what
 
 
 def _group_key(r: BenchRecord) -> tuple:
     order = {t: i for i, t in enumerate(TYPES)}
-    return (r.machine.where, r.machine.kernel_release, order.get(r.type, 99), r.type, r.mode,
-            r.max_entries, r.fill_percent)
+    return (r.machine.where, r.machine.kernel_release, order.get(r.type, 99), r.type,
+            r.mode.value, r.max_entries, r.fill_percent)
 
 
 def render_text(records: list[BenchRecord]) -> str:
@@ -98,7 +94,7 @@ def render_text(records: list[BenchRecord]) -> str:
         fill = (f"  fill {first.fill_percent}% ({first.resident_keys} resident keys, map "
                 f"max_entries {first.map_max_entries})" if first.fill_percent else "")
         out.append(f"{first.type}  max_entries={first.max_entries}{fill}  "
-                   f"{MODE_TITLE[first.mode]}")
+                   f"{first.mode.title}")
         workloads = sorted({_workload(r) for r in group if r.refused is None})
         out.append("  " + "; ".join(workloads))
         cpus = sorted({r.cpus for r in group if r.cpus is not None})
@@ -124,10 +120,9 @@ def render_text(records: list[BenchRecord]) -> str:
                          _bytes(mem.memcg_after if mem else None),
                          _bytes(mem.memlock_after if mem else None,
                                 bool(mem and mem.memlock_is_estimate))])
-            clock = "  bpf_stats" if first.mode == "inkernel" else "  in program"
-            rows.append([clock, *(_clock_cell(cells[k]) if k in cells else "-"
-                                  for k in cpus), "", ""])
-            if first.mode == "syscall":
+            rows.append([f"  {first.mode.clock}", *(_clock_cell(cells[k]) if k in cells else "-"
+                                                     for k in cpus), "", ""])
+            if first.mode.triggered:
                 rows.append(["  burst median", *(_burst_cell(cells.get(k)) for k in cpus),
                              "", ""])
             if any(r.peer for r in recs):
@@ -202,8 +197,8 @@ def _peer_cell(r: BenchRecord | None) -> str:
 
 def notes(records: list[BenchRecord], *, estimate: bool, noisy: bool) -> list[str]:
     seed = ", ".join(f"{SEED_RATIOS[k]:.2f}x at {k}" for k in sorted(SEED_RATIOS))
-    out = [f"seed ratios ({era.PREALLOC.commit}, pcpu_freelist / kmalloc, per CPU count): "
-           f"{seed}; since {era.MEM_ALLOC.cite()} NO_PREALLOC no longer means kmalloc",
+    out = [f"seed ratios ({commits.PREALLOC.commit}, pcpu_freelist / kmalloc, per CPU count): "
+           f"{seed}; since {commits.MEM_ALLOC.cite()} NO_PREALLOC no longer means kmalloc",
            "bpf_stats = the kernel's run_time_ns / run_cnt of the same programs, an "
            "independent clock (≠: more than 10% from the figure above it); in program = "
            "the same over the syscall mode's warm-up: the program's own time, without "
@@ -216,12 +211,12 @@ def notes(records: list[BenchRecord], *, estimate: bool, noisy: bool) -> list[st
                    "M events/s per CPU and pybpfmap / it (see --json peer.differences)")
     if estimate:
         out.append(f"~ = fdinfo memlock is the kernel's estimate from max_entries, not usage "
-                   f"(real since {era.MEMORY_USAGE.cite()})")
+                   f"(real since {commits.MEMORY_USAGE.cite()})")
     if noisy:
         out.append("! = runs disagree: coefficient of variation above 5% (see --json)")
-    if any((r.machine.accel or "").startswith("tcg") for r in records):
+    if any(r.machine.accel is not None and r.machine.accel.emulated for r in records):
         out.append("tcg = figures from an emulated CPU (QEMU TCG), not hardware figures")
-    if any(r.machine.accel == "tcg" and (r.cpus or 0) > 1 for r in records):
+    if any(r.machine.accel is Accel.TCG and (r.cpus or 0) > 1 for r in records):
         out.append("  single-threaded TCG runs every vCPU on one host thread, in turn: at k "
                    "CPUs each gets 1/k of the time, so a k-CPU figure shows time-sharing, not "
                    "contention (the burst median, while a vCPU runs, stays at the 1-CPU rate)")

@@ -4,9 +4,13 @@
   ``[a, b]`` (:class:`ListArg`); an unknown item is a usage error naming the
   option and the choices.
 * ``--kernel K``: a test-VM kernel from the catalog (:mod:`pybpfmap.vm.catalog`),
-  a list of them, or ``all``; ``--results DIR`` says where the VM's console,
-  dmesg and results go.
-* ``--json``: the command's records as one JSON document on stdout, nothing else.
+  a list of them, or ``all`` — one definition (:func:`add_kernel`), parsed
+  into :class:`CatalogKernel` records; ``--results DIR`` says where the VM's
+  console, dmesg and results go.  Both are host-only (:func:`host_only`): the
+  command line relayed to the test VM is the typed one without them
+  (:func:`guest_argv`, computed from the parser).
+* ``--json``: the command's records as one JSON list on stdout, nothing else,
+  whatever ``--kernel`` is (:func:`emit`).
 * Numbers are checked when the command line is parsed (:func:`positive_int`,
   :func:`positive_float`...): a bad one is a usage error naming the option
   before anything starts.
@@ -24,13 +28,17 @@ import errno
 import math
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from pybpfmap.errors import UsageError
+from pybpfmap.guest import Accel
+from pybpfmap.output import print_json
 from pybpfmap.vm import catalog
+from pybpfmap.vm.catalog import CatalogKernel
 
 N = TypeVar("N", int, float)
 
@@ -38,12 +46,17 @@ N = TypeVar("N", int, float)
 class Parser(argparse.ArgumentParser):
     """pybpfmap's argument parser: takes no abbreviated options (``--kern`` is
     an error, not ``--kernel``; the VM relay forwards options by their exact
-    names).  argparse makes the subparsers of a parser of its class, so every
-    command's and subcommand's parser is one too."""
+    names), and says a usage error in one line.  argparse makes the subparsers
+    of a parser of its class, so every command's and subcommand's parser is one
+    too."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        """A usage error is one line (no usage dump) and exit status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class ListArg(argparse.Action):
@@ -131,6 +144,15 @@ def positive_float(text: str) -> float:
 def non_negative_float(text: str) -> float:
     """Seconds where 0 means something (none, or the default): a number >= 0."""
     return number(text, float, lambda v: v >= 0, "a number of at least 0")
+
+
+def accel(text: str) -> Accel:
+    """How qemu runs the guest: ``kvm``, ``tcg`` or ``tcg-mttcg``."""
+    try:
+        return Accel(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
+                                         f"{', '.join(a.value for a in Accel)})") from None
 
 
 def memory_size(text: str) -> str:
@@ -235,19 +257,117 @@ def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             action.check(action.option_strings[0], value)
 
 
-def add_kernel(parser: argparse.ArgumentParser, what: str,
-               default: list[str] | None = None) -> None:
-    """``--kernel K[,K...]|all`` (dest ``kernels``) and ``--results DIR``."""
-    add_list(parser, "--kernel", dest="kernels", valid=catalog.CHOICES, metavar="K",
-             expand={catalog.ALL: catalog.NAMES}, default=default,
-             help=f"{what} inside the test VM of these catalog kernels "
-                  f"({', '.join(catalog.NAMES)}, or {catalog.ALL}); see `pybpfmap vm list`")
-    parser.add_argument("--results", metavar="DIR", action=OutputDir,
-                        help="with --kernel: the folder for the VM's console.log, dmesg.txt, "
-                             "stdout and result.json (default results/<command>-<kernel>-"
-                             "<time>; one subfolder per kernel when there are several)")
+def host_only(action: argparse.Action) -> argparse.Action:
+    """Mark an option as the host's: the argv relayed to the test VM
+    (:func:`guest_argv`) leaves it out, with its values."""
+    action.host_only = True  # type: ignore[attr-defined]
+    return action
+
+
+def _values_after(action: argparse.Action, argv: list[str], start: int) -> int:
+    """How many of ``argv[start:]`` are values of ``action`` (given as a
+    separate word after its option string), by its ``nargs``."""
+    def is_value(word: str) -> bool:
+        return not word.startswith("-") or re.fullmatch(r"-\d+(\.\d+)?", word) is not None
+
+    nargs = action.nargs
+    if isinstance(nargs, int):
+        return nargs
+    if nargs is None:
+        return 1
+    if nargs == argparse.OPTIONAL:
+        return 1 if start < len(argv) and is_value(argv[start]) else 0
+    n = 0
+    while start + n < len(argv) and is_value(argv[start + n]):
+        n += 1
+    return n
+
+
+def guest_argv(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` (the command line from the command's name on, as typed; the
+    command's parser is ``parser``) without the options marked
+    :func:`host_only` and their values: what the test VM runs.  Arities come
+    from the parser, and options are never abbreviated (:class:`Parser`)."""
+    options = {opt: a for a in parser._actions for opt in a.option_strings}
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            out += argv[i:]
+            break
+        flag, eq, _ = word.partition("=")
+        action = options.get(flag) if word.startswith("--") else options.get(word)
+        n = 1 if action is None or eq else 1 + _values_after(action, argv, i + 1)
+        if not getattr(action, "host_only", False):
+            out += argv[i:i + n]
+        i += n
+    return out
+
+
+class KernelsArg(argparse.Action):
+    """``--kernel K[,K...]|all``, comma- or space-separated, repeatable: catalog
+    kernels (:class:`CatalogKernel`) in the order named, without duplicates."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any):
+        kwargs.setdefault("nargs", "+")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        current = getattr(namespace, self.dest, None)
+        kernels = list(current) if isinstance(current, list) and current is not self.default \
+            else []
+        for value in values:
+            for name in filter(None, (x.strip() for x in value.split(","))):
+                if name not in catalog.CHOICES:
+                    parser.error(f"argument {option_string}: invalid choice: {name!r} "
+                                 f"(choose from {', '.join(catalog.CHOICES)})")
+                kernels += [k for k in catalog.resolve([name]) if k not in kernels]
+        setattr(namespace, self.dest, kernels)
+
+
+def catalog_kernel(text: str) -> CatalogKernel:
+    """One catalog kernel, by name."""
+    try:
+        return catalog.get(text)
+    except UsageError:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
+                                         f"{', '.join(catalog.NAMES)})") from None
+
+
+def add_kernel(parser: argparse.ArgumentParser, help: str, *, many: bool = True,
+               default: CatalogKernel | list[CatalogKernel] | None = None,
+               results: bool = True) -> None:
+    """The one ``--kernel`` option: ``K[,K...]|all`` into ``args.kernels``, a list
+    of :class:`CatalogKernel` (``many``), else one ``K`` into ``args.kernel``;
+    host-only (:func:`host_only`), like ``--results DIR`` (``results``), the
+    folder for the VM's console, dmesg and results."""
+    choices = ", ".join(catalog.NAMES) + (f", or {catalog.ALL}" if many else "")
+    shown = ",".join(k.name for k in default) if isinstance(default, list) else (
+        default.name if default else None)
+    host_only(parser.add_argument("--kernel", dest="kernels" if many else "kernel", metavar="K",
+        type=None if many else catalog_kernel, default=default,
+        **({"action": KernelsArg} if many else {}),
+        help=f"{help}: test-VM kernels ({choices}; see `pybpfmap vm list`)"
+             + (f"; default {shown}" if shown else "")))
+    if results:
+        host_only(parser.add_argument(
+            "--results", metavar="DIR", action=OutputDir,
+            help="with --kernel: the folder for the VM's console.log, dmesg.txt, stdout "
+                 "and result.json (default results/<command>-<kernel>-<time>; one "
+                 "subfolder per kernel when there are several)"))
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
-                        help="print the records as one JSON document on stdout")
+                        help="print the records as one JSON list on stdout")
+
+
+def emit(args: argparse.Namespace, records: list, text: Callable[[list], str]) -> None:
+    """How every command shows its records: with ``--json`` one JSON list
+    (the same shape with and without ``--kernel``), else ``text(records)``."""
+    if args.json:
+        print_json(records)
+    else:
+        sys.stdout.write(text(records))

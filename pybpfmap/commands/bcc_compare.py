@@ -15,14 +15,16 @@ per event and the NO_PREALLOC - shipped difference, means over rounds with
 from __future__ import annotations
 
 import argparse
-import sys
 
 from pybpfmap.bcc_compare.result import FAILED, BccRecord, load, render_markdown, render_text
 from pybpfmap.bcc_compare.tools import DEFAULT_TOOLS, TOOLS
+from pybpfmap.commands import invm
 from pybpfmap.commands.args import (
     add_json,
     add_kernel,
     add_list,
+    emit,
+    host_only,
     int_at_least,
     positive_float,
 )
@@ -38,9 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Tools that need kprobes run in the test VM with --kernel, else here if "
                "this kernel has kprobes, else they are skipped with the reason.")
-    add_list(p, "--tools", dest="tools", valid=list(TOOLS), metavar="TOOL",
-             help=f"tools, comma- or space-separated, repeatable (default: all of "
-                  f"{', '.join(DEFAULT_TOOLS)})")
+    # host-only: with --kernel, the host narrows --tools to those that need kprobes
+    host_only(add_list(p, "--tools", dest="tools", valid=list(TOOLS), metavar="TOOL",
+                       help=f"tools, comma- or space-separated, repeatable (default: all "
+                            f"of {', '.join(DEFAULT_TOOLS)})"))
     p.add_argument("--duration", type=positive_float, default=DEFAULT_DURATION, metavar="S",
                    help=f"seconds per workload window (default {DEFAULT_DURATION:g})")
     p.add_argument("--runs", type=int_at_least(2), default=DEFAULT_RUNS, metavar="R",
@@ -53,12 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pybpfmap.bcc_compare.compare import compare
-    from pybpfmap.output import print_json
 
     records: list[BccRecord] = compare(args.tools, args.duration, args.runs, args.kernels,
-                                       getattr(args, "argv", None), args.results)
-    if args.json:
-        print_json(records)
-    else:
-        sys.stdout.write(render_text(records))
+                                       args.guest_argv, args.results,
+                                       expected_splats=invm.no_prealloc_tracing)
+    emit(args, records, render_text)
     return 1 if any(r.status == FAILED for r in records) else 0

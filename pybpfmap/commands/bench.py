@@ -6,24 +6,34 @@ import argparse
 import os
 import sys
 
-from pybpfmap.bench.record import BenchRecord, load, pre_no_ratio  # noqa: F401 (the API)
+from pybpfmap.bench.options import Options
+from pybpfmap.bench.program import KEYS
+from pybpfmap.bench.record import BenchRecord, Mode, load, pre_no_ratio  # noqa: F401 (the API)
 from pybpfmap.bench.table import render_markdown, render_text  # noqa: F401 (the API)
+from pybpfmap.bench.triggers import TRIGGERS
 from pybpfmap.commands.args import (
     OutputFile,
     add_json,
     add_kernel,
     add_list,
+    emit,
+    host_only,
     non_negative_float,
     number,
     positive_float,
     positive_int,
 )
 from pybpfmap.errors import KernelError, UsageError
+from pybpfmap.guest import in_test_vm
+from pybpfmap.maps import TYPES
+from pybpfmap.output import Progress
 
 DEFAULT_SIZES = (1000, 10000, 100000, 1000000)
 PEER_SIZES = (1000,)   # map_perf_test's own MAX_ENTRIES
 PEERS = ("map_perf_test",)
 PEER_RUNS = 5          # under TCG one run's figure moves by 5-10%
+# --mode's choices: each mode by its name, or both
+MODES: dict[str, tuple[Mode, ...]] = {**{m.value: (m,) for m in Mode}, "both": tuple(Mode)}
 
 
 def percent(text: str) -> int:
@@ -32,9 +42,6 @@ def percent(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from pybpfmap.bench.program import KEYS, TRIGGERS
-    from pybpfmap.maps import TYPES
-
     p = sub.add_parser(
         "bench", help="time update/lookup/delete on each hash map kind, verified",
         description="Time one update -> lookup -> delete triple per map kind, allocation "
@@ -43,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "triggered by a syscall (as samples/bpf/map_perf_test, which --peer "
                     "runs beside it).  Every run is verified: the program counts its own "
                     "runs and its failed map calls.")
-    p.add_argument("--mode", choices=("inkernel", "syscall", "both"),
+    p.add_argument("--mode", choices=MODES,
                    help="inkernel: BPF_PROG_TEST_RUN; syscall: a program on getuid() "
                         "triggered by one pinned process per CPU (default: both; with "
                         "--peer: syscall)")
@@ -88,17 +95,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the test-VM images) on the same maps and CPU counts, and show "
                         "both figures and their ratio (needs kprobes: use --kernel)")
     add_json(p)
-    p.add_argument("--plot", metavar="FILE", action=OutputFile,
-                   help="write PNG plots (made on this machine)")
+    host_only(p.add_argument("--plot", metavar="FILE", action=OutputFile,
+                             help="write PNG plots (made on this machine)"))
     add_kernel(p, "run the bench")
     p.set_defaults(func=run)
 
 
-def options(args: argparse.Namespace):
+def options(args: argparse.Namespace) -> Options:
     """The bench options from the command line; usage errors name their option."""
-    from pybpfmap.bench.run import MODES, Options
-    from pybpfmap.maps import TYPES
-
     runs = args.runs if args.runs is not None else PEER_RUNS if args.peer else 3
     if runs < 1:
         raise UsageError("--runs", f"{runs}: at least 1")
@@ -108,9 +112,8 @@ def options(args: argparse.Namespace):
         raise UsageError("--warmup", f"{args.warmup}: between 0 and 60")
     if args.triples is not None and not 1 <= args.triples <= 1000:
         raise UsageError("--triples", f"{args.triples}: between 1 and 1000")
-    mode = args.mode or ("syscall" if args.peer else "both")
-    modes = MODES if mode == "both" else (mode,)
-    if args.peer and "syscall" not in modes:
+    modes = MODES[args.mode or (Mode.SYSCALL.value if args.peer else "both")]
+    if args.peer and Mode.SYSCALL not in modes:
         raise UsageError("--peer", f"{args.peer} is syscall-triggered: use --mode syscall "
                          "or both")
     cpus = tuple(args.cpus or range(1, len(os.sched_getaffinity(0)) + 1))
@@ -124,13 +127,11 @@ def options(args: argparse.Namespace):
         max_entries=sizes, fills=tuple(args.fills or (0,)),
         runs=runs, seconds=args.seconds, warmup=args.warmup,
         inkernel_triples=args.triples or 100, syscall_triples=args.triples or 1,
-        key=args.key or "random", trigger=args.trigger)
+        key=args.key or "random", trigger=TRIGGERS.get(args.trigger))  # auto: None
 
 
 def local(args: argparse.Namespace) -> list[BenchRecord]:
     from pybpfmap.bench.run import run as bench_run
-    from pybpfmap.output import Progress
-    from pybpfmap.vm.guest import in_test_vm
 
     opts = options(args)
     if args.peer:
@@ -154,28 +155,20 @@ def vm_timeout(args: argparse.Namespace) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pybpfmap.output import print_json
-
     if args.kernels:
-        from pybpfmap.vm.relay import documents
+        from pybpfmap.commands import invm
 
-        opts = options(args)
-        # syscall mode: kprobe programs on NO_PREALLOC maps, which 5.7-6.0 WARN about
-        tracing = "syscall" in opts.modes and False in opts.prealloc
-        records = [r for doc in documents(args, vm_timeout(args), drop={"--plot": 1},
-                                          tracing_no_prealloc=tracing) for r in load(doc)]
+        # the syscall mode's kprobe programs on NO_PREALLOC maps: 5.7-6.0 WARN once
+        tracing = options(args).tracing_no_prealloc
+        records = invm.records(args, load, timeout=vm_timeout(args), expected_splats=(
+            invm.no_prealloc_tracing if tracing else invm.no_splats))
     else:
         records = local(args)
     if args.plot:
         from pybpfmap.bench.plot import plot
 
         plot(records, args.plot)
-    if args.json:
-        print_json(records)
-    else:
-        sys.stdout.write(render_text(records))
-    from pybpfmap.vm.guest import in_test_vm
-
+    emit(args, records, render_text)
     for r in records if not in_test_vm() else ():  # in the VM: the host warns
         where = f"{r.label} {r.mode} {r.cpus} CPU max_entries={r.max_entries}"
         if r.flagged and r.refused is None:

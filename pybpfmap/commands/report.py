@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from pybpfmap.commands.args import OutputDir, add_list
+from pybpfmap.commands.args import OutputDir, add_kernel, add_list
 from pybpfmap.errors import EnvironmentProblem, UsageError
 from pybpfmap.vm import catalog
 
@@ -23,10 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__)
     p.add_argument("--out", default="results/report", metavar="DIR", action=OutputDir,
                    help="folder for report.md, results.json and plots (default: %(default)s)")
-    add_list(p, "--kernel", dest="kernels", valid=catalog.CHOICES, metavar="K",
-             expand={catalog.ALL: catalog.NAMES},
-             help=f"test-VM kernels for the kprobe parts ({', '.join(catalog.NAMES)}, or "
-                  f"{catalog.ALL}; default: {catalog.DEFAULT} when this kernel has no kprobes)")
+    add_kernel(p, f"for the kprobe parts (default: {catalog.DEFAULT} when this kernel has "
+                  "no kprobes)", results=False)
     p.add_argument("--no-vm", action="store_true", help="measure the host only")
     p.add_argument("--quick", action="store_true", help="short runs (a few minutes)")
     add_list(p, "--only", valid=SECTION_NAMES, metavar="NAME",
@@ -106,11 +104,11 @@ def _measure(args: argparse.Namespace, out: Path, command: str):
     from pybpfmap.report.run import run_all
 
     host = kernel.probe()
-    default = [] if host.kprobes else [catalog.DEFAULT]
+    default = [] if host.kprobes else [catalog.get(catalog.DEFAULT)]
     kernels = [] if args.no_vm else (args.kernels or default)
     sections = [s for s in plan(kernels, args.quick, host.kprobes, host.in_vm)
                 if not args.only or s.name in args.only]
     start = time.monotonic()
     results = run_all(sections, out)
     return Report(time.strftime("%Y-%m-%d %H:%M:%S %Z"), command, host.kernel_release,
-                  ["host", *kernels], round(time.monotonic() - start, 1), results)
+                  ["host", *(k.name for k in kernels)], round(time.monotonic() - start, 1), results)

@@ -33,6 +33,8 @@ from pybpfmap.commands.args import (
     add_json,
     add_kernel,
     add_list,
+    emit,
+    host_only,
     non_negative_float,
     positive_float,
 )
@@ -40,34 +42,38 @@ from pybpfmap.errors import EnvironmentProblem, UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from pybpfmap.stress.inject import INJECTIONS
     from pybpfmap.stress.kinds import KINDS
-    from pybpfmap.stress.records import SCENARIOS
-    from pybpfmap.stress.run import INJECTIONS
+    from pybpfmap.stress.scenarios import SCENARIOS
     from pybpfmap.stress.verdict import DEFAULT_HEARTBEAT_LIMIT_S
 
     p = subparsers.add_parser(
         "stress", help="hash map ops from kprobes on spin_unlock, and re-entry: deadlock check",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_list(p, "--scenario", "--scenarios", dest="scenarios", valid=SCENARIOS,
-             metavar="S", help=f"scenarios ({', '.join(SCENARIOS)}; default allocator)")
+    # --scenario, --types, --isolate and --force are the host's: with --kernel it
+    # decides them per boot (pybpfmap.stress.host).
+    host_only(add_list(p, "--scenario", "--scenarios", dest="scenarios", valid=list(SCENARIOS),
+                       metavar="S",
+                       help=f"scenarios ({', '.join(SCENARIOS)}; default allocator)"))
     p.add_argument("--duration", type=positive_float, default=10.0, metavar="S",
                    help="seconds of each row with its probes attached (default 10)")
     add_list(p, "--probes", metavar="NAME",
              help="spin_unlock functions (or, with --tracepoints, category:name "
                   "tracepoints); default: every one that can be probed")
-    add_list(p, "--types", metavar="KIND",
-             help="map types (hash, percpu_hash, lru_hash, lru_percpu_hash) or kinds "
-                  f"({', '.join(k.name for k in KINDS)}); default: every kind")
+    host_only(add_list(p, "--types", metavar="KIND",
+                       help="map types (hash, percpu_hash, lru_hash, lru_percpu_hash) or "
+                            f"kinds ({', '.join(k.name for k in KINDS)}); default: every "
+                            "kind"))
     add_kernel(p, "run")
     iso = p.add_mutually_exclusive_group()
-    iso.add_argument("--isolate", dest="isolate", action="store_true", default=True,
-                     help="with --kernel: one VM boot per row (default)")
-    iso.add_argument("--no-isolate", dest="isolate", action="store_false",
-                     help="with --kernel: one VM boot for every row")
+    host_only(iso.add_argument("--isolate", dest="isolate", action="store_true", default=True,
+                               help="with --kernel: one VM boot per row (default)"))
+    host_only(iso.add_argument("--no-isolate", dest="isolate", action="store_false",
+                               help="with --kernel: one VM boot for every row"))
     add_json(p)
-    p.add_argument("--force", action="store_true",
-                   help="run here even though this machine is not a VM (never what the "
-                        "era predicts to deadlock)")
+    host_only(p.add_argument("--force", action="store_true",
+                             help="run here even though this machine is not a VM (never "
+                                  "what the era predicts to deadlock)"))
     p.add_argument("--tracepoints", action="store_true",
                    help="weaker variant for kernels without kprobes: attach to "
                         "lock:contention_begin/end and kmem:kmalloc/kfree instead")
@@ -78,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", type=non_negative_float, metavar="S",
                    help="seconds of workload without probes, for the throughput "
                         "comparison (default: duration/4, 1 to 3 s; 0: no comparison)")
-    p.add_argument("--inject", choices=INJECTIONS,
+    p.add_argument("--inject", choices=list(INJECTIONS),
                    help="negative control: make the run fail on purpose (a WARN line in "
                         "the kernel log, a stalled heartbeat, a guest panic)")
     p.set_defaults(func=run)
@@ -97,7 +103,6 @@ def _options(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from pybpfmap.output import print_json
     from pybpfmap.stress import records
 
     opts = _options(args)  # bad --types, --duration... before anything is booted
@@ -120,17 +125,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"pybpfmap stress: no kprobes here ({k.kprobes_reason}): running in the "
                   f"{catalog.DEFAULT} test VM", file=sys.stderr)
-            kernels = [catalog.DEFAULT]
+            kernels = [catalog.get(catalog.DEFAULT)]
     if kernels:
         from pybpfmap.stress.host import run_in_vm
+        from pybpfmap.vm.run import results_folder
 
-        runs = []
-        for kernel in kernels:
-            folder = None if args.results is None else (
-                os.path.join(args.results, kernel) if len(kernels) > 1 else args.results)
-            runs.append(run_in_vm(opts, kernel, args.argv, args.isolate, folder))
-    if args.json:
-        print_json(runs[0] if len(runs) == 1 and not args.kernels else runs)
-    else:
-        sys.stdout.write(records.render_text(runs))
+        runs = [run_in_vm(opts, kernel, args.guest_argv, args.isolate,
+                          results_folder(args.results, "stress", kernel, len(kernels) > 1))
+                for kernel in kernels]
+    emit(args, runs, records.render_text)
     return max(r.exit_status() for r in runs)

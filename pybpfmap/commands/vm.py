@@ -7,27 +7,21 @@ import json
 import signal
 import sys
 import time
+from pathlib import Path
 
 from pybpfmap.commands.args import (
     OutputDir,
     OutputFile,
-    add_list,
+    accel,
+    add_kernel,
     memory_size,
     positive_float,
     positive_int,
 )
+from pybpfmap.guest import Accel
 from pybpfmap.vm import catalog, suite
 
-
-def _kernel_option(parser: argparse.ArgumentParser, what: str, many: bool = True) -> None:
-    if many:
-        add_list(parser, "--kernel", dest="kernels", valid=catalog.CHOICES, metavar="K",
-                 expand={catalog.ALL: catalog.NAMES}, default=[catalog.DEFAULT],
-                 help=f"{what}: catalog kernels ({', '.join(catalog.NAMES)}) or "
-                      f"{catalog.ALL}; default {catalog.DEFAULT}")
-    else:
-        parser.add_argument("--kernel", default=catalog.DEFAULT, choices=catalog.NAMES,
-                            help=f"{what} (default {catalog.DEFAULT})")
+DEFAULT = [catalog.get(catalog.DEFAULT)]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="vm_command", metavar="VM_COMMAND", required=True)
 
     b = sub.add_parser("build", help="build (or reuse) the cached images")
-    _kernel_option(b, "the images to build")
+    add_kernel(b, "the images to build", default=DEFAULT, results=False)
     b.add_argument("--json", action="store_true", help="print the images' facts as JSON")
     b.set_defaults(func=cmd_build)
 
@@ -52,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r = sub.add_parser("run", help="run CMD as root in a fresh guest",
                        description="Boot the image (read-only base, per-run overlay) and run "
                                    "CMD in the project tree; default CMD: python3 -m pytest.")
-    _kernel_option(r, "boot these kernels in turn")
+    add_kernel(r, "boot these kernels in turn", default=DEFAULT, results=False)
     r.add_argument("--cpus", type=positive_int, default=2)
     r.add_argument("--memory", type=memory_size, default="2G")
     r.add_argument("--timeout", type=positive_float, default=1800,
@@ -62,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "as hung")
     r.add_argument("--boot-timeout", type=positive_float, default=180,
                    help="seconds allowed from qemu start to CMD's start")
-    r.add_argument("--accel", choices=["kvm", "tcg", "tcg-mttcg"],
+    r.add_argument("--accel", type=accel, metavar="{" + ",".join(a.value for a in Accel) + "}",
                    help="default: KVM if a cached probe boot showed it works, else tcg "
                         "(single-threaded)")
     r.add_argument("--results", action=OutputDir,
@@ -88,13 +82,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="exit status: 0 when every kernel's tests passed; else the first failing "
                "kernel's: 1 (or pytest's status) for failed tests, 123 hung, 122 panic, "
                "124 timeout, 125 qemu lost.")
-    _kernel_option(t, "the kernels to test in")
+    add_kernel(t, "the kernels to test in", default=DEFAULT, results=False)
     t.add_argument("--timeout", type=positive_float, default=suite.TIMEOUT,
                    help=f"seconds allowed per kernel (default {suite.TIMEOUT:.0f})")
     t.add_argument("--hang-timeout", type=positive_float, default=suite.HANG_TIMEOUT,
                    help="seconds without a vCPU heartbeat before the guest counts as hung "
                         f"(default {suite.HANG_TIMEOUT:.0f})")
-    t.add_argument("--accel", choices=["kvm", "tcg", "tcg-mttcg"],
+    t.add_argument("--accel", type=accel, metavar="{" + ",".join(a.value for a in Accel) + "}",
                    help="as for `vm run`")
     t.add_argument("--results", metavar="DIR", action=OutputDir,
                    help="host folder, one subfolder per kernel (default "
@@ -107,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_test)
 
     x = sub.add_parser("box", help="package the image as a local Vagrant libvirt box")
-    _kernel_option(x, "the image to package", many=False)
+    add_kernel(x, "the image to package", many=False, default=DEFAULT[0], results=False)
     x.add_argument("--output", metavar="FILE", action=OutputFile,
                    help="box file to write (default pybpfmap-K.box)")
     x.set_defaults(func=cmd_box)
@@ -119,8 +113,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "boot with nokaslr), interrupts on or off, the spin lock, "
                                    "the kernel text on the stack.")
     e.add_argument("--libvirt", required=True, metavar="DOMAIN", help="libvirt domain name")
-    e.add_argument("--kernel", default=catalog.DEFAULT, choices=catalog.NAMES,
-                   help="whose image's kallsyms symbolize the addresses")
+    add_kernel(e, "whose image's kallsyms symbolize the addresses", many=False,
+               default=DEFAULT[0], results=False)
     e.set_defaults(func=cmd_evidence)
 
     a = sub.add_parser("accel", help="print kvm or tcg: the accelerator `vm run` would use",
@@ -128,9 +122,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "if a (cached) boot probe of the --kernel image under KVM "
                                    "passed; PYBPFMAP_VM_ACCEL overrides.  The Vagrantfile "
                                    "picks its libvirt domain type with it.")
-    a.add_argument("--kernel", default=catalog.DEFAULT, choices=catalog.NAMES,
-                   help="whose cached image the probe boots")
+    add_kernel(a, "whose cached image the probe boots", many=False, default=DEFAULT[0],
+               results=False)
     a.set_defaults(func=cmd_accel)
+
+    c = sub.add_parser(
+        "box-check", help="boot the Vagrant box under libvirt, run the guest tests in it",
+        description="The Vagrant check's policy (vagrant/ci-up.sh runs it once the box is "
+                    "added and libvirtd runs in --netns): vagrant up, the guest tests "
+                    "(sudo pytest -m 'guest or kprobes') with a watcher on the guest's sshd, "
+                    "the junit verdict, evidence from a guest whose kernel died, up to "
+                    "--boots boots, vagrant destroy.")
+    c.add_argument("--netns", required=True, help="the network namespace libvirtd runs in")
+    c.add_argument("--domain", required=True, help="the libvirt domain vagrant makes")
+    add_kernel(c, "the box's kernel", many=False, default=DEFAULT[0], results=False)
+    c.add_argument("--work", required=True, type=Path, help="ci-up.sh's work folder")
+    c.add_argument("--boots", type=positive_int, default=3, help="boots at most (default 3)")
+    c.add_argument("--limit", type=positive_float, default=900,
+                   help="the guest pytest's time limit, seconds (default 900)")
+    c.set_defaults(func=cmd_box_check)
 
     s = sub.add_parser("splats", help="check dmesg text (a file or -) for kernel splats",
                        description="Exit 0 if clean, 121 if any unallowed splat is found.")
@@ -142,16 +152,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from pybpfmap.output import print_json
-    from pybpfmap.vm import ensure_image
+    from pybpfmap.vm.build import ensure_image
 
     facts = []
     t0 = time.monotonic()
-    for n, name in enumerate(args.kernels, 1):
-        print(f"pybpfmap vm: [{n}/{len(args.kernels)}] {name}", file=sys.stderr, flush=True)
-        img = ensure_image(name)
+    for n, kernel in enumerate(args.kernels, 1):
+        print(f"pybpfmap vm: [{n}/{len(args.kernels)}] {kernel.name}", file=sys.stderr,
+              flush=True)
+        img = ensure_image(kernel)
         facts.append(img.facts() | {"path": str(img.path)})
         if not args.json:
-            print(f"{name}: kernel {img.release}, image {img.path}")
+            print(f"{kernel.name}: kernel {img.release}, image {img.path}")
     print(f"pybpfmap vm: {len(facts)} image(s) ready in {time.monotonic() - t0:.0f} s",
           file=sys.stderr)
     if args.json:
@@ -162,15 +173,14 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from pybpfmap import era
     from pybpfmap.output import human_bytes, print_json, table
-    from pybpfmap.vm.image import find_image, image_size
+    from pybpfmap.vm.image import find_image, image_size, release_of
 
     rows = []
     for k in catalog.KERNELS:
-        img = find_image(k.name)
+        img = find_image(k)
         release = img.release if img else None
         rows.append({"name": k.name, "userspace": k.userspace, "series": k.series,
-                     "release": release,
-                     "era": era.era_of(release or f"{k.series}.0").name,
+                     "release": release, "era": era.era_of(release_of(k)).name,
                      "built": img is not None, "image": str(img.path) if img else None,
                      "size": image_size(img) if img else None, "summary": k.summary})
     if args.json:
@@ -189,7 +199,9 @@ def _sigterm(signum: int, frame: object) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pybpfmap.output import print_json
-    from pybpfmap.vm import Accel, Streams, default_results_dir, run_in_vm
+    from pybpfmap.splats import format_splats
+    from pybpfmap.vm.run import results_folder, run_in_vm
+    from pybpfmap.vm.runner import Streams
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     signal.signal(signal.SIGTERM, _sigterm)
@@ -198,20 +210,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     streams = Streams(None if args.json else sys.stdout, None if args.quiet else err)
     results = []
     for kernel in args.kernels:
-        if args.results is None:
-            folder = default_results_dir("vm", kernel)
-        else:
-            from pathlib import Path
-
-            folder = Path(args.results) / kernel if len(args.kernels) > 1 \
-                else Path(args.results)
+        folder = results_folder(args.results, "vm", kernel, len(args.kernels) > 1)
         r = run_in_vm(cmd or None, kernel=kernel, cpus=args.cpus, memory=args.memory,
                       timeout=args.timeout, hang_timeout=args.hang_timeout,
                       boot_timeout=args.boot_timeout, results_dir=folder, streams=streams,
-                      accel=Accel.parse(args.accel, "--accel") if args.accel else None,
-                      allow_splats=tuple(args.allow_splat))
-        from pybpfmap.vm.splats import format_splats
-
+                      accel=args.accel, allow_splats=tuple(args.allow_splat))
         print(f"pybpfmap vm: {r.summary()}", file=err)
         if r.splats:
             print(format_splats(r.splats), file=err)
@@ -220,7 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"pybpfmap vm: results in {r.results_dir}", file=err)
         results.append(r)
     if args.json:
-        print_json([r.to_json() for r in results] if len(results) > 1 else results[0].to_json())
+        print_json([r.to_json() for r in results])
     # The worst outcome decides: the first run that did not pass.
     return next((r.status for r in results if r.status), 0)
 
@@ -228,10 +231,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_box(args: argparse.Namespace) -> int:
     from pybpfmap.vm.box import make_box
 
-    path = make_box(args.kernel, args.output or f"pybpfmap-{args.kernel}.box")
-    print(f"box written: {path}\n  vagrant box add --name pybpfmap-{args.kernel} {path}\n"
-          f"  cd vagrant && PYBPFMAP_BOX={args.kernel} vagrant up")
+    name = args.kernel.name
+    path = make_box(args.kernel, args.output or f"pybpfmap-{name}.box")
+    print(f"box written: {path}\n  vagrant box add --name pybpfmap-{name} {path}\n"
+          f"  cd vagrant && PYBPFMAP_BOX={name} vagrant up")
     return 0
+
+
+def cmd_box_check(args: argparse.Namespace) -> int:
+    from pybpfmap.vm.vagrant_check import Check
+
+    return Check(args.netns, args.domain, args.kernel, args.work, args.limit).main(args.boots)
 
 
 def cmd_evidence(args: argparse.Namespace) -> int:
@@ -241,8 +251,8 @@ def cmd_evidence(args: argparse.Namespace) -> int:
 
     image = find_image(args.kernel)
     if image is None:
-        raise EnvironmentProblem("--kernel", f"no {args.kernel} image to read kallsyms from "
-                                 f"(pybpfmap vm build --kernel {args.kernel})")
+        raise EnvironmentProblem("--kernel", f"no {args.kernel.name} image to read kallsyms "
+                                 f"from (pybpfmap vm build --kernel {args.kernel.name})")
     ev = collect_evidence(libvirt_monitor(args.libvirt), None,
                           [image.kallsyms, image.system_map],
                           note=f"libvirt domain {args.libvirt}, symbols of {image.name}")
@@ -254,15 +264,15 @@ def cmd_accel(args: argparse.Namespace) -> int:
     import os
 
     from pybpfmap.errors import EnvironmentProblem
+    from pybpfmap.guest import Accel
     from pybpfmap.vm.accel import choose_accel
     from pybpfmap.vm.image import find_image
-    from pybpfmap.vm.qemu import Accel
 
     image = find_image(args.kernel)
     # choose_accel returns a PYBPFMAP_VM_ACCEL override before it needs the image.
     if image is None and not os.environ.get("PYBPFMAP_VM_ACCEL"):
-        raise EnvironmentProblem(args.kernel, "no cached image to run the KVM boot probe "
-                                 f"with (pybpfmap vm build --kernel {args.kernel})")
+        raise EnvironmentProblem("--kernel", "no cached image to run the KVM boot probe "
+                                 f"with (pybpfmap vm build --kernel {args.kernel.name})")
     try:
         accel, why = choose_accel(image)
     except OSError as e:
@@ -275,8 +285,8 @@ def cmd_accel(args: argparse.Namespace) -> int:
 
 def cmd_splats(args: argparse.Namespace) -> int:
     from pybpfmap.errors import EnvironmentProblem
-    from pybpfmap.vm.runner import EXIT_SPLAT
-    from pybpfmap.vm.splats import find_splats, format_splats
+    from pybpfmap.splats import find_splats, format_splats
+    from pybpfmap.vm.outcome import EXIT_SPLAT
 
     try:
         if args.file == "-":
@@ -297,24 +307,22 @@ def cmd_splats(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from pybpfmap.output import print_json
-    from pybpfmap.vm import Accel, Streams, default_results_dir
+    from pybpfmap.vm.run import results_folder
+    from pybpfmap.vm.runner import Streams
     from pybpfmap.vm.suite import run_suite
 
     extra = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
     signal.signal(signal.SIGTERM, _sigterm)
-    base = Path(args.results) if args.results else \
-        default_results_dir("vm-test", "-".join(args.kernels))
     shown = None if args.quiet or args.json else sys.stdout
     runs = []
     for n, kernel in enumerate(args.kernels, 1):
-        print(f"pybpfmap vm test: [{n}/{len(args.kernels)}] {kernel}", file=sys.stderr,
+        print(f"pybpfmap vm test: [{n}/{len(args.kernels)}] {kernel.name}", file=sys.stderr,
               flush=True)
-        run = run_suite(kernel, base / kernel, pytest_args=extra,
-                        timeout=args.timeout, hang_timeout=args.hang_timeout,
-                        accel=Accel.parse(args.accel, "--accel") if args.accel else None,
+        run = run_suite(kernel, results_folder(args.results, "vm-test", kernel, many=True),
+                        pytest_args=extra, timeout=args.timeout,
+                        hang_timeout=args.hang_timeout, accel=args.accel,
                         streams=Streams(shown, None))
         print(f"pybpfmap vm test: {run.line()}", file=sys.stderr, flush=True)
         if run.vm.evidence:
@@ -323,7 +331,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     if args.json:
         print_json([r.to_json() for r in runs])
     else:
-        print(f"pybpfmap vm test: results in {base}")
+        for r in runs:
+            print(f"pybpfmap vm test: {r.kernel}: results in {r.vm.results_dir}")
         for r in runs:
             print(f"{'ok  ' if r.ok else 'FAIL'} {r.line()}")
     return next((r.status for r in runs if r.status), 0)

@@ -19,11 +19,14 @@ across-kernels table compares like with like.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-from pybpfmap import era
+from pybpfmap.bcc_compare.tools import TOOLS
+from pybpfmap.stress import scenarios
 from pybpfmap.stress.kinds import KINDS
-from pybpfmap.vm import catalog
+from pybpfmap.vm.catalog import CatalogKernel
+from pybpfmap.vm.image import release_of
 
 MAPS_ENTRIES = 10000      # everywhere: filling maps from Python under TCG costs ~40x
 BENCH_ENTRIES = 1000      # the across-kernels bench figure: inkernel, hash, 1 CPU
@@ -59,17 +62,7 @@ class Section:
 
 def _tools(kprobes: bool) -> list[str]:
     """The bcc tools that need kprobes (for the VM), or those that do not (the host)."""
-    from pybpfmap.bcc_compare.tools import TOOLS
-
     return [name for name, tool in TOOLS.items() if tool.needs_kprobes is kprobes]
-
-
-def _release(kernel: str) -> str:
-    """The kernel's release: the built image's, else its catalog series."""
-    from pybpfmap.vm.image import find_image
-
-    image = find_image(kernel)
-    return image.release if image else f"{catalog.get(kernel).series}.0"
 
 
 def stress_durations(release: str, scenario: str, quick: bool) -> tuple[float, bool]:
@@ -77,9 +70,10 @@ def stress_durations(release: str, scenario: str, quick: bool) -> tuple[float, b
 
     60 s per row where the era predicts the allocator scenario may deadlock:
     a preallocated row that stays clean for a minute means something there."""
-    risky = era.deadlock_possible(release, [k.spec for k in KINDS], scenario)
-    if scenario == "reentry":  # its answer comes on the first nested update
-        return 3.0, risky
+    s = scenarios.named(scenario)
+    risky = s.may_deadlock(release, [k.spec for k in KINDS])
+    if s.sufficient_seconds is not None:  # re-entry: the answer is the first nested update
+        return s.sufficient_seconds, risky
     if quick:
         return 5.0, risky
     return (60.0 if risky else 10.0), risky
@@ -93,11 +87,11 @@ def row_budget(secs: float, scenario: str, boot: bool) -> float:
     """What one stress row should take: its duration, the allocator scenario's
     baseline workload window (duration/4, 1 to 3 s), BCC and, in its own
     boot, the boot."""
-    baseline = min(3.0, max(1.0, secs / 4)) if scenario == "allocator" else 0.0
+    baseline = scenarios.named(scenario).baseline_seconds(secs)
     return secs + baseline + ROW_OVERHEAD_S + (BOOT_S if boot else 0.0)
 
 
-def plan(kernels: list[str], quick: bool, host_kprobes: bool, host_in_vm: bool
+def plan(kernels: list[CatalogKernel], quick: bool, host_kprobes: bool, host_in_vm: bool
          ) -> list[Section]:
     """The sections of a report; ``quick`` keeps it to a few minutes."""
     maps = ("maps", "--max-entries", str(MAPS_ENTRIES), "--json")
@@ -115,7 +109,7 @@ def plan(kernels: list[str], quick: bool, host_kprobes: bool, host_in_vm: bool
                 60 if quick else 180),
     ]
     if host_kprobes and host_in_vm:
-        for scenario in ("allocator", "reentry"):
+        for scenario in scenarios.SCENARIOS:
             secs, _ = stress_durations(_host_release(), scenario, quick)
             sections.append(Section("stress", "host", (
                 "stress", "--scenario", scenario, "--duration", f"{secs:g}", "--json"),
@@ -128,30 +122,29 @@ def plan(kernels: list[str], quick: bool, host_kprobes: bool, host_in_vm: bool
     sections.append(Section("bcc-compare", "host", ("bcc-compare", *tools_host, "--json"),
                             60 if quick else 240))
     for kernel in kernels:
-        k = ("--kernel", kernel, "--results", "{out}/vm")
-        sections += [Section("info", kernel, ("info", *k, "--json"), 60),
-                     Section("maps", kernel, (*maps, *k), 120)]
-        release = _release(kernel)
-        for scenario in ("allocator", "reentry"):
+        k = ("--kernel", kernel.name, "--results", "{out}/vm")
+        where = kernel.name
+        sections += [Section("info", where, ("info", *k, "--json"), 60),
+                     Section("maps", where, (*maps, *k), 120)]
+        release = release_of(kernel)
+        for scenario in scenarios.SCENARIOS:
             secs, isolate = stress_durations(release, scenario, quick)
-            sections.append(Section("stress", kernel, (
+            sections.append(Section("stress", where, (
                 "stress", "--scenario", scenario, "--duration", f"{secs:g}",
                 "--isolate" if isolate else "--no-isolate", *k, "--json"),
                 row_budget(secs, scenario, boot=isolate) * len(KINDS)
                 + (0 if isolate else BOOT_S), scenario))
         if not quick:
             sections += [
-                Section("bench", kernel, (
+                Section("bench", where, (
                     "bench", "--mode", "both", "--types", "hash", "--cpus", "1,2",
                     "--max-entries", str(BENCH_ENTRIES), "--runs", "3",
                     "--plot", "{out}/bench.png", *k, "--json"), 180),
-                Section("bcc-compare", kernel, (
+                Section("bcc-compare", where, (
                     "bcc-compare", "--tools", ",".join(_tools(True)), *k, "--json"), 240),
             ]
     return sections
 
 
 def _host_release() -> str:
-    import os
-
     return os.uname().release

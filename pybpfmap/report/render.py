@@ -14,10 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pybpfmap import era
+from pybpfmap import commits, era, footprint, kernel
+from pybpfmap.bcc_compare import result as bcc
+from pybpfmap.bench import record as bench
+from pybpfmap.bench import table as bench_table
+from pybpfmap.bench.record import Mode, pre_no_ratio
 from pybpfmap.output import md_table
 from pybpfmap.report.plan import BENCH_ENTRIES, MAPS_ENTRIES
 from pybpfmap.report.run import SectionResult
+from pybpfmap.stress import records as stress_records
 
 
 @dataclass(frozen=True)
@@ -29,16 +34,10 @@ class Renderer:
 
 
 def renderers() -> dict[str, Renderer]:
-    from pybpfmap.bcc_compare import result as bcc
-    from pybpfmap.bench import record as bench
-    from pybpfmap.bench import table as bench_table
-    from pybpfmap.commands import info, maps
-    from pybpfmap.stress import records as stress
-
-    return {"info": Renderer(info.load, info.render_markdown),
-            "maps": Renderer(maps.load, maps.render_markdown),
+    return {"info": Renderer(kernel.load, kernel.render_markdown),
+            "maps": Renderer(footprint.load, footprint.render_markdown),
             "bench": Renderer(bench.load, bench_table.render_markdown),
-            "stress": Renderer(stress.load, stress.render_markdown),
+            "stress": Renderer(stress_records.load, stress_records.render_markdown),
             "bcc-compare": Renderer(bcc.load, bcc.render_markdown)}
 
 
@@ -72,7 +71,7 @@ def _stress_cell(runs: list, scenario: str) -> str | None:
         shown = f" ({', '.join(kinds)})" if outcome != "PASS" else ""
         parts.append(f"{len(kinds)} {outcome}{shown}")
     unexpected = [r.kind for r in rows if r.as_predicted is False]
-    variant = " [tracepoint variant]" if rows[0].variant == "tracepoint" else ""
+    variant = f" [{rows[0].variant} variant]" if rows[0].variant_kind.weaker else ""
     errnos = sorted({e for r in rows for errs in r.errors.values() for e in errs})
     return (", ".join(parts) + (f"; errors {', '.join(errnos)}" if errnos else "")
             + ("; as predicted" if not unexpected else f"; UNEXPECTED: {', '.join(unexpected)}")
@@ -92,15 +91,13 @@ def _memory_cell(maps: list, prealloc: bool, stage: str) -> str | None:
 
 def across_kernels(report: Report) -> str:
     """One row per place measured."""
-    from pybpfmap.bench.record import pre_no_ratio
-
     rows = []
     for where in report.places:
         info = _records(report, "info", where)
         k = info[0] if info else None
         stress = _records(report, "stress", where)
         maps = _records(report, "maps", where)
-        ratio = pre_no_ratio(_records(report, "bench", where), mode="inkernel",
+        ratio = pre_no_ratio(_records(report, "bench", where), mode=Mode.INKERNEL,
                                    type="hash", cpus=1, max_entries=BENCH_ENTRIES)
         release = k.kernel_release if k else (stress[0].kernel_release if stress else None)
         rows.append([
@@ -120,7 +117,7 @@ def across_kernels(report: Report) -> str:
                      f"hash NO_PREALLOC MiB (full, {MAPS_ENTRIES})"], rows) + (
         "\nMemory is what the memory cgroup charged for the map (kernel memory of a fresh "
         "child cgroup); \"system-wide\" marks kernels that charge BPF maps to no cgroup "
-        f"(before {era.MEMCG.cite()}), where /proc/meminfo's Slab + Percpu + VmallocUsed "
+        f"(before {commits.MEMCG.cite()}), where /proc/meminfo's Slab + Percpu + VmallocUsed "
         "deltas stand in. Stress cells count rows by outcome; the era's prediction for "
         "each row is in its section.\n")
 

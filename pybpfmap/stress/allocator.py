@@ -27,29 +27,22 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
-from pybpfmap import bpfsys, era, procs, tracefs
-from pybpfmap.errors import EnvironmentProblem, UsageError, errno_name
+from pybpfmap import bpfsys, procs, tracefs
+from pybpfmap.errors import EnvironmentProblem, UsageError
+from pybpfmap.guest import mark
 from pybpfmap.kernel import Kernel
-from pybpfmap.loader import bcc_program, load_func
+from pybpfmap.loader import bcc_program
 from pybpfmap.stress import watch, workloads
 from pybpfmap.stress.kinds import MapKind
-from pybpfmap.stress.records import ProbeStats, StressRow
-from pybpfmap.vm.guest import mark
+from pybpfmap.stress.probes import KPROBE, TRACEPOINT, Probe, ProbeKind
+from pybpfmap.stress.records import ProbeStats, StressRow, result_name
 
+NAME = "allocator"
 NPROBES = 8       # on_probe0 .. on_probe7 in bpf/stress.c
 NERRNO = 136      # counter slots per (probe, op): errnos 1..134, then "other"
 OPS = ("update", "lookup", "delete")
 # The weaker variant: tracepoints on lock contention and on kmalloc/kfree.
 TRACEPOINTS = ("lock:contention_begin", "lock:contention_end", "kmem:kmalloc", "kmem:kfree")
-
-
-@dataclass(frozen=True)
-class Probe:
-    """One attach point: ``kind`` is "kprobe" (target a function) or
-    "tracepoint" (target "category:name")."""
-
-    kind: str
-    target: str
 
 
 def tracepoints_available(names: Sequence[str] = TRACEPOINTS
@@ -65,25 +58,41 @@ def tracepoints_available(names: Sequence[str] = TRACEPOINTS
     return ok, why
 
 
-def choose_probes(k: Kernel, names: Sequence[str] | None, tracepoints: bool
-                  ) -> tuple[list[Probe], dict[str, str]]:
-    """The probes to attach and, for each one asked for (or expected) but not
-    attachable here, the reason."""
-    if tracepoints:
-        ok, why = tracepoints_available(names or TRACEPOINTS)
-        return [Probe("tracepoint", t) for t in ok], why
+def _tracepoint_probes(k: Kernel, names: Sequence[str] | None
+                       ) -> tuple[list[Probe], dict[str, str]]:
+    ok, why = tracepoints_available(names or TRACEPOINTS)
+    return [Probe(TRACEPOINT, t) for t in ok], why
+
+
+def _unlock_probes(k: Kernel, names: Sequence[str] | None
+                   ) -> tuple[list[Probe], dict[str, str]]:
     if not k.kprobes:
         raise EnvironmentProblem("kprobes", k.kprobes_reason)
     wanted = list(names or (*k.unlock_symbols, *k.unlock_unavailable))
     probes, why = [], {}
     for sym in wanted:
         if sym in k.unlock_symbols:
-            probes.append(Probe("kprobe", sym))
+            probes.append(Probe(KPROBE, sym))
         elif sym in k.unlock_unavailable:
             why[sym] = k.unlock_unavailable[sym]
         else:
             raise UsageError("--probes", f"{sym!r} is not a spin_unlock function pybpfmap "
                              f"knows; choose from {', '.join(k.unlock_symbols)}")
+    return probes, why
+
+
+# Where each kind of probe goes: the spin_unlock functions (the seed's), or
+# the weaker variant's lock and kmem tracepoints.
+ATTACH_POINTS = {KPROBE: _unlock_probes, TRACEPOINT: _tracepoint_probes}
+
+
+def choose_probes(k: Kernel, names: Sequence[str] | None, kind: ProbeKind
+                  ) -> tuple[list[Probe], dict[str, str]]:
+    """The probes of ``kind`` to attach and, for each one asked for (or
+    expected) but not attachable here, the reason."""
+    if kind not in ATTACH_POINTS:
+        raise UsageError("--probes", f"the allocator scenario has no {kind.name} probes")
+    probes, why = ATTACH_POINTS[kind](k, names)
     if len(probes) > NPROBES:
         raise UsageError("--probes", f"at most {NPROBES} probes at once")
     return probes, why
@@ -111,8 +120,6 @@ def loaded(kind: MapKind, probes: Sequence[Probe], label: str) -> Iterator[Loade
     everything is detached, unloaded and removed on exit."""
     if not probes:
         raise UsageError("--probes", "no probe to attach")
-    from bcc import BPF
-
     with ExitStack() as stack:
         bpf = stack.enter_context(bcc_program(
             "stress.c", maps={"MAP": kind.spec},
@@ -124,26 +131,29 @@ def loaded(kind: MapKind, probes: Sequence[Probe], label: str) -> Iterator[Loade
         attach = stack.enter_context(out.attachments)
         group = tracefs.unique_group()
         for i, probe in enumerate(probes):
-            name = f"on_probe{i}"
-            if probe.kind == "kprobe":
-                fd = load_func(bpf, name, BPF.KPROBE, f"{kind.name} on {probe.target}")
-                ev = events.enter_context(tracefs.kprobe_event(
-                    group, tracefs.unique_event(f"p{i}", probe.target), probe.target))
-                attach.enter_context(tracefs.attached(fd, group, ev.event))
-                out.events[probe] = ev.event
-            else:
-                fd = load_func(bpf, name, BPF.TRACEPOINT, f"{kind.name} on {probe.target}")
-                cat, _, tp = probe.target.partition(":")
-                attach.enter_context(tracefs.attached(fd, cat, tp))
+            fd = probe.kind.load(bpf, f"on_probe{i}", f"{kind.name} on {probe.target}")
+            event = probe.kind.attach(fd, probe.target, group=group, tag=f"p{i}",
+                                      events=events, links=attach)
+            if event is not None:
+                out.events[probe] = event
             out.prog_fds[probe] = fd
             mark("armed", label, probe.target)
         procs.tell_ready()  # every probe attached: what a Ctrl-C must undo (once a run)
         yield out
 
 
+def slot_errno(slot: int, overflow: int = 0) -> int | None:
+    """The errno a counter slot counts (0: success); the last slot counts the
+    larger ones, of which the program kept ``overflow`` (a negative return
+    value; 0: not kept, None)."""
+    if slot == NERRNO - 1:
+        return -overflow or None
+    return slot
+
+
 def read_counts(ld: Loaded) -> dict[int, dict[str, dict[str, int]]]:
-    """{probe index: {op: {result: count}}}, summed over CPUs; results are "ok"
-    or an errno name."""
+    """{probe index: {op: {result: count}}}, summed over CPUs; results as
+    records name them (:func:`~pybpfmap.stress.records.result_name`)."""
     counts = ld.bpf[b"stress_counts"]
     other = ld.bpf[b"stress_errno"]
     out: dict[int, dict[str, dict[str, int]]] = {}
@@ -155,25 +165,20 @@ def read_counts(ld: Loaded) -> dict[int, dict[str, dict[str, int]]]:
                 n = sum(counts[ctypes.c_int((p * len(OPS) + o) * NERRNO + slot)])
                 if not n:
                     continue
-                if slot == 0:
-                    key = "ok"
-                elif slot == NERRNO - 1:
-                    last = other[ctypes.c_int(p * len(OPS) + o)].value
-                    key = errno_name(-last) if last else "other"
-                else:
-                    key = errno_name(slot)
+                last = other[ctypes.c_int(p * len(OPS) + o)].value if slot == NERRNO - 1 else 0
+                key = result_name(slot_errno(slot, last))
                 res[key] = res.get(key, 0) + n
             row[op] = res
         out[p] = row
     return out
 
 
-def prog_stats(fd: int, kind: str, release: str) -> dict:
+def prog_stats(fd: int, kind: ProbeKind, release: str) -> dict:
     """run_cnt, run_time_ns and recursion_misses of a program (bpf_prog_info).
     recursion_misses is None where this kernel does not count it for the
-    program's type: kprobe skips only since :data:`pybpfmap.era.MISSED_STATS`."""
+    program's kind (:meth:`~pybpfmap.stress.probes.ProbeKind.misses_counted`)."""
     info, has_misses = bpfsys.prog_info(fd)
-    counted = has_misses and (kind != "kprobe" or era.kprobe_recursion_misses_counted(release))
+    counted = has_misses and kind.misses_counted(release)
     return {"prog_run_cnt": info.run_cnt, "prog_run_time_ns": info.run_time_ns,
             "recursion_misses": info.recursion_misses if counted else None}
 
@@ -210,16 +215,26 @@ def bpf_stats() -> Iterator[str]:
             f.write(before)
 
 
+def default_baseline(duration: float) -> float:
+    """Seconds of workload without probes before a row of ``duration`` s."""
+    return min(3.0, max(1.0, duration / 4))
+
+
+def new_row(kind: MapKind, variant: ProbeKind, probes: Sequence[Probe]) -> StressRow:
+    """The row of ``kind`` under ``probes``, not yet run."""
+    return StressRow(NAME, kind.name, kind.spec.type, kind.spec.prealloc,
+                     kind.spec.value_size, variant.name, ",".join(p.target for p in probes),
+                     note=kind.note)
+
+
 def run_row(kind: MapKind, probes: list[Probe], k: Kernel, duration: float,
-            baseline: float, inject, variant: str) -> tuple[StressRow, str]:
+            baseline: float, inject, variant: ProbeKind) -> tuple[StressRow, str]:
     """One row: ``kind``'s map under every probe, with workloads, for ``duration``
     s; the (not yet judged) row and the kernel log lines of its window.
 
     ``inject`` is a context-manager factory for the negative controls (it runs
     around the stressed window)."""
-    row = StressRow("allocator", kind.name, kind.spec.type, kind.spec.prealloc,
-                    kind.spec.value_size, variant, ",".join(p.target for p in probes),
-                    note=kind.note)
+    row = new_row(kind, variant, probes)
     mark("row-start", row.label)
     with ExitStack() as stack:
         pair = stack.enter_context(workloads.veth_pair())
@@ -244,7 +259,7 @@ def run_row(kind: MapKind, probes: list[Probe], k: Kernel, duration: float,
     for i, probe in enumerate(probes):
         prof = profile.get(ld.events.get(probe, ""))
         row.per_probe.append(ProbeStats(
-            probe.target, probe.kind, sum(counts[i].get("update", {}).values()), counts[i],
+            probe.target, probe.kind.name, sum(counts[i].get("update", {}).values()), counts[i],
             **stats[probe], kprobe_hits=prof.hits if prof else None,
             kprobe_nmissed=prof.nmissed if prof else None))
     row.events = sum(p.events for p in row.per_probe)

@@ -17,52 +17,50 @@ import sys
 from pathlib import Path
 
 from pybpfmap import era
+from pybpfmap.guest import Mark, marks
 from pybpfmap.stress import verdict
 from pybpfmap.stress.kinds import MapKind
 from pybpfmap.stress.records import FAIL, SKIPPED, StressRow, StressRun, load
-from pybpfmap.stress.run import TRACEPOINT_NOTE, Options
-from pybpfmap.vm import catalog, default_results_dir, ensure_image
-from pybpfmap.vm.guest import marks
-from pybpfmap.vm.relay import GuestRun, forwarded_argv, run_command
+from pybpfmap.stress.run import Options
+from pybpfmap.vm.build import ensure_image
+from pybpfmap.vm.catalog import CatalogKernel
+from pybpfmap.vm.relay import GuestRun, run_command
 
 HANG_TIMEOUT = 30.0   # a CPU without heartbeat for this long is stuck (TCG included)
 BOOT_AND_LOAD = 420.0  # boot plus BCC compiles under TCG, generously
-# Options the host decides per boot: not passed on as typed.
-PER_BOOT = {"--scenario": "+", "--scenarios": "+", "--types": "+", "--isolate": 0,
-            "--no-isolate": 0, "--force": 0}
 
 
 def _runs_of(run: GuestRun) -> list[StressRun]:
     return load(run.data) if run.data is not None else []
 
 
-def _armed(progress: list[tuple[str, list[str], float]]) -> dict[str, float]:
+def _armed(progress: list[Mark]) -> dict[str, float]:
     """Row label -> guest uptime of its first attach, from the progress marks."""
     out: dict[str, float] = {}
-    for event, args, up in progress:
-        if event == "armed" and len(args) >= 2:
-            out.setdefault(" ".join(args[:2]), up)
+    for m in progress:
+        if m.event == "armed" and len(m.args) >= 2:
+            out.setdefault(" ".join(m.args[:2]), m.uptime)
     return out
 
 
-def _started(progress: list[tuple[str, list[str], float]]) -> list[str]:
-    return [" ".join(args[:2]) for event, args, _ in progress if event == "row-start"]
+def _started(progress: list[Mark]) -> list[str]:
+    return [" ".join(m.args[:2]) for m in progress if m.event == "row-start"]
 
 
 def _placeholder(scenario: str, kind: MapKind, opts: Options) -> StressRow:
     return StressRow(scenario, kind.name, kind.spec.type, kind.spec.prealloc,
-                     kind.spec.value_size, "tracepoint" if opts.tracepoints else "kprobe",
-                     "", note=kind.note)
+                     kind.spec.value_size, opts.variant.name, "", note=kind.note)
 
 
-def _one_boot(kernel: str, groups: list[tuple[str, MapKind]], opts: Options, argv: list[str],
-              folder: Path, release: str, preempt_rt: bool
+def _one_boot(kernel: CatalogKernel, groups: list[tuple[str, MapKind]], opts: Options,
+              argv: list[str], folder: Path, release: str
               ) -> tuple[list[StressRow], dict[str, str]]:
-    """The rows of one boot, and the probes the guest could not attach (and why)."""
+    """The rows of one boot, and the probes the guest could not attach (and why).
+    ``argv`` is the command line without the options the host decides per boot."""
+    preempt_rt = kernel.preempt_rt
     scenarios = list(dict.fromkeys(s for s, _ in groups))
     kinds = list(dict.fromkeys(k.name for _, k in groups))
-    guest_argv = [*forwarded_argv(argv, PER_BOOT), "--scenario", *scenarios,
-                  "--types", *kinds]
+    guest_argv = [*argv, "--scenario", *scenarios, "--types", *kinds]
     per_row = opts.duration + opts.baseline_seconds() * 2 + 60
     allowed = era.expected_splats(release, [k.spec for _, k in groups], preempt_rt)
     run = run_command(kernel, guest_argv, results_dir=folder,
@@ -101,24 +99,22 @@ def _one_boot(kernel: str, groups: list[tuple[str, MapKind]], opts: Options, arg
     return rows, unavailable
 
 
-def run_in_vm(opts: Options, kernel: str, argv: list[str], isolate: bool,
-              results: str | None) -> StressRun:
-    """Every row of ``opts`` in catalog kernel ``kernel``'s test VM."""
-    entry = catalog.get(kernel)
+def run_in_vm(opts: Options, kernel: CatalogKernel, argv: list[str], isolate: bool,
+              base: Path) -> StressRun:
+    """Every row of ``opts`` in ``kernel``'s test VM, the results under ``base``;
+    ``argv``: the command line the user typed, without its host-only options."""
     image = ensure_image(kernel)
-    base = Path(results) if results else default_results_dir("stress", kernel)
     groups = [(s, k) for s in opts.scenarios for k in opts.kinds]
     batches = [[g] for g in groups] if isolate else [groups]
     rows: list[StressRow] = []
     unavailable: dict[str, str] = {}
     for n, batch in enumerate(batches, 1):
         names = ", ".join(f"{s} {k.name}" for s, k in batch)
-        print(f"pybpfmap stress: [{n}/{len(batches)}] {kernel}: {names}", file=sys.stderr,
-              flush=True)
+        print(f"pybpfmap stress: [{n}/{len(batches)}] {kernel.name}: {names}",
+              file=sys.stderr, flush=True)
         folder = base / (f"{batch[0][0]}-{batch[0][1].name.replace('/', '-')}"
                          if isolate else "all")
-        got, why = _one_boot(kernel, batch, opts, argv, folder, image.release,
-                             entry.preempt_rt)
+        got, why = _one_boot(kernel, batch, opts, argv, folder, image.release)
         rows += got
         unavailable.update(why)
         last = rows[-1]
@@ -126,7 +122,7 @@ def run_in_vm(opts: Options, kernel: str, argv: list[str], isolate: bool,
               + (f" after {last.seconds} s" if last.seconds is not None else ""),
               file=sys.stderr, flush=True)
     accel = next((r.vm.accel for r in rows if r.vm), None)
-    return StressRun(image.release, f"vm:{kernel}", era.era_of(image.release).name,
+    return StressRun(image.release, f"vm:{kernel.name}", era.era_of(image.release).name,
                      opts.duration, isolate, era.expectations(image.release), rows,
                      unavailable, inject=opts.inject, accel=accel,
-                     note=TRACEPOINT_NOTE if opts.tracepoints else "")
+                     note=opts.variant.weaker_note)

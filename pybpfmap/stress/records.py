@@ -12,20 +12,45 @@ whether the outcome ``as_predicted``.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from typing import Any
 
+from pybpfmap.errors import KERNEL_ERRNOS, errno_name
+from pybpfmap.guest import Accel
 from pybpfmap.output import md_table, text_table
 from pybpfmap.records import from_json
-from pybpfmap.vm.splats import Splat
+from pybpfmap.splats import Splat
+from pybpfmap.stress.probes import ProbeKind, probe_kind
 from pybpfmap.vm.watchdog import Evidence
 
 PASS, DEADLOCK, REFUSED, FAIL, SKIPPED = "PASS", "DEADLOCK", "REFUSED", "FAIL", "SKIPPED"
-SCENARIOS = ("allocator", "reentry")
 # Exit statuses of `pybpfmap stress`: every row as predicted and no deadlock;
 # unexpected outcome (or a pybpfmap error); every row as predicted but some map
 # kinds deadlock (a correct measurement: those kinds are unsafe here).
 EXIT_AS_PREDICTED, EXIT_UNEXPECTED, EXIT_UNSAFE = 0, 1, 3
+# What a counted map op returned, as records name it: "ok", an errno's name,
+# or "other" (an errno beyond the counters whose value was not kept).
+OK, OTHER = "ok", "other"
+_ERRNOS = {errno_name(n): n for n in (*errno.errorcode, *KERNEL_ERRNOS)}
+
+
+def result_name(err: int | None) -> str:
+    """How a record names a counted result: "ok" for 0, the errno's name, or
+    "other" for None (an errno the counters did not keep)."""
+    if err is None:
+        return OTHER
+    return OK if err == 0 else errno_name(err)
+
+
+def result_errno(name: str) -> int | None:
+    """The errno a record's result name stands for (0 for "ok"), the inverse of
+    :func:`result_name`; None for "other"."""
+    if name == OK:
+        return 0
+    if name.startswith("errno ") and name[6:].isdigit():
+        return int(name[6:])
+    return _ERRNOS.get(name)
 
 
 @dataclass
@@ -33,9 +58,9 @@ class ProbeStats:
     """One attach point of a row: what its program did."""
 
     probe: str
-    kind: str                         # kprobe, tracepoint, raw_tp
+    kind: str                         # a probe kind's name: kprobe, tracepoint, raw_tp
     events: int = 0                   # handler runs that did their map ops
-    results: dict[str, dict[str, int]] = field(default_factory=dict)  # op -> result -> n
+    results: dict[str, dict[str, int]] = field(default_factory=dict)  # op -> result name -> n
     prog_run_cnt: int | None = None
     prog_run_time_ns: int | None = None
     recursion_misses: int | None = None   # None: this kernel does not count it for this type
@@ -44,7 +69,7 @@ class ProbeStats:
 
     def errors(self) -> dict[str, dict[str, int]]:
         return {op: errs for op, res in self.results.items()
-                if (errs := {e: n for e, n in res.items() if e != "ok"})}
+                if (errs := {e: n for e, n in res.items() if e != OK})}
 
 
 @dataclass
@@ -53,7 +78,7 @@ class VmSummary:
 
     outcome: str
     message: str
-    accel: str
+    accel: Accel
     kernel: str
     kernel_release: str | None
     results_dir: str
@@ -65,12 +90,12 @@ class VmSummary:
 class StressRow:
     """One (scenario, map kind) group."""
 
-    scenario: str
+    scenario: str              # a scenario's name: allocator, reentry
     kind: str                  # e.g. hash/no_prealloc/2k
     type: str
     prealloc: bool
     value_size: int
-    variant: str               # kprobe, tracepoint (the weaker variant)
+    variant: str               # its probes' kind: kprobe, tracepoint (the weaker variant)
     probe: str                 # the attach points, comma-separated
     outcome: str = FAIL
     reasons: list[str] = field(default_factory=list)
@@ -79,7 +104,7 @@ class StressRow:
     prediction_commits: list[str] = field(default_factory=list)
     as_predicted: bool | None = None
     seconds: float | None = None      # from the first attach to the end (or the hang)
-    errors: dict[str, dict[str, int]] = field(default_factory=dict)   # op -> errno -> n
+    errors: dict[str, dict[str, int]] = field(default_factory=dict)   # op -> errno name -> n
     explained: dict[str, str] = field(default_factory=dict)           # "op:errno" -> why
     events: int = 0
     per_probe: list[ProbeStats] = field(default_factory=list)
@@ -95,6 +120,15 @@ class StressRow:
     def label(self) -> str:
         return f"{self.scenario} {self.kind}"
 
+    @property
+    def variant_kind(self) -> ProbeKind:
+        return probe_kind(self.variant)
+
+    def counted_errnos(self) -> set[int]:
+        """Every errno some op of the row returned ("other" has none)."""
+        return {e for errs in self.errors.values() for name in errs
+                if (e := result_errno(name)) is not None}
+
 
 @dataclass
 class StressRun:
@@ -109,7 +143,7 @@ class StressRun:
     rows: list[StressRow]
     unavailable: dict[str, str] = field(default_factory=dict)   # probe -> why not
     inject: str | None = None
-    accel: str | None = None
+    accel: Accel | None = None
     note: str = ""
 
     def unexpected(self) -> list[StressRow]:
@@ -150,10 +184,9 @@ def _errs(errors: dict[str, dict[str, int]]) -> str:
     return ", ".join(parts) or "-"
 
 
-def load(data: Any) -> list[StressRun]:
-    """A stress --json document: one run, or a list of runs (several kernels)."""
-    items = data if isinstance(data, list) else [data]
-    return [from_json(StressRun, d) for d in items]
+def load(data: list) -> list[StressRun]:
+    """A stress --json document: one run per kernel."""
+    return [from_json(StressRun, d) for d in data]
 
 
 def _seconds(v: float | None) -> str:

@@ -25,16 +25,18 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
-from pybpfmap import era, procs, tracefs
-from pybpfmap.errors import UsageError, errno_name
+from pybpfmap import commits, era, procs, tracefs
+from pybpfmap.errors import UsageError
+from pybpfmap.guest import mark
 from pybpfmap.kernel import Kernel
-from pybpfmap.loader import bcc_program, load_func
+from pybpfmap.loader import bcc_program
 from pybpfmap.stress import watch
-from pybpfmap.stress.allocator import NERRNO, bpf_stats, prog_stats
+from pybpfmap.stress.allocator import NERRNO, bpf_stats, prog_stats, slot_errno
 from pybpfmap.stress.kinds import MapKind
-from pybpfmap.stress.records import SKIPPED, ProbeStats, StressRow
-from pybpfmap.vm.guest import mark
+from pybpfmap.stress.probes import KPROBE, RAW_TP
+from pybpfmap.stress.records import SKIPPED, ProbeStats, StressRow, result_name
 
+NAME = "reentry"
 SYSCALL = "getppid"
 TRIAL_CALLS = 200     # calls to find out whether the inner program fires inside the update
 BATCH = 1000          # calls between clock reads
@@ -56,7 +58,7 @@ def targets_here(k: Kernel, kind: MapKind) -> tuple[list[str], str]:
     if not wanted:
         return [], (f"no traceable function runs under a {kind.spec.type} map's bucket lock "
                     f"on this kernel (its bucket lock is a resilient spinlock, "
-                    f"{era.RQSPINLOCK.cite()}, and its elements are taken before locking)")
+                    f"{commits.RQSPINLOCK.cite()}, and its elements are taken before locking)")
     traceable = tracefs.traceable_functions()
     ok = [t for t in wanted if traceable is None or t in traceable]
     if not ok:
@@ -76,21 +78,20 @@ class Reentry:
 def loaded(kind: MapKind) -> Iterator[Reentry]:
     """bpf/reentry.c on ``kind``'s map: the outer raw_tp program is attached by
     BCC at load (RAW_TRACEPOINT_PROBE); the inner one is loaded, not attached."""
-    from bcc import BPF
-
     cflags = [f"-DPID={os.getpid()}", f"-DNR={_nr(SYSCALL)}", f"-DNERRNO={NERRNO}"]
     with bcc_program("reentry.c", maps={"MAP": kind.spec}, cflags=cflags) as bpf:
-        inner = load_func(bpf, "inner", BPF.KPROBE, f"{kind.name} inner program")
-        outer = bpf.load_func(b"raw_tracepoint__sys_enter", BPF.RAW_TRACEPOINT).fd
+        inner = KPROBE.load(bpf, "inner", f"{kind.name} inner program")
+        outer = bpf.load_func(b"raw_tracepoint__sys_enter", RAW_TP.prog_type()).fd
         yield Reentry(bpf, inner, outer)
 
 
 def _counts(table) -> dict[str, int]:
+    """{result: count} of one counter array, results as records name them."""
     out = {}
     for slot in range(NERRNO):
         n = sum(table[ctypes.c_int(slot)])
         if n:
-            key = "ok" if slot == 0 else ("other" if slot == NERRNO - 1 else errno_name(slot))
+            key = result_name(slot_errno(slot))
             out[key] = out.get(key, 0) + n
     return out
 
@@ -105,11 +106,16 @@ def _calls(n: int) -> None:
         getppid()
 
 
+def new_row(kind: MapKind) -> StressRow:
+    """The row of ``kind``, not yet run (its probes are found when it runs)."""
+    return StressRow(NAME, kind.name, kind.spec.type, kind.spec.prealloc,
+                     kind.spec.value_size, KPROBE.name, "", note=kind.note)
+
+
 def run_row(kind: MapKind, k: Kernel, duration: float, inject) -> tuple[StressRow, str]:
     """One row of the re-entry scenario on ``kind``; the (not yet judged) row and
     the kernel log lines of its window."""
-    row = StressRow("reentry", kind.name, kind.spec.type, kind.spec.prealloc,
-                    kind.spec.value_size, "kprobe", "", note=kind.note)
+    row = new_row(kind)
     targets, why_not = targets_here(k, kind)
     if not targets:
         row.outcome, row.reasons = SKIPPED, [why_not]
@@ -136,14 +142,13 @@ def _run(row: StressRow, kind: MapKind, k: Kernel, targets: list[str], duration:
         target = event = None
         for candidate in targets:
             with ExitStack() as trial:
-                ev = trial.enter_context(tracefs.kprobe_event(
-                    group, tracefs.unique_event("inner", candidate), candidate))
-                trial.enter_context(tracefs.attached(r.inner_fd, group, ev.event))
+                ev = KPROBE.attach(r.inner_fd, candidate, group=group, tag="inner",
+                                   events=trial, links=trial)
                 mark("armed", row.label, candidate)
                 before = _fired(r)
                 _calls(TRIAL_CALLS)
                 if _fired(r) > before:
-                    target, event = candidate, ev.event
+                    target, event = candidate, ev
                     stack.enter_context(trial.pop_all())
                     break
                 tried.append(candidate)
@@ -168,14 +173,14 @@ def _run(row: StressRow, kind: MapKind, k: Kernel, targets: list[str], duration:
         inner = _counts(r.bpf[b"inner_counts"])
         outer = _counts(r.bpf[b"outer_counts"])
         fired = _fired(r)
-        stats_inner = prog_stats(r.inner_fd, "kprobe", k.kernel_release)
-        stats_outer = prog_stats(r.outer_fd, "raw_tp", k.kernel_release)
+        stats_inner = prog_stats(r.inner_fd, KPROBE, k.kernel_release)
+        stats_outer = prog_stats(r.outer_fd, RAW_TP, k.kernel_release)
         kernel_log = kmsg.read_new()
     prof = profile.get(event)
     row.per_probe = [
-        ProbeStats(f"sys_enter ({SYSCALL})", "raw_tp", sum(outer.values()),
+        ProbeStats(f"sys_enter ({SYSCALL})", RAW_TP.name, sum(outer.values()),
                    {"update": outer}, **stats_outer),
-        ProbeStats(target, "kprobe", fired, {"nested update": inner}, **stats_inner,
+        ProbeStats(target, KPROBE.name, fired, {"nested update": inner}, **stats_inner,
                    kprobe_hits=prof.hits if prof else None,
                    kprobe_nmissed=prof.nmissed if prof else None),
     ]

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from pybpfmap import era
 from pybpfmap.maps import MapSpec
+from pybpfmap.splats import classify
+from pybpfmap.stress import scenarios
 from pybpfmap.stress.records import (
     DEADLOCK,
     FAIL,
@@ -29,9 +31,9 @@ from pybpfmap.stress.records import (
     SKIPPED,
     StressRow,
     VmSummary,
+    result_errno,
 )
-from pybpfmap.vm.runner import Outcome, VmResult
-from pybpfmap.vm.splats import classify
+from pybpfmap.vm.outcome import Outcome, VmResult
 
 DEFAULT_HEARTBEAT_LIMIT_S = 5.0
 
@@ -80,12 +82,14 @@ def judge(row: StressRow, release: str, kernel_log: str, preempt_rt: bool,
                          if op in ("update", "nested update"))
     row.explained = {}
     for op, errs in row.errors.items():
-        for err, n in errs.items():
-            why = era.explain_error(release, spec, op.split()[-1], err, failed_updates, n)
+        for name, n in errs.items():
+            err = result_errno(name)
+            why = None if err is None else era.explain_error(
+                release, spec, op.split()[-1], err, failed_updates, n)
             if why is None:
-                reasons.append(f"{op} returned {err} {n}x: not explained for kernel {release}")
+                reasons.append(f"{op} returned {name} {n}x: not explained for kernel {release}")
             else:
-                row.explained[f"{op}:{err}"] = why
+                row.explained[f"{op}:{name}"] = why
     row.reasons = reasons
     row.outcome = FAIL if reasons else PASS
     return predict(row, release, preempt_rt)
@@ -93,19 +97,16 @@ def judge(row: StressRow, release: str, kernel_log: str, preempt_rt: bool,
 
 def predict(row: StressRow, release: str, preempt_rt: bool) -> StressRow:
     """The era's prediction for the row, and whether its outcome matches."""
-    if row.scenario == "reentry":
-        p = era.reentry_prediction(release, spec_of(row), preempt_rt)
-    else:
-        p = era.allocator_prediction(release, spec_of(row), preempt_rt)
+    p = scenarios.named(row.scenario).predict(release, spec_of(row), preempt_rt)
     row.prediction, row.prediction_why = p.describe(), p.why
     row.prediction_commits = list(p.changes)
-    errnos = {e for errs in row.errors.values() for e in errs}
-    row.as_predicted = None if row.outcome == SKIPPED else p.matches(row.outcome, errnos)
+    row.as_predicted = (None if row.outcome == SKIPPED
+                        else p.matches(row.outcome, row.counted_errnos()))
     return row
 
 
 def vm_summary(vm: VmResult) -> VmSummary:
-    return VmSummary(vm.outcome.label, vm.message, vm.accel.value, vm.kernel,
+    return VmSummary(vm.outcome.label, vm.message, vm.accel, vm.kernel,
                      vm.kernel_release, str(vm.results_dir), vm.boot_seconds, vm.seconds)
 
 
@@ -146,5 +147,6 @@ def merge_vm_splats(row: StressRow, vm: VmResult, release: str, preempt_rt: bool
         row.reasons += [f"kernel splat in the guest's dmesg ({s.kind}): {s.line.strip()}"
                         for s in extra]
         if row.outcome == PASS:
-            row.outcome = FAIL
-        predict(row, release, preempt_rt)
+            # No era predicts a splat: the row the guest judged is not as predicted,
+            # and the guest's prediction stands (the host does not predict again).
+            row.outcome, row.as_predicted = FAIL, False

@@ -16,8 +16,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pybpfmap.guest import Accel
 from pybpfmap.vm.image import Image, cache_root
-from pybpfmap.vm.qemu import Accel
+from pybpfmap.vm.outcome import Outcome
+from pybpfmap.vm.runner import boot
 
 PROBE_BOOT_TIMEOUT = 25.0
 OVERRIDE = "PYBPFMAP_VM_ACCEL"
@@ -69,8 +71,6 @@ def choose_accel(image: Image, log=lambda m: print(f"pybpfmap vm: {m}", file=sys
 
 
 def _probe(image: Image) -> dict:
-    from pybpfmap.vm.runner import Outcome, boot
-
     with tempfile.TemporaryDirectory(prefix="accel-probe-") as tmp:
         r = boot(image, ["true"], accel=Accel.KVM, cpus=1, memory="512M", timeout=60,
                  hang_timeout=PROBE_BOOT_TIMEOUT, boot_timeout=PROBE_BOOT_TIMEOUT,

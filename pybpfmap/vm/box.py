@@ -23,7 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pybpfmap.errors import EnvironmentProblem
-from pybpfmap.vm.image import Image, cache_root, ensure_image
+from pybpfmap.vm.build import ensure_image
+from pybpfmap.vm.catalog import CatalogKernel
+from pybpfmap.vm.image import Image, cache_root
 
 BOX_VAGRANTFILE = """\
 # Vagrantfile inside the pybpfmap box (made by `pybpfmap vm box`).
@@ -106,9 +108,10 @@ def _make_vagrant_ready(root: Path) -> None:
         "PasswordAuthentication yes\nUseDNS no\n")
 
 
-def make_box(suite: str, output: str | Path) -> Path:
-    """Write ``output`` (a .box tar) from the cached ``suite`` image; return its path."""
-    image: Image = ensure_image(suite)
+def make_box(kernel: CatalogKernel, output: str | Path) -> Path:
+    """Write ``output`` (a .box tar) from ``kernel``'s cached image; return its path."""
+    image: Image = ensure_image(kernel)
+    suite = kernel.name
     if not (image.path / "root.qcow2").exists():
         raise EnvironmentProblem(str(image.path), "image has no root.qcow2")
     out = Path(output).resolve()

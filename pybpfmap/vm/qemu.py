@@ -9,7 +9,6 @@ is also killed if this Python process dies, even by SIGKILL (it is a
 from __future__ import annotations
 
 import contextlib
-import enum
 import json
 import socket
 import subprocess
@@ -19,39 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pybpfmap import procs
-from pybpfmap.errors import UsageError
-from pybpfmap.vm.guest import CTL_PORT, OUT_PORT, TAG_CTL, TAG_REPO, TAG_RESULTS
-
-
-class Accel(enum.Enum):
-    """How qemu runs the guest's CPUs."""
-
-    KVM = "kvm"
-    TCG = "tcg"              # single-threaded TCG: one host thread runs every vCPU
-    TCG_MTTCG = "tcg-mttcg"  # multi-threaded TCG
-
-    @property
-    def emulated(self) -> bool:
-        """Figures measured under TCG are emulation figures, not hardware ones."""
-        return self is not Accel.KVM
-
-    @property
-    def caveat(self) -> str | None:
-        """What a run under this accelerator cannot tell, said before it boots."""
-        if self is Accel.TCG_MTTCG:
-            return ("multi-threaded TCG: with kprobes on the spin_unlock functions the bookworm "
-                    "guest's kernel died on most boots in this project's runs, and never under "
-                    "single-threaded TCG; a hang or oops here may be the emulator's, not the "
-                    "kernel's (README, the Vagrant section)")
-        return None
-
-    @classmethod
-    def parse(cls, text: str, param: str = "PYBPFMAP_VM_ACCEL") -> Accel:
-        try:
-            return cls(text)
-        except ValueError:
-            raise UsageError(param, f"unknown accelerator {text!r}; choose from "
-                             f"{', '.join(a.value for a in cls)}") from None
+from pybpfmap.guest import CTL_PORT, OUT_PORT, TAG_CTL, TAG_REPO, TAG_RESULTS, Accel
 
 
 @dataclass

@@ -1,26 +1,12 @@
-"""Boot the image, run one command in it, and tell the outcomes apart.
-
-Outcomes and the CLI's exit status for each (:class:`Outcome`):
-
-=========  ===========  =====================================================
-outcome    status       meaning
-=========  ===========  =====================================================
-passed     0            CMD exited 0 and dmesg has no unallowed splat
-failed     CMD's status CMD exited non-zero (splats, if any, are reported too)
-splat      121          CMD exited 0 but dmesg has a splat (WARN, BUG, lockdep...)
-panic      122          the guest kernel panicked
-hung       123          a vCPU's heartbeat stopped for ``hang_timeout`` s while
-                        the others went on (one CPU locked up), or every one did,
-                        or none arrived within ``boot_timeout`` s; vCPU evidence
-timeout    124          CMD still running after ``timeout`` s
-lost       125          qemu exited without a status and without a panic
-=========  ===========  =====================================================
+"""Boot the image, run one command in it, and tell the outcomes apart: a
+vCPU's heartbeat on the control port, the console, qemu's own end; the
+outcome, its exit status and the evidence of a hang are
+:mod:`pybpfmap.vm.outcome`'s records.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import json
 import os
 import re
@@ -29,125 +15,26 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from pybpfmap.errors import PybpfmapError
-from pybpfmap.vm import guest, splats
+from pybpfmap import guest, splats
+from pybpfmap.guest import Accel
 from pybpfmap.vm.image import Image, cache_root
-from pybpfmap.vm.qemu import Accel, QemuConfig, qemu_process
+from pybpfmap.vm.outcome import (
+    Outcome,
+    VmError,
+    VmResult,
+)
+from pybpfmap.vm.qemu import QemuConfig, qemu_process
 from pybpfmap.vm.watchdog import Evidence, collect_evidence, qmp_monitor
 
 REPO = Path(__file__).resolve().parents[2]
-# Guest dmesg lines excused in every VM run: pybpfmap's own negative-control
-# test (`pybpfmap stress --inject splat`) writes this fake WARN on purpose.
-RUN_ALLOW = (r"at pybpfmap-negative-control: injected by",)
 HANG_TIMEOUT = 60.0     # seconds without a vCPU's heartbeat before the guest is hung
 POWEROFF_GRACE = 15.0   # CMD done, but poweroff got stuck: not CMD's fault
 # Console reports worth quoting as evidence of a hang.
 LOCKUP_KINDS = ("soft_lockup", "hard_lockup", "rcu_stall", "hung_task")
-
-
-class Outcome(enum.Enum):
-    """How one VM run ended; ``status`` is the exit status the CLI uses."""
-
-    PASSED = ("passed", 0, True)
-    FAILED = ("failed", None, True)     # CMD's own non-zero status
-    SPLAT = ("splat", 121, True)
-    PANIC = ("panic", 122, False)
-    HUNG = ("hung", 123, False)
-    TIMEOUT = ("timeout", 124, False)
-    LOST = ("lost", 125, False)
-
-    def __init__(self, label: str, status: int | None, finished: bool):
-        self.label = label
-        self.fixed_status = status
-        self.finished = finished  # CMD ran to its end (its output is complete)
-
-    @classmethod
-    def from_label(cls, label: str) -> Outcome:
-        return next(o for o in cls if o.label == label)
-
-
-EXIT_SPLAT, EXIT_PANIC, EXIT_HUNG, EXIT_TIMEOUT, EXIT_LOST = (
-    Outcome.SPLAT.fixed_status, Outcome.PANIC.fixed_status, Outcome.HUNG.fixed_status,
-    Outcome.TIMEOUT.fixed_status, Outcome.LOST.fixed_status)
-
-
-class VmError(PybpfmapError):
-    """The VM could not be started at all (exit status 125)."""
-
-    def __init__(self, param: str, meaning: str):
-        super().__init__(param, meaning, None, EXIT_LOST)
-
-
-@dataclass
-class VmResult:
-    """What happened in one run."""
-
-    outcome: Outcome
-    message: str
-    exit_code: int | None
-    accel: Accel
-    kernel: str                  # the catalog kernel booted
-    kernel_release: str | None   # the guest's uname -r
-    results_dir: Path
-    splats: list[splats.Splat] = field(default_factory=list)
-    evidence: Evidence | None = None
-    boot_seconds: float | None = None
-    seconds: float = 0.0
-    started_at: float | None = None   # guest uptime when CMD started
-    last_heartbeat: dict[int, float] = field(default_factory=dict)  # cpu -> guest uptime
-
-    @property
-    def status(self) -> int:
-        if self.outcome is Outcome.FAILED:
-            return self.exit_code or 1
-        return self.outcome.fixed_status or 0
-
-    @property
-    def dmesg_path(self) -> Path | None:
-        path = self.results_dir / "dmesg.txt"
-        return path if path.is_file() else None
-
-    @property
-    def console_path(self) -> Path:
-        return self.results_dir / "console.log"
-
-    @property
-    def ctl_path(self) -> Path:
-        """The control port's log: heartbeats, start, CMD's marks, exit."""
-        return self.results_dir / "ctl.log"
-
-    @property
-    def stdout_path(self) -> Path:
-        """CMD's standard output, as the guest wrote it to its own port."""
-        return self.results_dir / "stdout.txt"
-
-    def stdout(self) -> str:
-        try:
-            return self.stdout_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def evidence_text(self) -> str:
-        return self.evidence.text() if self.evidence else ""
-
-    def summary(self) -> str:
-        """One line: outcome, message, kernel, accelerator, times, exit status."""
-        return (f"{self.outcome.label}: {self.message} [{self.kernel} kernel "
-                f"{self.kernel_release}, accel {self.accel.value}, boot-to-CMD "
-                f"{self.boot_seconds} s, total {self.seconds} s, exit status {self.status}]")
-
-    def to_json(self) -> dict:
-        from pybpfmap.records import to_json
-
-        d = to_json(self)
-        d["outcome"] = self.outcome.label
-        d["status"] = self.status
-        d["evidence_text"] = self.evidence_text()
-        return d
 
 
 class _Tail:
@@ -213,7 +100,7 @@ class Streams:
 
 def boot(image: Image, cmd: list[str], *, accel: Accel, cpus: int, memory: str,
          timeout: float, hang_timeout: float, boot_timeout: float, results_dir: Path,
-         repo: Path = REPO, env: dict[str, str] | None = None, allow: tuple[str, ...] = (),
+         repo: Path = REPO, env: dict[str, str] | None = None, allow: tuple = (),
          streams: Streams | None = None) -> VmResult:
     """One boot of ``image`` running ``cmd``; see :func:`pybpfmap.vm.run_in_vm`."""
     if not shutil.which("qemu-system-x86_64"):
@@ -283,10 +170,10 @@ class _Watch:
     and decides when the guest is hung or the run has timed out."""
 
     def __init__(self, cfg: QemuConfig, image: Image, timeout: float, hang_timeout: float,
-                 boot_timeout: float, allow: tuple[str, ...], streams: Streams):
+                 boot_timeout: float, allow: tuple, streams: Streams):
         self.cfg, self.image, self.streams = cfg, image, streams
         self.timeout, self.hang_timeout, self.boot_timeout = timeout, hang_timeout, boot_timeout
-        self.allow = (*RUN_ALLOW, *allow)
+        self.allow = (splats.NEGATIVE_CONTROL, *allow)
         self.console, self.out, self.ctl = (_Tail(cfg.console_log), _Tail(cfg.stdout_log),
                                             _Tail(cfg.ctl_log))
         self.console_text: list[str] = []
@@ -315,20 +202,16 @@ class _Watch:
     def _control(self, line: str, now: float) -> None:
         """One line of the control port.  CMD shares the port (its marks), so a
         line this loop does not understand is left to others, never fatal."""
-        word, *args = line.split() or [""]
-        try:
-            if word == "hb" and len(args) == 2:
-                cpu, up = int(args[0]), float(args[1])
+        match guest.parse_ctl(line):
+            case guest.Beat(cpu, up):
                 self.hb_host[cpu], self.hb_guest[cpu] = now, up
-            elif word == "start" and args:
-                self.release, self.boot_s = args[0], now - self.t0
+            case guest.Start(release):
+                self.release, self.boot_s = release, now - self.t0
                 self.started_up = max(self.hb_guest.values(), default=None)
                 for cpu in range(self.cfg.cpus):  # the clock starts for every CPU
                     self.hb_host.setdefault(cpu, now)
-            elif word == "exit" and len(args) == 1:
-                self.exit_code, self.exited_at = int(args[0]), now
-        except ValueError:
-            pass
+            case guest.Exit(status):
+                self.exit_code, self.exited_at = status, now
 
     def _echo(self, text: str) -> None:
         """The console, live, line by line, without the boot log: kernel lines

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from pybpfmap import junit
 from pybpfmap.errors import EnvironmentProblem
-from pybpfmap.vm import run_in_vm
-from pybpfmap.vm.runner import Outcome, Streams, VmResult
+from pybpfmap.vm.catalog import CatalogKernel
+from pybpfmap.vm.outcome import Outcome, VmResult
+from pybpfmap.vm.run import run_in_vm
+from pybpfmap.vm.runner import Streams
 
 # The marker expression of the tests `vm test` runs in a guest: `guest` marks
 # tests about the running kernel that need no outside observer, `kprobes` those
@@ -92,7 +94,7 @@ def judge(vm: VmResult, j: junit.Junit | None) -> str | None:
     return junit_problem(j, (vm.exit_code or 1) if vm.outcome is Outcome.FAILED else 0)
 
 
-def run_suite(kernel: str, results_dir: Path, *, pytest_args: list[str] | None = None,
+def run_suite(kernel: CatalogKernel, results_dir: Path, *, pytest_args: list[str] | None = None,
               timeout: float = TIMEOUT, hang_timeout: float = HANG_TIMEOUT,
               accel=None, streams: Streams | None = None, build: bool = True) -> SuiteRun:
     """Boot ``kernel`` once and run the guest tests (plus ``pytest_args``) in it."""
@@ -104,4 +106,4 @@ def run_suite(kernel: str, results_dir: Path, *, pytest_args: list[str] | None =
         j = junit.read(vm.results_dir / "junit.xml")
     except EnvironmentProblem:
         j = None
-    return SuiteRun(kernel, vm, j, judge(vm, j))
+    return SuiteRun(kernel.name, vm, j, judge(vm, j))

@@ -4,7 +4,7 @@ judge them, tell a dead guest from a failed test, boot again after a death.
 ``ci-up.sh`` keeps the plumbing (a network namespace with its own libvirtd,
 ``vagrant box add``, the teardown trap) and runs, inside that set-up::
 
-    python3 -m pybpfmap.vm.vagrant_check --netns NS --domain DOMAIN --work DIR
+    python3 -m pybpfmap vm box-check --netns NS --domain DOMAIN --work DIR
 
 Every ``vagrant`` call runs as ``ip netns exec NS vagrant ...`` under
 :mod:`pybpfmap.procs` (its own process group: at a time limit the whole group
@@ -22,7 +22,6 @@ fails the check at once; a guest that died gets another boot, up to
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import subprocess
@@ -32,6 +31,7 @@ import time
 from pathlib import Path
 
 from pybpfmap import junit, procs
+from pybpfmap.vm.catalog import CatalogKernel
 from pybpfmap.vm.suite import GUEST_TESTS, junit_problem
 
 WATCH_PERIOD = 10.0
@@ -48,7 +48,8 @@ def say(msg: str) -> None:
 class Check:
     """One Vagrant check in namespace ``netns``, files in ``work``."""
 
-    def __init__(self, netns: str, domain: str, kernel: str, work: Path, limit: float):
+    def __init__(self, netns: str, domain: str, kernel: CatalogKernel, work: Path,
+                 limit: float):
         self.netns, self.domain, self.kernel = netns, domain, kernel
         self.work, self.limit = work, limit
         self.console = work / "console.log"
@@ -213,7 +214,7 @@ class Check:
                 return "failed"
         say("the guest does not answer; where its vCPUs are (pybpfmap vm evidence):")
         _, out = self.capture([sys.executable, "-m", "pybpfmap", "vm", "evidence", "--kernel",
-                               self.kernel, "--libvirt", self.domain], 120)
+                               self.kernel.name, "--libvirt", self.domain], 120)
         print(out, flush=True)
         say(f"last lines of the guest's serial console ({self.console}):")
         try:
@@ -250,22 +251,3 @@ class Check:
                 "(evidence above)")
         say(f"FAIL: the guest's kernel died on all {boots} boots")
         return 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m pybpfmap.vm.vagrant_check",
-                                allow_abbrev=False, description=__doc__.split("\n")[0])
-    p.add_argument("--netns", required=True)
-    p.add_argument("--domain", required=True, help="the libvirt domain vagrant makes")
-    p.add_argument("--kernel", default="bookworm", help="the box's catalog kernel")
-    p.add_argument("--work", required=True, type=Path, help="ci-up.sh's work folder")
-    p.add_argument("--boots", type=int, default=3)
-    p.add_argument("--limit", type=float, default=900, help="the guest pytest's limit, s")
-    args = p.parse_args(argv)
-    if args.boots < 1 or args.limit <= 0:
-        p.error("--boots and --limit must be positive")
-    return Check(args.netns, args.domain, args.kernel, args.work, args.limit).main(args.boots)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

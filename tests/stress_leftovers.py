@@ -1,7 +1,8 @@
-"""What a stress run could leave behind, listed so that before == after can be checked.
+"""What a stress run could leave behind, listed so that before == after can be
+checked (the tests' accounting; pybpfmap itself never needs it).
 
 Ground truth is the kernel: program and map IDs from bpf(2)
-(:func:`pybpfmap.loader.loaded_ids`), names from ``bpftool -j``, the text of
+(:func:`tests.bpf_objects.loaded_ids`), names from ``bpftool -j``, the text of
 ``kprobe_events`` and the network namespaces under /run/netns.
 """
 
@@ -11,10 +12,10 @@ import json
 import os
 import subprocess
 
-from pybpfmap.loader import loaded_ids
 from pybpfmap.procs import wait_until
 from pybpfmap.stress.allocator import NPROBES
 from pybpfmap.tracefs import KPROBE_EVENTS
+from tests.bpf_objects import loaded_ids
 
 # Names bpf/stress.c and bpf/reentry.c give their programs and maps (object
 # names are truncated to 15 characters, BPF_OBJ_NAME_LEN).

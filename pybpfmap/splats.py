@@ -91,6 +91,21 @@ class Allowed:
             (not self.message or re.search(self.message, around) is not None)
 
 
+# pybpfmap's own negative control (``pybpfmap stress --inject splat``, and the
+# tests built on it) writes this fake WARN into the kernel log on purpose: the
+# command's own splat check must report it (that is the control), while a run
+# in the test VM is not failed for it.
+NEGATIVE_CONTROL_TAG = "pybpfmap-negative-control"
+NEGATIVE_CONTROL = Allowed(rf"at {NEGATIVE_CONTROL_TAG}: injected by",
+                           why="pybpfmap's own negative control, written on purpose")
+
+
+def negative_control_line(pid: int) -> str:
+    """The fake WARN line of :data:`NEGATIVE_CONTROL` for process ``pid``."""
+    return (f"WARNING: CPU: 0 PID: {pid} at {NEGATIVE_CONTROL_TAG}: injected by "
+            "`pybpfmap stress --inject splat`, not a real kernel problem")
+
+
 def _kind(line: str, deny: list[tuple[str, re.Pattern]]) -> str | None:
     for kind, pat in deny:
         if pat.search(line):

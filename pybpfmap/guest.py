@@ -24,8 +24,12 @@ the kernel's messages go to the serial console (``console.log``).
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import shlex
+from dataclasses import dataclass
+
+from pybpfmap.errors import UsageError
 
 CTL_PORT = "org.pybpfmap.ctl"
 OUT_PORT = "org.pybpfmap.stdout"
@@ -42,6 +46,40 @@ ENV_CTL_FD = "PYBPFMAP_CTL_FD"
 CTL_FD = 3
 
 
+class Accel(enum.Enum):
+    """How qemu runs the guest's CPUs."""
+
+    KVM = "kvm"
+    TCG = "tcg"              # single-threaded TCG: one host thread runs every vCPU
+    TCG_MTTCG = "tcg-mttcg"  # multi-threaded TCG
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def emulated(self) -> bool:
+        """Figures measured under TCG are emulation figures, not hardware ones."""
+        return self is not Accel.KVM
+
+    @property
+    def caveat(self) -> str | None:
+        """What a run under this accelerator cannot tell, said before it boots."""
+        if self is Accel.TCG_MTTCG:
+            return ("multi-threaded TCG: with kprobes on the spin_unlock functions the bookworm "
+                    "guest's kernel died on most boots in this project's runs, and never under "
+                    "single-threaded TCG; a hang or oops here may be the emulator's, not the "
+                    "kernel's (docs/vagrant.md)")
+        return None
+
+    @classmethod
+    def parse(cls, text: str, param: str = "PYBPFMAP_VM_ACCEL") -> Accel:
+        try:
+            return cls(text)
+        except ValueError:
+            raise UsageError(param, f"unknown accelerator {text!r}; choose from "
+                             f"{', '.join(a.value for a in cls)}") from None
+
+
 def in_test_vm() -> bool:
     """True inside pybpfmap's test VM (the runner exports the catalog kernel's name)."""
     return bool(os.environ.get(ENV_KERNEL))
@@ -52,9 +90,10 @@ def guest_kernel() -> str | None:
     return os.environ.get(ENV_KERNEL) or None
 
 
-def guest_accel() -> str | None:
-    """``kvm`` or ``tcg`` inside the test VM (from the runner), None outside."""
-    return os.environ.get(ENV_ACCEL) or None
+def guest_accel() -> Accel | None:
+    """How qemu runs the test VM we are in (from the runner), None outside."""
+    text = os.environ.get(ENV_ACCEL)
+    return Accel.parse(text, ENV_ACCEL) if text else None
 
 
 MARK = "pybpfmap-mark:"
@@ -88,17 +127,62 @@ def mark(event: str, *args: str) -> None:
     print(f"{MARK} {text}", file=sys.stderr, flush=True)
 
 
-def marks(ctl: str) -> list[tuple[str, list[str], float]]:
-    """(event, args, guest uptime) of every :func:`mark` in the control
-    port's log (``ctl.log``), in order."""
-    out = []
-    for line in ctl.splitlines():
-        word, *words = line.split() or [""]
-        if word != "mark" or len(words) < 2 or not words[-1].startswith("uptime="):
-            continue
-        with contextlib.suppress(ValueError):
-            out.append((words[0], words[1:-1], float(words[-1].removeprefix("uptime="))))
-    return out
+@dataclass(frozen=True)
+class Beat:
+    """``hb <cpu> <uptime>``: vCPU ``cpu`` is alive at guest uptime ``uptime``."""
+
+    cpu: int
+    uptime: float
+
+
+@dataclass(frozen=True)
+class Start:
+    """``start <release>``: CMD is about to run on kernel ``release``."""
+
+    release: str
+
+
+@dataclass(frozen=True)
+class Exit:
+    """``exit <status>``: CMD finished with ``status``."""
+
+    status: int
+
+
+@dataclass(frozen=True)
+class Mark:
+    """``mark <event> <args...> uptime=<uptime>``: CMD's progress (:func:`mark`)."""
+
+    event: str
+    args: tuple[str, ...]
+    uptime: float
+
+
+Message = Beat | Start | Exit | Mark
+
+
+def parse_ctl(line: str) -> Message | None:
+    """One line of the control port (see the module doc), None for a line that
+    is not one of its messages: the port is shared with CMD, so an unknown or
+    torn line is never fatal."""
+    word, *args = line.split() or [""]
+    try:
+        if word == "hb" and len(args) == 2:
+            return Beat(int(args[0]), float(args[1]))
+        if word == "start" and args:
+            return Start(args[0])
+        if word == "exit" and len(args) == 1:
+            return Exit(int(args[0]))
+        if word == "mark" and len(args) >= 2 and args[-1].startswith("uptime="):
+            return Mark(args[0], tuple(args[1:-1]), float(args[-1].removeprefix("uptime=")))
+    except ValueError:
+        pass
+    return None
+
+
+def marks(ctl: str) -> list[Mark]:
+    """Every :func:`mark` in the control port's log (``ctl.log``), in order."""
+    return [m for m in map(parse_ctl, ctl.splitlines()) if isinstance(m, Mark)]
 
 
 INIT = r"""#!/bin/sh
