@@ -170,9 +170,9 @@ def test_an_errno_the_counters_did_not_keep_is_never_explained():
 
 def test_scenarios_are_the_records_names_and_say_where_they_may_deadlock():
     assert list(scenarios.SCENARIOS) == ["allocator", "reentry"]
-    assert scenarios.named("allocator") is scenarios.ALLOCATOR
+    assert scenarios.SCENARIOS.named("allocator") is scenarios.ALLOCATOR
     with pytest.raises(UsageError, match="--scenario"):
-        scenarios.named("nosuch")
+        scenarios.SCENARIOS.named("nosuch")
     percpu_no = MapSpec("percpu_hash", False)
     assert scenarios.ALLOCATOR.may_deadlock(R510, [MapSpec("hash", True), percpu_no])
     assert not scenarios.ALLOCATOR.may_deadlock(R510, [MapSpec("hash", True)])
@@ -197,7 +197,7 @@ def test_reentry_refuses_the_tracepoint_variant_and_a_kernel_without_kprobes():
 
 
 def test_probe_kinds_know_their_recursion_misses_and_attachment():
-    assert probes.probe_kind("raw_tp") is probes.RAW_TP
+    assert probes.PROBE_KINDS.named("raw_tp") is probes.RAW_TP
     assert not probes.KPROBE.misses_counted("6.1.0-50-amd64")
     assert probes.KPROBE.misses_counted("6.12.117+deb13-amd64")
     assert probes.TRACEPOINT.misses_counted("5.10.0") and probes.RAW_TP.misses_counted("5.10.0")
@@ -216,5 +216,5 @@ def test_panic_is_injected_only_inside_the_test_vm(monkeypatch):
     with pytest.raises(UsageError, match="--inject: panic only inside the test VM"):
         run.check_safe_here(opts, _kernel(), force=True)
     run.check_safe_here(run.Options(kinds=opts.kinds, inject="splat"), _kernel(), force=True)
-    with pytest.raises(UsageError, match="--inject: one of splat, stall, panic"):
+    with pytest.raises(UsageError, match="--inject: 'nosuch' is not one of splat, stall, panic"):
         inject.injection("nosuch")

@@ -70,7 +70,7 @@ def stress_durations(release: str, scenario: str, quick: bool) -> tuple[float, b
 
     60 s per row where the era predicts the allocator scenario may deadlock:
     a preallocated row that stays clean for a minute means something there."""
-    s = scenarios.named(scenario)
+    s = scenarios.SCENARIOS.named(scenario)
     risky = s.may_deadlock(release, [k.spec for k in KINDS])
     if s.sufficient_seconds is not None:  # re-entry: the answer is the first nested update
         return s.sufficient_seconds, risky
@@ -87,7 +87,7 @@ def row_budget(secs: float, scenario: str, boot: bool) -> float:
     """What one stress row should take: its duration, the allocator scenario's
     baseline workload window (duration/4, 1 to 3 s), BCC and, in its own
     boot, the boot."""
-    baseline = scenarios.named(scenario).baseline_seconds(secs)
+    baseline = scenarios.SCENARIOS.named(scenario).baseline_seconds(secs)
     return secs + baseline + ROW_OVERHEAD_S + (BOOT_S if boot else 0.0)
 
 

@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from pybpfmap import procs, splats
-from pybpfmap.errors import UsageError
+from pybpfmap.registry import Registry
 from pybpfmap.stress import watch
 
 
@@ -72,18 +72,13 @@ class Panic(Injection):
         yield  # not reached: the guest kernel has crashed
 
 
-INJECTIONS = {i.name: i for i in (Splat("splat"), Stall("stall"),
-                                  Panic("panic", test_vm_only=True))}
+INJECTIONS = Registry("--inject", (Splat("splat"), Stall("stall"),
+                                    Panic("panic", test_vm_only=True)))
 
 
 def injection(name: str | None) -> Injection | None:
     """The injection ``--inject`` names (None: no negative control)."""
-    if name is None:
-        return None
-    try:
-        return INJECTIONS[name]
-    except KeyError:
-        raise UsageError("--inject", f"one of {', '.join(INJECTIONS)}") from None
+    return None if name is None else INJECTIONS.named(name)
 
 
 @contextmanager

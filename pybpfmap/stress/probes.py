@@ -5,7 +5,7 @@ statistics mean.
 ``tracepoint`` (``category:name``; the weaker variant of the allocator
 scenario) and ``raw_tp`` (the re-entry scenario's outer program, attached by
 BCC at load).  Records keep the kind's :attr:`ProbeKind.name` (their JSON
-values); :func:`probe_kind` gives the object back.
+values); ``PROBE_KINDS.named()`` gives the object back.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 from pybpfmap import era, tracefs
-from pybpfmap.errors import UsageError
 from pybpfmap.loader import load_func
+from pybpfmap.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -81,16 +81,7 @@ TRACEPOINT = Tracepoint("tracepoint", "TRACEPOINT", weaker_note=(
     "release in progress; it checks map ops in lock and allocation paths, not "
     "the kprobe-on-spin_unlock deadlock itself"))
 RAW_TP = ProbeKind("raw_tp", "RAW_TRACEPOINT")
-PROBE_KINDS = {k.name: k for k in (KPROBE, TRACEPOINT, RAW_TP)}
-
-
-def probe_kind(name: str) -> ProbeKind:
-    """The kind a record names."""
-    try:
-        return PROBE_KINDS[name]
-    except KeyError:
-        raise UsageError("kind", f"{name!r} is not one of "
-                         f"{', '.join(PROBE_KINDS)}") from None
+PROBE_KINDS = Registry("kind", (KPROBE, TRACEPOINT, RAW_TP))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pybpfmap.guest import Accel
 from pybpfmap.output import md_table, text_table
 from pybpfmap.records import from_json
 from pybpfmap.splats import Splat
-from pybpfmap.stress.probes import ProbeKind, probe_kind
+from pybpfmap.stress.probes import PROBE_KINDS, ProbeKind
 from pybpfmap.vm.watchdog import Evidence
 
 PASS, DEADLOCK, REFUSED, FAIL, SKIPPED = "PASS", "DEADLOCK", "REFUSED", "FAIL", "SKIPPED"
@@ -122,7 +122,7 @@ class StressRow:
 
     @property
     def variant_kind(self) -> ProbeKind:
-        return probe_kind(self.variant)
+        return PROBE_KINDS.named(self.variant)
 
     def counted_errnos(self) -> set[int]:
         """Every errno some op of the row returned ("other" has none)."""

@@ -46,7 +46,7 @@ class Options:
         return TRACEPOINT if self.tracepoints else KPROBE
 
     def chosen(self) -> list[scenarios.Scenario]:
-        return [scenarios.named(name) for name in self.scenarios]
+        return [scenarios.SCENARIOS.named(name) for name in self.scenarios]
 
 
 def check_safe_here(opts: Options, k: Kernel, force: bool) -> None:

@@ -20,6 +20,7 @@ from pybpfmap import era
 from pybpfmap.errors import EnvironmentProblem, UsageError
 from pybpfmap.kernel import Kernel
 from pybpfmap.maps import MapSpec
+from pybpfmap.registry import Registry
 from pybpfmap.stress import allocator, reentry
 from pybpfmap.stress.kinds import MapKind
 from pybpfmap.stress.probes import Probe, ProbeKind
@@ -121,13 +122,4 @@ class Reentry(Scenario):
 
 ALLOCATOR = Allocator(allocator.NAME)
 REENTRY = Reentry(reentry.NAME, sufficient_seconds=3.0)  # the answer: the first nested update
-SCENARIOS = {s.name: s for s in (ALLOCATOR, REENTRY)}
-
-
-def named(name: str) -> Scenario:
-    """The scenario ``--scenario`` and the records name."""
-    try:
-        return SCENARIOS[name]
-    except KeyError:
-        raise UsageError("--scenario", f"{name!r} is not one of "
-                         f"{', '.join(SCENARIOS)}") from None
+SCENARIOS = Registry("--scenario", (ALLOCATOR, REENTRY))

@@ -97,7 +97,7 @@ def judge(row: StressRow, release: str, kernel_log: str, preempt_rt: bool,
 
 def predict(row: StressRow, release: str, preempt_rt: bool) -> StressRow:
     """The era's prediction for the row, and whether its outcome matches."""
-    p = scenarios.named(row.scenario).predict(release, spec_of(row), preempt_rt)
+    p = scenarios.SCENARIOS.named(row.scenario).predict(release, spec_of(row), preempt_rt)
     row.prediction, row.prediction_why = p.describe(), p.why
     row.prediction_commits = list(p.changes)
     row.as_predicted = (None if row.outcome == SKIPPED
