@@ -111,3 +111,29 @@ def test_bad_junit_is_one_clear_error(tmp_path, text):
     with pytest.raises(EnvironmentProblem) as e:
         junit.read(path)
     assert str(path) in str(e.value)
+
+
+def test_the_era_warn_for_no_prealloc_tracing_programs_is_expected_where_the_era_has_it(
+        tmp_path, monkeypatch):
+    """The guest tests load tracing programs with NO_PREALLOC maps: 5.10's
+    WARN_ONCE is excused once per boot, on 5.10 only, and not on PREEMPT_RT
+    (which refuses those programs instead)."""
+    from pybpfmap.splats import find_splats
+    from pybpfmap.vm import catalog, suite
+
+    allowed = {}
+
+    def fake_run_in_vm(cmd, *, kernel, allow_splats, **kw):
+        allowed[kernel.name] = allow_splats
+        return _vm(tmp_path, Outcome.PASSED)
+
+    monkeypatch.setattr(suite, "run_in_vm", fake_run_in_vm)
+    for name in ("bullseye", "bullseye-rt", "bookworm", "trixie-backports"):
+        suite.run_suite(catalog.get(name), tmp_path)
+    warn = ("[  115.544672] trace type BPF program uses run-time allocation\n"
+            "[  115.547099] WARNING: CPU: 1 PID: 322 at kernel/bpf/verifier.c:10519 "
+            "bpf_check+0x2f8e/0x3470\n")
+    assert find_splats(warn, allowed["bullseye"]) == []
+    assert len(find_splats(warn + warn, allowed["bullseye"])) == 1  # once per boot
+    for name in ("bullseye-rt", "bookworm", "trixie-backports"):
+        assert allowed[name] == () and len(find_splats(warn, allowed[name])) == 1
