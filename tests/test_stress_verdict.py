@@ -212,9 +212,10 @@ def test_panic_is_injected_only_inside_the_test_vm(monkeypatch):
 
     monkeypatch.delenv(guest.ENV_KERNEL, raising=False)
     assert [i.name for i in inject.INJECTIONS.values() if i.test_vm_only] == ["panic"]
-    opts = run.Options(kinds=kinds.select(["hash/prealloc"]), inject="panic")
+    opts = run.Options(kinds=kinds.select(["hash/prealloc"]), inject=inject.INJECTIONS["panic"])
     with pytest.raises(UsageError, match="--inject: panic only inside the test VM"):
         run.check_safe_here(opts, _kernel(), force=True)
-    run.check_safe_here(run.Options(kinds=opts.kinds, inject="splat"), _kernel(), force=True)
+    run.check_safe_here(run.Options(kinds=opts.kinds, inject=inject.INJECTIONS["splat"]),
+                        _kernel(), force=True)
     with pytest.raises(UsageError, match="--inject: 'nosuch' is not one of splat, stall, panic"):
-        inject.injection("nosuch")
+        inject.INJECTIONS.named("nosuch")

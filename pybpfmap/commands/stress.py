@@ -92,13 +92,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _options(args: argparse.Namespace):
     from pybpfmap.stress import kinds
+    from pybpfmap.stress.inject import INJECTIONS
     from pybpfmap.stress.run import Options
+    from pybpfmap.stress.scenarios import SCENARIOS
 
     if args.duration <= 0:
         raise UsageError("--duration", "must be more than 0 seconds")
-    return Options(scenarios=args.scenarios or ["allocator"], kinds=kinds.select(args.types),
+    return Options(scenarios=[SCENARIOS[name] for name in args.scenarios or ["allocator"]],
+                   kinds=kinds.select(args.types),
                    duration=args.duration, probes=args.probes, tracepoints=args.tracepoints,
-                   heartbeat_limit=args.heartbeat_limit, inject=args.inject,
+                   heartbeat_limit=args.heartbeat_limit,
+                   inject=INJECTIONS[args.inject] if args.inject else None,
                    baseline=args.baseline)
 
 

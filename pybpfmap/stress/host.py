@@ -22,6 +22,7 @@ from pybpfmap.stress import verdict
 from pybpfmap.stress.kinds import MapKind
 from pybpfmap.stress.records import FAIL, SKIPPED, StressRow, StressRun, load
 from pybpfmap.stress.run import Options
+from pybpfmap.stress.scenarios import Scenario
 from pybpfmap.vm.build import ensure_image
 from pybpfmap.vm.catalog import CatalogKernel
 from pybpfmap.vm.relay import GuestRun, run_command
@@ -47,18 +48,18 @@ def _started(progress: list[Mark]) -> list[str]:
     return [" ".join(m.args[:2]) for m in progress if m.event == "row-start"]
 
 
-def _placeholder(scenario: str, kind: MapKind, opts: Options) -> StressRow:
-    return StressRow(scenario, kind.name, kind.spec.type, kind.spec.prealloc,
+def _placeholder(scenario: Scenario, kind: MapKind, opts: Options) -> StressRow:
+    return StressRow(scenario.name, kind.name, kind.spec.type, kind.spec.prealloc,
                      kind.spec.value_size, opts.variant.name, "", note=kind.note)
 
 
-def _one_boot(kernel: CatalogKernel, groups: list[tuple[str, MapKind]], opts: Options,
+def _one_boot(kernel: CatalogKernel, groups: list[tuple[Scenario, MapKind]], opts: Options,
               argv: list[str], folder: Path, release: str
               ) -> tuple[list[StressRow], dict[str, str]]:
     """The rows of one boot, and the probes the guest could not attach (and why).
     ``argv`` is the command line without the options the host decides per boot."""
     preempt_rt = kernel.preempt_rt
-    scenarios = list(dict.fromkeys(s for s, _ in groups))
+    scenarios = list(dict.fromkeys(s.name for s, _ in groups))
     kinds = list(dict.fromkeys(k.name for _, k in groups))
     guest_argv = [*argv, "--scenario", *scenarios, "--types", *kinds]
     per_row = opts.duration + opts.baseline_seconds() * 2 + 60
@@ -74,7 +75,7 @@ def _one_boot(kernel: CatalogKernel, groups: list[tuple[str, MapKind]], opts: Op
     armed, started = _armed(progress), _started(progress)
     rows = []
     for scenario, kind in groups:
-        label = f"{scenario} {kind.name}"
+        label = f"{scenario.name} {kind.name}"
         row = got.get(label)
         running = label == (started[-1] if started else None) or len(groups) == 1
         if row is not None:
@@ -109,10 +110,10 @@ def run_in_vm(opts: Options, kernel: CatalogKernel, argv: list[str], isolate: bo
     rows: list[StressRow] = []
     unavailable: dict[str, str] = {}
     for n, batch in enumerate(batches, 1):
-        names = ", ".join(f"{s} {k.name}" for s, k in batch)
+        names = ", ".join(f"{s.name} {k.name}" for s, k in batch)
         print(f"pybpfmap stress: [{n}/{len(batches)}] {kernel.name}: {names}",
               file=sys.stderr, flush=True)
-        folder = base / (f"{batch[0][0]}-{batch[0][1].name.replace('/', '-')}"
+        folder = base / (f"{batch[0][0].name}-{batch[0][1].name.replace('/', '-')}"
                          if isolate else "all")
         got, why = _one_boot(kernel, batch, opts, argv, folder, image.release)
         rows += got
@@ -124,5 +125,5 @@ def run_in_vm(opts: Options, kernel: CatalogKernel, argv: list[str], isolate: bo
     accel = next((r.vm.accel for r in rows if r.vm), None)
     return StressRun(image.release, f"vm:{kernel.name}", era.era_of(image.release).name,
                      opts.duration, isolate, era.expectations(image.release), rows,
-                     unavailable, inject=opts.inject, accel=accel,
+                     unavailable, inject=opts.inject and opts.inject.name, accel=accel,
                      note=opts.variant.weaker_note)

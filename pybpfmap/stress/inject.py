@@ -76,11 +76,6 @@ INJECTIONS = Registry("--inject", (Splat("splat"), Stall("stall"),
                                     Panic("panic", test_vm_only=True)))
 
 
-def injection(name: str | None) -> Injection | None:
-    """The injection ``--inject`` names (None: no negative control)."""
-    return None if name is None else INJECTIONS.named(name)
-
-
 @contextmanager
 def nothing() -> Iterator[None]:
     """No negative control."""

@@ -23,16 +23,15 @@ from pybpfmap.stress.records import REFUSED, StressRun
 
 @dataclass
 class Options:
-    """What ``pybpfmap stress`` was asked to do.  Scenarios and the injection
-    by name, as the command line and the records give them."""
+    """What ``pybpfmap stress`` was asked to do."""
 
-    scenarios: list[str] = field(default_factory=lambda: [scenarios.ALLOCATOR.name])
+    scenarios: list[scenarios.Scenario] = field(default_factory=lambda: [scenarios.ALLOCATOR])
     kinds: list[MapKind] = field(default_factory=list)
     duration: float = 10.0
     probes: list[str] | None = None
     tracepoints: bool = False
     heartbeat_limit: float = verdict.DEFAULT_HEARTBEAT_LIMIT_S
-    inject: str | None = None
+    inject: inject.Injection | None = None
     baseline: float | None = None  # seconds of workload without probes
 
     def baseline_seconds(self) -> float:
@@ -45,25 +44,21 @@ class Options:
         """The kind of probe asked for: kprobes, or the weaker tracepoint variant."""
         return TRACEPOINT if self.tracepoints else KPROBE
 
-    def chosen(self) -> list[scenarios.Scenario]:
-        return [scenarios.SCENARIOS.named(name) for name in self.scenarios]
-
 
 def check_safe_here(opts: Options, k: Kernel, force: bool) -> None:
     """Refuse what could hang this machine: a run predicted to deadlock only
     inside the test VM, anything only on a VM unless ``force``."""
     if in_test_vm():
         return
-    risky = [s.name for s in opts.chosen()
+    risky = [s.name for s in opts.scenarios
              if s.may_deadlock(k.kernel_release, [m.spec for m in opts.kinds])]
     if risky:
         raise EnvironmentProblem("--kernel", f"the {', '.join(risky)} scenario is predicted "
                                  f"to deadlock kernel {k.kernel_release} (era "
                                  f"{era.era_of(k.kernel_release).name}): it runs only inside "
                                  "the test VM, --force or not; use --kernel K")
-    injection = inject.injection(opts.inject)
-    if injection is not None and injection.test_vm_only:
-        raise UsageError("--inject", f"{injection.name} only inside the test VM "
+    if opts.inject is not None and opts.inject.test_vm_only:
+        raise UsageError("--inject", f"{opts.inject.name} only inside the test VM "
                          "(use --kernel K)")
     if not (k.in_vm or force):
         raise EnvironmentProblem("--force", "this machine is not a VM: a kernel hang here "
@@ -73,8 +68,7 @@ def check_safe_here(opts: Options, k: Kernel, force: bool) -> None:
 
 def run_local(opts: Options, k: Kernel) -> StressRun:
     """Every (scenario, kind) row here, judged."""
-    injection = inject.injection(opts.inject)
-    chosen = opts.chosen()
+    injection, chosen = opts.inject, opts.scenarios
     for scenario in chosen:
         scenario.check(k, opts.variant)
     setup = scenarios.Setup(
@@ -88,7 +82,8 @@ def run_local(opts: Options, k: Kernel) -> StressRun:
         unavailable.update(why)
     run = StressRun(k.kernel_release, k.where, era.era_of(k.kernel_release).name,
                     opts.duration, False, era.expectations(k.kernel_release), [],
-                    unavailable, opts.inject, k.accel, opts.variant.weaker_note)
+                    unavailable, injection and injection.name, k.accel,
+                    opts.variant.weaker_note)
     for scenario in chosen:
         for kind in opts.kinds:
             try:
