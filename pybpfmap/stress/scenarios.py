@@ -7,7 +7,7 @@ predicts for its rows.
   holds its bucket lock.
 
 Records and the command line name a scenario (:attr:`Scenario.name`);
-:func:`named` gives the object back.
+``SCENARIOS.named()`` gives the object back.
 """
 
 from __future__ import annotations
