@@ -53,12 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     # The command line as typed, from the command's name on, without its
     # host-only options: what a --kernel run relays to the test VM.
     args.argv = argv[argv.index(args.command):] if args.command in argv else [args.command]
-    args.guest_argv = guest_argv(command_parser(parser, args), args.argv)
+    command = command_parser(parser, args)
+    args.guest_argv = guest_argv(command, args.argv)
     try:
-        check_outputs(parser, args)  # an unwritable --out fails before anything starts
+        check_outputs(command, args)  # an unwritable --out fails before anything starts
         return int(args.func(args) or 0)
     except PybpfmapError as e:
-        e.as_option({o for a in command_parser(parser, args)._actions for o in a.option_strings})
+        e.as_option({o for a in command._actions for o in a.option_strings})
         print(f"pybpfmap {args.command}: error: {e.message()}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -34,6 +34,14 @@ def errno_name(err: int) -> str:
     return PREFERRED_NAMES.get(err) or _errno.errorcode.get(err, f"errno {err}")
 
 
+def errno_by_name(name: str) -> int | None:
+    """The inverse of :func:`errno_name` (``"E2BIG"`` -> 7, ``"errno 600"`` -> 600);
+    None for a name no errno has."""
+    if name.startswith("errno ") and name[6:].isdigit():
+        return int(name[6:])
+    return next((n for n in (*_errno.errorcode, *KERNEL_ERRNOS) if errno_name(n) == name), None)
+
+
 def errno_text(err: int) -> str:
     """strerror() that also knows the kernel-only errnos."""
     if err in KERNEL_ERRNOS:

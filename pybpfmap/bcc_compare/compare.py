@@ -39,7 +39,7 @@ from pybpfmap.headers import ensure_headers
 from pybpfmap.tracefs import ensure_tracefs
 from pybpfmap.vm import catalog
 from pybpfmap.vm.catalog import CatalogKernel
-from pybpfmap.vm.relay import ExpectedSplats, run_on_kernels
+from pybpfmap.vm.relay import ExpectedSplats, no_splats, run_on_kernels
 
 DEFAULT_RUNS = 8        # rounds: windows per mode, each paired with a baseline
 DEFAULT_DURATION = 1.0  # seconds per window
@@ -183,7 +183,7 @@ def compare_in_vms(tools: list[Tool], kernels: list[CatalogKernel], argv: list[s
 def compare(names: list[str] | None = None, duration: float = DEFAULT_DURATION,
             runs: int = DEFAULT_RUNS, kernels: list[CatalogKernel] | None = None,
             argv: list[str] | None = None, results: str | None = None,
-            expected_splats: ExpectedSplats = lambda kernel: (),
+            expected_splats: ExpectedSplats = no_splats,
             log=sys.stderr) -> list[BccRecord]:
     """Compare BCC tools with preallocated vs BPF_F_NO_PREALLOC hash maps.
 

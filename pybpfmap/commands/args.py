@@ -4,7 +4,7 @@
   ``[a, b]`` (:class:`ListArg`); an unknown item is a usage error naming the
   option and the choices.
 * ``--kernel K``: a test-VM kernel from the catalog (:mod:`pybpfmap.vm.catalog`),
-  a list of them, or ``all`` — one definition (:func:`add_kernel`), parsed
+  a list of them (a :class:`ListArg`), or ``all`` — one definition (:func:`add_kernel`), parsed
   into :class:`CatalogKernel` records; ``--results DIR`` says where the VM's
   console, dmesg and results go.  Both are host-only (:func:`host_only`): the
   command line relayed to the test VM is the typed one without them
@@ -61,8 +61,9 @@ class Parser(argparse.ArgumentParser):
 
 class ListArg(argparse.Action):
     """Collects comma- or space-separated items, over repeated uses, without
-    duplicates; checks them against ``valid`` (a sequence) when given and
-    converts each with ``convert``."""
+    duplicates; checks them against ``valid`` (a sequence) when given, replaces
+    an item by the items ``expand`` maps it to (``all``), and converts each
+    with ``convert``."""
 
     def __init__(self, option_strings: Sequence[str], dest: str,
                  valid: Sequence[str] | None = None,
@@ -84,12 +85,12 @@ class ListArg(argparse.Action):
                 if self.valid is not None and item not in self.valid:
                     parser.error(f"argument {option_string}: invalid choice: {item!r} "
                                  f"(choose from {', '.join(self.valid)})")
-                if self.convert is not None:
-                    try:
-                        item = self.convert(item)
-                    except (ValueError, argparse.ArgumentTypeError) as e:
-                        parser.error(f"argument {option_string}: {e}")
                 for x in self.expand.get(item, (item,)):
+                    if self.convert is not None:
+                        try:
+                            x = self.convert(x)
+                        except (ValueError, argparse.ArgumentTypeError) as e:
+                            parser.error(f"argument {option_string}: {e}")
                     if x not in items:
                         items.append(x)
         setattr(namespace, self.dest, items)
@@ -247,11 +248,11 @@ def command_parser(parser: argparse.ArgumentParser,
         parser = sub.choices[getattr(args, sub.dest)]
 
 
-def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Try every :class:`Output` path of the command ``args`` were parsed for
-    (given, or a default) before it starts: :class:`UsageError` naming the
-    option and the errno for one it could not write."""
-    for action in command_parser(parser, args)._actions:
+def check_outputs(command: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Try every :class:`Output` path of the (sub)command parser ``command``
+    (:func:`command_parser`), given in ``args`` or a default, before it starts:
+    :class:`UsageError` naming the option and the errno for one it could not write."""
+    for action in command._actions:
         value = getattr(args, action.dest, None)
         if isinstance(action, Output) and value is not None:
             action.check(action.option_strings[0], value)
@@ -305,28 +306,6 @@ def guest_argv(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     return out
 
 
-class KernelsArg(argparse.Action):
-    """``--kernel K[,K...]|all``, comma- or space-separated, repeatable: catalog
-    kernels (:class:`CatalogKernel`) in the order named, without duplicates."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any):
-        kwargs.setdefault("nargs", "+")
-        super().__init__(option_strings, dest, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
-        current = getattr(namespace, self.dest, None)
-        kernels = list(current) if isinstance(current, list) and current is not self.default \
-            else []
-        for value in values:
-            for name in filter(None, (x.strip() for x in value.split(","))):
-                if name not in catalog.CHOICES:
-                    parser.error(f"argument {option_string}: invalid choice: {name!r} "
-                                 f"(choose from {', '.join(catalog.CHOICES)})")
-                kernels += [k for k in catalog.resolve([name]) if k not in kernels]
-        setattr(namespace, self.dest, kernels)
-
-
 def catalog_kernel(text: str) -> CatalogKernel:
     """One catalog kernel, by name."""
     try:
@@ -346,11 +325,13 @@ def add_kernel(parser: argparse.ArgumentParser, help: str, *, many: bool = True,
     choices = ", ".join(catalog.NAMES) + (f", or {catalog.ALL}" if many else "")
     shown = ",".join(k.name for k in default) if isinstance(default, list) else (
         default.name if default else None)
+    # many: a ListArg (the list conventions), each name converted by catalog_kernel
+    listed = {"action": ListArg, "valid": catalog.CHOICES, "convert": catalog_kernel,
+              "expand": {catalog.ALL: catalog.NAMES}} if many else {"type": catalog_kernel}
     host_only(parser.add_argument("--kernel", dest="kernels" if many else "kernel", metavar="K",
-        type=None if many else catalog_kernel, default=default,
-        **({"action": KernelsArg} if many else {}),
-        help=f"{help}: test-VM kernels ({choices}; see `pybpfmap vm list`)"
-             + (f"; default {shown}" if shown else "")))
+                                  default=default, **listed,
+                                  help=f"{help}: test-VM kernels ({choices}; see `pybpfmap vm "
+                                       "list`)" + (f"; default {shown}" if shown else "")))
     if results:
         host_only(parser.add_argument(
             "--results", metavar="DIR", action=OutputDir,

@@ -18,7 +18,6 @@ import argparse
 
 from pybpfmap.bcc_compare.result import FAILED, BccRecord, load, render_markdown, render_text
 from pybpfmap.bcc_compare.tools import DEFAULT_TOOLS, TOOLS
-from pybpfmap.commands import invm
 from pybpfmap.commands.args import (
     add_json,
     add_kernel,
@@ -56,9 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pybpfmap.bcc_compare.compare import compare
+    from pybpfmap.vm.run import no_prealloc_tracing_splats
 
     records: list[BccRecord] = compare(args.tools, args.duration, args.runs, args.kernels,
                                        args.guest_argv, args.results,
-                                       expected_splats=invm.no_prealloc_tracing)
+                                       expected_splats=no_prealloc_tracing_splats)
     emit(args, records, render_text)
     return 1 if any(r.status == FAILED for r in records) else 0

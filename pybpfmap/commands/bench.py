@@ -157,11 +157,13 @@ def vm_timeout(args: argparse.Namespace) -> float:
 def run(args: argparse.Namespace) -> int:
     if args.kernels:
         from pybpfmap.commands import invm
+        from pybpfmap.vm.relay import no_splats
+        from pybpfmap.vm.run import no_prealloc_tracing_splats
 
         # the syscall mode's kprobe programs on NO_PREALLOC maps: 5.7-6.0 WARN once
         tracing = options(args).tracing_no_prealloc
         records = invm.records(args, load, timeout=vm_timeout(args), expected_splats=(
-            invm.no_prealloc_tracing if tracing else invm.no_splats))
+            no_prealloc_tracing_splats if tracing else no_splats))
     else:
         records = local(args)
     if args.plot:

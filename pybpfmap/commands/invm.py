@@ -1,7 +1,9 @@
 """A command's ``--kernel`` run: its command line, as typed without the host's
 options (``args.guest_argv``), relayed to each test-VM kernel
 (:mod:`pybpfmap.vm.relay`); its records back, in the shape they have on the
-host."""
+host.  ``expected_splats``: :func:`pybpfmap.vm.relay.no_splats`, or
+:func:`pybpfmap.vm.run.no_prealloc_tracing_splats` for a command whose tracing
+programs use BPF_F_NO_PREALLOC maps."""
 
 from __future__ import annotations
 
@@ -9,21 +11,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from pybpfmap import era
-from pybpfmap.splats import Allowed
-from pybpfmap.vm.catalog import CatalogKernel
-from pybpfmap.vm.image import release_of
-from pybpfmap.vm.relay import ExpectedSplats, result_of, run_on_kernels
-
-
-def no_splats(kernel: CatalogKernel) -> tuple[Allowed, ...]:
-    return ()
-
-
-def no_prealloc_tracing(kernel: CatalogKernel) -> tuple[Allowed, ...]:
-    """For a command that loads tracing programs using BPF_F_NO_PREALLOC hash
-    maps: the WARN ``kernel``'s era prints for them (5.7-6.0, once per boot)."""
-    return tuple(era.no_prealloc_tracing_splats(release_of(kernel), kernel.preempt_rt))
+from pybpfmap.vm.relay import ExpectedSplats, no_splats, result_of, run_on_kernels
 
 
 def records(args: argparse.Namespace, load: Callable[[Any], list], *, timeout: float,

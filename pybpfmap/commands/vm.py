@@ -264,7 +264,6 @@ def cmd_accel(args: argparse.Namespace) -> int:
     import os
 
     from pybpfmap.errors import EnvironmentProblem
-    from pybpfmap.guest import Accel
     from pybpfmap.vm.accel import choose_accel
     from pybpfmap.vm.image import find_image
 

@@ -12,11 +12,10 @@ whether the outcome ``as_predicted``.
 
 from __future__ import annotations
 
-import errno
 from dataclasses import dataclass, field
 from typing import Any
 
-from pybpfmap.errors import KERNEL_ERRNOS, errno_name
+from pybpfmap.errors import errno_by_name, errno_name
 from pybpfmap.guest import Accel
 from pybpfmap.output import md_table, text_table
 from pybpfmap.records import from_json
@@ -32,7 +31,6 @@ EXIT_AS_PREDICTED, EXIT_UNEXPECTED, EXIT_UNSAFE = 0, 1, 3
 # What a counted map op returned, as records name it: "ok", an errno's name,
 # or "other" (an errno beyond the counters whose value was not kept).
 OK, OTHER = "ok", "other"
-_ERRNOS = {errno_name(n): n for n in (*errno.errorcode, *KERNEL_ERRNOS)}
 
 
 def result_name(err: int | None) -> str:
@@ -46,11 +44,7 @@ def result_name(err: int | None) -> str:
 def result_errno(name: str) -> int | None:
     """The errno a record's result name stands for (0 for "ok"), the inverse of
     :func:`result_name`; None for "other"."""
-    if name == OK:
-        return 0
-    if name.startswith("errno ") and name[6:].isdigit():
-        return int(name[6:])
-    return _ERRNOS.get(name)
+    return 0 if name == OK else errno_by_name(name)
 
 
 @dataclass

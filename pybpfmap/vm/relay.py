@@ -37,6 +37,11 @@ from pybpfmap.vm.runner import HANG_TIMEOUT, Streams
 ExpectedSplats = Callable[[CatalogKernel], tuple[Allowed, ...]]
 
 
+def no_splats(kernel: CatalogKernel) -> tuple[Allowed, ...]:
+    """For a command that expects no splat on any kernel."""
+    return ()
+
+
 class VmRunFailed(PybpfmapError):
     """The guest did not finish the command; the exit status is the runner's."""
 
@@ -96,7 +101,7 @@ def result_of(run: GuestRun, param: str = "--kernel") -> Any:
 def run_on_kernels(kernels: list[CatalogKernel], argv: list[str], *, what: str,
                    results: str | Path | None, timeout: float,
                    hang_timeout: float = HANG_TIMEOUT,
-                   expected_splats: ExpectedSplats = lambda kernel: (),
+                   expected_splats: ExpectedSplats = no_splats,
                    console: TextIO | None = sys.stderr) -> list[GuestRun]:
     """:func:`run_command` on each kernel in turn, each in its own results
     folder (:func:`pybpfmap.vm.run.results_folder`), with the splats

@@ -7,13 +7,14 @@ import sys
 import time
 from pathlib import Path
 
-from pybpfmap import guest
+from pybpfmap import era, guest
 from pybpfmap.errors import EnvironmentProblem
 from pybpfmap.guest import Accel
+from pybpfmap.splats import Allowed
 from pybpfmap.vm.accel import choose_accel
 from pybpfmap.vm.build import ensure_image
 from pybpfmap.vm.catalog import CatalogKernel
-from pybpfmap.vm.image import find_image
+from pybpfmap.vm.image import find_image, release_of
 from pybpfmap.vm.outcome import VmResult
 from pybpfmap.vm.runner import HANG_TIMEOUT, REPO, Streams, boot
 
@@ -32,6 +33,13 @@ def results_folder(results: str | Path | None, what: str, kernel: CatalogKernel,
     if results is None:
         return REPO / "results" / f"{what}-{kernel.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return Path(results) / kernel.name if many else Path(results)
+
+
+def no_prealloc_tracing_splats(kernel: CatalogKernel) -> tuple[Allowed, ...]:
+    """For a run that loads tracing programs using BPF_F_NO_PREALLOC hash maps:
+    the WARN ``kernel``'s era prints for the first of them (5.7-6.0, not on
+    PREEMPT_RT, once per boot)."""
+    return tuple(era.no_prealloc_tracing_splats(release_of(kernel), kernel.preempt_rt))
 
 
 def run_in_vm(cmd: list[str] | None = None, *, kernel: CatalogKernel, cpus: int = 2,

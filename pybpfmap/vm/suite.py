@@ -14,12 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pybpfmap import era, junit
+from pybpfmap import junit
 from pybpfmap.errors import EnvironmentProblem
 from pybpfmap.vm.catalog import CatalogKernel
-from pybpfmap.vm.image import release_of
 from pybpfmap.vm.outcome import Outcome, VmResult
-from pybpfmap.vm.run import run_in_vm
+from pybpfmap.vm.run import no_prealloc_tracing_splats, run_in_vm
 from pybpfmap.vm.runner import Streams
 
 # The marker expression of the tests `vm test` runs in a guest: `guest` marks
@@ -106,10 +105,9 @@ def run_suite(kernel: CatalogKernel, results_dir: Path, *, pytest_args: list[str
     per boot); any other splat fails the kernel."""
     cmd = ["python3", "-m", "pytest", "-m", GUEST_TESTS, "-p", "no:cacheprovider",
            *(pytest_args or [])]
-    expected = tuple(era.no_prealloc_tracing_splats(release_of(kernel), kernel.preempt_rt))
     vm = run_in_vm(cmd, kernel=kernel, results_dir=results_dir, timeout=timeout,
                    hang_timeout=hang_timeout, accel=accel, streams=streams, build=build,
-                   allow_splats=expected)
+                   allow_splats=no_prealloc_tracing_splats(kernel))
     try:
         j = junit.read(vm.results_dir / "junit.xml")
     except EnvironmentProblem:
