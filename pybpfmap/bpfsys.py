@@ -14,6 +14,8 @@ import ctypes
 import errno
 import os
 import platform
+import struct
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -351,3 +353,65 @@ class _GetFdByIdAttr(ctypes.Structure):
 def map_fd_by_id(map_id: int) -> int:
     """BPF_MAP_GET_FD_BY_ID: a new fd for map ``map_id`` (the caller closes it)."""
     return bpf(MAP_GET_FD_BY_ID, _GetFdByIdAttr(id=map_id))
+
+
+# --- program load with the verifier's log (pybpfmap.kfacts: ask the verifier) ---
+
+PROG_LOAD = 5
+PROG_TYPE_TRACEPOINT = 5
+PSEUDO_MAP_FD = 1
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * 16),
+        ("_pad", ctypes.c_char * (_ATTR_SIZE - 64)),
+    ]
+
+
+class ProgLoadError(BpfSyscallError):
+    """BPF_PROG_LOAD failed; ``log`` is what the verifier said."""
+
+    def __init__(self, err: int, log: str):
+        super().__init__(PROG_LOAD, err)
+        self.log = log
+
+
+def insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    """One struct bpf_insn (the register nibbles in this machine's bitfield order)."""
+    regs = (src << 4 | dst) if sys.byteorder == "little" else (dst << 4 | src)
+    return struct.pack("=BBhi", code, regs, off, imm)
+
+
+def ld_map_fd(dst: int, fd: int) -> bytes:
+    """``dst = map`` (BPF_LD | BPF_IMM | BPF_DW with BPF_PSEUDO_MAP_FD): two insns."""
+    return insn(0x18, dst, PSEUDO_MAP_FD, 0, fd) + insn(0)
+
+
+def prog_load(prog_type: int, insns: bytes, license: str = "GPL", name: str = "",
+              log_level: int = 1, log_size: int = 1 << 16) -> tuple[int, str]:
+    """BPF_PROG_LOAD with a verifier log: (fd, log); the caller closes the fd.
+    A refusal raises :class:`ProgLoadError` with the log.  At ``log_level`` 1
+    the verifier rewinds its log after a successful check (do_check_common's
+    pop_log), keeping only the statistics; level 2 keeps everything."""
+    log = ctypes.create_string_buffer(log_size)
+    lic = ctypes.create_string_buffer(license.encode())
+    code = ctypes.create_string_buffer(insns, len(insns))
+    attr = _ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8,
+                         insns=ctypes.addressof(code), license=ctypes.addressof(lic),
+                         log_level=log_level, log_size=log_size, log_buf=ctypes.addressof(log),
+                         prog_name=name.encode()[:15])
+    try:
+        fd = bpf(PROG_LOAD, attr)
+    except BpfSyscallError as e:
+        raise ProgLoadError(e.errno, log.value.decode(errors="replace")) from None
+    return fd, log.value.decode(errors="replace")

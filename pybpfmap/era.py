@@ -1,18 +1,18 @@
 """What each kernel era predicts for BPF hash maps, with the commits that make it so.
 
-This is the one place where pybpfmap compares kernel versions.  It cannot be
-avoided here: whether a re-entrant map op deadlocks, returns -EBUSY or
--EDEADLK, whether a NO_PREALLOC map allocates under the bucket lock, and
-whether a tracing program with one triggers a WARN is not something user
-space can ask the kernel without provoking it — which is what
-``pybpfmap stress`` then does, in the test VM, and compares with the
-prediction here.  Everything that *can* be probed (kprobes, PREEMPT_RT,
-RLIMIT_MEMLOCK charging, recursion_misses, BPF_ENABLE_STATS, the memory
-cgroup) is probed where it is used.
+Whether a re-entrant map op deadlocks, returns -EBUSY or -EDEADLK, whether a
+NO_PREALLOC map allocates under the bucket lock, and whether a tracing
+program with one triggers a WARN is not something user space can ask the
+kernel without provoking it — which is what ``pybpfmap stress`` then does, in
+the test VM, and compares with the prediction here.  What the prediction
+rests on is which commits the kernel has: a :class:`~pybpfmap.kfacts.KernelFacts`,
+probed on the running kernel where it can tell (BTF, kallsyms, the verifier,
+the memory accounting probes) and from the version only where it cannot
+(:mod:`pybpfmap.kfacts`), so that a kernel with backports gets the prediction
+its code earns.  Each :class:`Prediction` names the facts it rests on and
+whether they were probed.
 
 Every commit cited here is a checked :class:`pybpfmap.commits.Change`.
-Debian's kernels carry backports: 6.1.y has NO_EBUSY and HASH_MASK,
-and old stable series have RCU_FREE — which is why what can be probed is.
 """
 
 from __future__ import annotations
@@ -40,30 +40,18 @@ from pybpfmap.commits import (
     Change,
 )
 from pybpfmap.errors import errno_name
+from pybpfmap.kfacts import RT_REFUSAL, Fact, KernelFacts
 from pybpfmap.maps import MapSpec
 from pybpfmap.splats import Allowed
 
 # The one-time WARN that TIGHTEN added and WARN_REMOVED removed (kernel/bpf/verifier.c).
 RUNTIME_ALLOC_WARN = "trace type BPF program uses run-time allocation"
-# What the verifier says instead on PREEMPT_RT (RT_PREALLOC), with EINVAL.
-RT_REFUSAL = "trace type programs can only use preallocated hash map"
+# What the verifier says instead on PREEMPT_RT (RT_PREALLOC), with EINVAL, is
+# RT_REFUSAL (pybpfmap.kfacts, which asks the verifier; re-exported here).
 
 
-def version(release: str) -> tuple[int, int]:
-    """(major, minor) of a ``uname -r`` string such as "6.1.0-56-amd64"."""
-    m = re.match(r"(\d+)\.(\d+)", release)
-    if not m:
-        raise ValueError(f"cannot read a kernel version from {release!r}")
-    return int(m.group(1)), int(m.group(2))
-
-
-def has(release: str, change: Change) -> bool:
-    """Whether ``release`` is at least the first release containing ``change``."""
-    return version(release) >= change.version
-
-
-def _between(release: str, since: Change, until: Change | None = None) -> bool:
-    return has(release, since) and (until is None or not has(release, until))
+def _between(kernel: KernelFacts, since: Change, until: Change | None = None) -> bool:
+    return kernel.has(since) and (until is None or not kernel.has(until))
 
 
 @dataclass(frozen=True)
@@ -88,9 +76,9 @@ ERAS: tuple[Era, ...] = (
 )
 
 
-def era_of(release: str) -> Era:
-    """The era ``release`` belongs to."""
-    found = [e for e in ERAS if has(release, e.since)]
+def era_of(kernel: KernelFacts) -> Era:
+    """The era ``kernel``'s facts put it in (the latest whose first commit it has)."""
+    found = [e for e in ERAS if kernel.has(e.since)]
     if not found:
         return Era("<4.6", PREALLOC, "before preallocation: every hash map allocates in "
                                      "the lock path")
@@ -120,6 +108,11 @@ class Prediction:
     why: str
     errnos: tuple[int, ...] = ()      # for ERRNO: any of these counted; for REFUSED: this one
     changes: tuple[str, ...] = field(default=())  # the commits that make it so
+    facts: tuple[Fact, ...] = field(default=())   # what it rests on, probed or assumed
+
+    def basis(self) -> str:
+        """"predicted from: <commit> present (probed: how); ..." """
+        return "predicted from: " + "; ".join(f.describe() for f in self.facts)
 
     def describe(self) -> str:
         if self.expect is Expect.ERRNO:
@@ -147,56 +140,67 @@ def _cites(*changes: Change) -> tuple[str, ...]:
     return tuple(c.commit for c in changes)
 
 
-def allocator_prediction(release: str, spec: MapSpec, preempt_rt: bool) -> Prediction:
-    """Map updates from kprobes on spin_unlock (the seed's scenario), for ``spec``."""
-    if not spec.prealloc and preempt_rt and _between(release, RT_PREALLOC, WARN_REMOVED):
+def _on(kernel: KernelFacts, *changes: Change) -> tuple[Fact, ...]:
+    """The facts a prediction rests on: the changes it asked ``kernel`` about."""
+    return tuple(kernel.fact(c) for c in changes)
+
+
+def allocator_prediction(kernel: KernelFacts, spec: MapSpec) -> Prediction:
+    """Map updates from kprobes on spin_unlock (the seed's scenario), for ``spec``
+    (PREEMPT_RT or not: ``kernel.preempt_rt``)."""
+    if not spec.prealloc and kernel.preempt_rt and \
+            _between(kernel, RT_PREALLOC, WARN_REMOVED):
         return Prediction(Expect.REFUSED, f'the verifier refuses it: "{RT_REFUSAL}" '
                           f"({RT_PREALLOC.cite()}; lifted by {WARN_REMOVED.cite()})",
-                          (errno.EINVAL,), _cites(RT_PREALLOC, WARN_REMOVED))
-    if not spec.prealloc and spec.percpu and not has(release, PERCPU_MEM_ALLOC):
+                          (errno.EINVAL,), _cites(RT_PREALLOC, WARN_REMOVED),
+                          _on(kernel, RT_PREALLOC, WARN_REMOVED))
+    if not spec.prealloc and spec.percpu and not kernel.has(PERCPU_MEM_ALLOC):
         return Prediction(Expect.DEADLOCK, "an update of a new key calls alloc_percpu "
                           "(pcpu_lock) under the bucket lock; a kprobe at the entry of "
                           "_raw_spin_unlock_irqrestore that releases pcpu_lock runs with it "
                           "still held, and its update takes pcpu_lock again (also from the "
                           f"RCU callback that frees elements since {RCU_FREE.cite()}); "
                           f"gone with {PERCPU_MEM_ALLOC.cite()}",
-                          changes=_cites(RCU_FREE, PERCPU_MEM_ALLOC))
-    if not spec.prealloc and not spec.percpu and not has(release, MEM_ALLOC):
+                          changes=_cites(RCU_FREE, PERCPU_MEM_ALLOC),
+                          facts=_on(kernel, PERCPU_MEM_ALLOC))
+    if not spec.prealloc and not spec.percpu and not kernel.has(MEM_ALLOC):
         return Prediction(Expect.MAY_DEADLOCK, "an update of a new key calls kmalloc under "
                           "the bucket lock; it deadlocks when the kprobe fires in SLUB's "
                           "unlock of the same cache's node list_lock and the allocation "
                           "needs the slow path (likely with big elements, few per slab): "
                           f"the deadlock {PREALLOC.cite()} was about; gone with "
-                          f"{MEM_ALLOC.cite()}", changes=_cites(PREALLOC, MEM_ALLOC))
+                          f"{MEM_ALLOC.cite()}", changes=_cites(PREALLOC, MEM_ALLOC),
+                          facts=_on(kernel, MEM_ALLOC))
     why = ("preallocated elements come from a per-CPU free list: nothing is allocated "
            f"under the bucket lock ({PREALLOC.cite()})" if spec.prealloc else
            f"NO_PREALLOC elements come from bpf_mem_alloc's per-CPU caches "
            f"({MEM_ALLOC.cite()}, {PERCPU_MEM_ALLOC.cite()})")
     return Prediction(Expect.PASS, why + "; kprobe programs never nest into each other "
                       "(bpf_prog_active), so no re-entry error either",
-                      changes=_cites(PREALLOC, MEM_ALLOC))
+                      changes=_cites(PREALLOC, MEM_ALLOC),
+                      facts=() if spec.prealloc else _on(kernel, MEM_ALLOC, PERCPU_MEM_ALLOC))
 
 
-def reentry_prediction(release: str, spec: MapSpec | None = None,
-                       preempt_rt: bool = False) -> Prediction:
+def reentry_prediction(kernel: KernelFacts, spec: MapSpec | None = None) -> Prediction:
     """A raw_tp program and a kprobe program updating one key of ``spec`` while the
     other holds the bucket lock.  Both are tracing programs: on PREEMPT_RT 5.7-6.0
     the verifier refuses a NO_PREALLOC map in them, as in the allocator scenario."""
-    if spec is not None and not spec.prealloc and preempt_rt and \
-            _between(release, RT_PREALLOC, WARN_REMOVED):
-        return allocator_prediction(release, spec, preempt_rt)
-    if not has(release, MAP_LOCKED):
+    if spec is not None and not spec.prealloc and kernel.preempt_rt and \
+            _between(kernel, RT_PREALLOC, WARN_REMOVED):
+        return allocator_prediction(kernel, spec)
+    if not kernel.has(MAP_LOCKED):
         return Prediction(Expect.DEADLOCK, "nothing stops the nested update from taking the "
                           "bucket lock its own CPU holds: an AA deadlock with interrupts "
-                          f"off (fixed by {MAP_LOCKED.cite()})", changes=_cites(MAP_LOCKED))
-    if not has(release, RQSPINLOCK):
+                          f"off (fixed by {MAP_LOCKED.cite()})", changes=_cites(MAP_LOCKED),
+                          facts=_on(kernel, MAP_LOCKED))
+    if not kernel.has(RQSPINLOCK):
         return Prediction(Expect.ERRNO, f"the per-CPU map_locked counter refuses the nested "
                           f"update with -EBUSY ({MAP_LOCKED.cite()})", (errno.EBUSY,),
-                          _cites(MAP_LOCKED))
+                          _cites(MAP_LOCKED), _on(kernel, MAP_LOCKED, RQSPINLOCK))
     return Prediction(Expect.ERRNO, "the resilient bucket lock detects the AA deadlock "
                       f"(-EDEADLK) or gives up after its timeout (-ETIMEDOUT) "
                       f"({RQSPINLOCK.cite()})", (errno.EDEADLK, errno.ETIMEDOUT),
-                      _cites(RQSPINLOCK))
+                      _cites(RQSPINLOCK), _on(kernel, RQSPINLOCK))
 
 
 # The bucket lock's unlock function, whose entry runs with the lock still held:
@@ -207,7 +211,7 @@ def reentry_prediction(release: str, spec: MapSpec | None = None,
 BUCKET_UNLOCKS = ("_raw_spin_unlock", "_raw_spin_unlock_irqrestore")
 
 
-def reentry_targets(release: str, spec: MapSpec) -> list[str]:
+def reentry_targets(kernel: KernelFacts, spec: MapSpec) -> list[str]:
     """Kernel functions that run while a map update holds the bucket lock, in
     the order to try them: a kprobe there runs inside the update.
 
@@ -216,14 +220,23 @@ def reentry_targets(release: str, spec: MapSpec) -> list[str]:
     element, under the lock; LRU maps take theirs before locking), then the
     bucket unlock function of the eras before RQSPINLOCK.  Both static
     functions are out of line and traceable in Debian's 5.10, 6.1, 6.12 and
-    7.3 builds; whether they are here is probed (available_filter_functions)."""
+    7.3 builds; whether they are here is probed (available_filter_functions).
+
+    Never the unlock functions for LRU kinds: an LRU update pops its element
+    (``prealloc_lru_pop``) before ``htab_lock_bucket``, under the LRU lists'
+    own raw spinlocks, released by the same ``_raw_spin_unlock_irqrestore``
+    (``bpf_common_lru_pop_free``).  A kprobe there would run with the CPU's
+    LRU local-list lock held, outside ``map_locked``'s guard, and its nested
+    pop would spin on that lock: a deadlock on a lock this scenario is not
+    about, in every era before the LRU locks became resilient
+    (:data:`pybpfmap.commits.LRU_RQSPINLOCK`); docs/eras.md has the source lines."""
     targets = ["lookup_elem_raw"] + ([] if spec.lru else ["alloc_htab_elem"])
-    if not has(release, RQSPINLOCK):
+    if not kernel.has(RQSPINLOCK) and not spec.lru:
         targets += BUCKET_UNLOCKS
     return targets
 
 
-def explain_error(release: str, spec: MapSpec, op: str, err: int,
+def explain_error(kernel: KernelFacts, spec: MapSpec, op: str, err: int,
                   failed_updates: int = 0, count: int = 0) -> str | None:
     """Why ``op`` on ``spec`` may fail with errno ``err`` inside a
     tracing program on this kernel; None when the era does not explain it.
@@ -232,13 +245,13 @@ def explain_error(release: str, spec: MapSpec, op: str, err: int,
     when no more of them happened than updates failed (the element was never
     inserted)."""
     if err == errno.EBUSY and op in ("update", "delete") and \
-            _between(release, MAP_LOCKED, RQSPINLOCK):
+            _between(kernel, MAP_LOCKED, RQSPINLOCK):
         return f"re-entrant op on a bucket lock this CPU holds is refused: {MAP_LOCKED.cite()}"
     if err in (errno.EDEADLK, errno.ETIMEDOUT) and op in ("update", "delete") and \
-            has(release, RQSPINLOCK):
+            kernel.has(RQSPINLOCK):
         return f"the resilient bucket lock detected a deadlock or timed out: {RQSPINLOCK.cite()}"
     if err == errno.ENOMEM and op == "update" and not spec.prealloc:
-        if has(release, MEM_ALLOC):
+        if kernel.has(MEM_ALLOC):
             return ("a non-preallocated map takes new elements from bpf_mem_alloc's "
                     "per-CPU cache, refilled asynchronously; in a tracing context it may be "
                     f"empty: {MEM_ALLOC.cite()}")
@@ -249,58 +262,61 @@ def explain_error(release: str, spec: MapSpec, op: str, err: int,
     return None
 
 
-def expected_splats(release: str, specs: Iterable[MapSpec], preempt_rt: bool = False
-                    ) -> list[Allowed]:
+def expected_splats(kernel: KernelFacts, specs: Iterable[MapSpec]) -> list[Allowed]:
     """Splats this era explains for tracing programs on these maps
     (:func:`no_prealloc_tracing_splats` when one of them is NO_PREALLOC)."""
     if any(not s.prealloc for s in specs):
-        return no_prealloc_tracing_splats(release, preempt_rt)
+        return no_prealloc_tracing_splats(kernel)
     return []
 
 
-def no_prealloc_tracing_splats(release: str, preempt_rt: bool = False) -> list[Allowed]:
+def no_prealloc_tracing_splats(kernel: KernelFacts) -> list[Allowed]:
     """Splats this era explains for a tracing program that uses a
     non-preallocated hash map: the verifier's WARN_ONCE on 5.7-6.0 (not on
     PREEMPT_RT, which refuses the program instead), once per boot."""
-    if not preempt_rt and _between(release, TIGHTEN, WARN_REMOVED):
+    if not kernel.preempt_rt and _between(kernel, TIGHTEN, WARN_REMOVED):
         return [Allowed(r"WARNING: .* at kernel/bpf/verifier\.c:\d+", times=1,
                         message=re.escape(RUNTIME_ALLOC_WARN),
                         why=f"{RUNTIME_ALLOC_WARN!r}: {TIGHTEN.cite()}")]
     return []
 
 
-def kprobe_recursion_misses_counted(release: str) -> bool:
+def kprobe_recursion_misses_counted(kernel: KernelFacts) -> bool:
     """Whether a kprobe program's skipped runs show in ``recursion_misses``:
     before MISSED_STATS they are not counted (the field reads 0 regardless)."""
-    return has(release, MISSED_STATS)
+    return kernel.has(MISSED_STATS)
 
 
-def memlock_is_real(release: str) -> bool:
+def memlock_is_real(kernel: KernelFacts) -> bool:
     """Whether fdinfo ``memlock`` is real usage (else the max_entries estimate)."""
-    return has(release, MEMORY_USAGE)
+    return kernel.has(MEMORY_USAGE)
 
 
-def expectations(release: str) -> list[str]:
+def expectations(kernel: KernelFacts) -> list[str]:
     """What this era predicts, for a report's header, each with its commit."""
-    e = era_of(release)
+    e = era_of(kernel)
     out = [f"era {e.name}: {e.summary}"]
-    r = reentry_prediction(release)
+    r = reentry_prediction(kernel)
     out.append(f"re-entry into a held bucket lock: {r.describe()}: {r.why}")
-    if _between(release, TIGHTEN, WARN_REMOVED):
+    if _between(kernel, TIGHTEN, WARN_REMOVED):
         out.append(f'NO_PREALLOC maps in tracing programs WARN once "{RUNTIME_ALLOC_WARN}" '
                    f"(PREEMPT_RT: refused with EINVAL): {TIGHTEN.cite()}")
-    elif has(release, WARN_REMOVED):
+    elif kernel.has(WARN_REMOVED):
         out.append(f"NO_PREALLOC maps are allowed in tracing programs: {WARN_REMOVED.cite()}")
-    if not has(release, MEMCG):
+    if not kernel.has(MEMCG):
         out.append(f"map memory is charged to RLIMIT_MEMLOCK, not to the memory cgroup "
                    f"(until {MEMCG.cite()} and {NO_RLIMIT.cite()})")
-    if not has(release, MEMORY_USAGE):
+    if not kernel.has(MEMORY_USAGE):
         out.append(f"fdinfo memlock is an estimate from max_entries (real since "
                    f"{MEMORY_USAGE.cite()})")
-    if has(release, MISSED_STATS):
+    if kernel.has(MISSED_STATS):
         out.append(f"skipped (nested) kprobe runs count in recursion_misses: "
                    f"{MISSED_STATS.cite()}")
     else:
         out.append(f"recursion_misses does not count kprobe programs (not before "
                    f"{MISSED_STATS.cite()})")
+    probed = kernel.probed()
+    out.append(f"facts probed on this kernel: {', '.join(f.change.commit for f in probed)}; "
+               f"the other {len(kernel.assumed())} from the version" if probed else
+               "every fact from the version (this kernel was not probed)")
     return out

@@ -3,7 +3,9 @@
 :func:`probe` returns a :class:`Kernel` record: kprobes or not (and why not),
 whether this is a VM (and which test-VM kernel), PREEMPT_RT, which headers
 BCC uses, ``kernel.bpf_stats_enabled``, RLIMIT_MEMLOCK and whether the kernel
-charges maps to it, and which spin_unlock functions can take a kprobe here.
+charges maps to it, which spin_unlock functions can take a kprobe here, and
+the era facts (:mod:`pybpfmap.kfacts`: which hash-map commits it has, each
+probed or assumed from the version).
 The test suite's skip reasons come from this record (tests/conftest.py);
 ``pybpfmap info`` prints it (:func:`render`).
 """
@@ -15,7 +17,7 @@ import re
 import subprocess
 from dataclasses import asdict, dataclass, field
 
-from pybpfmap import era, memlock, tracefs
+from pybpfmap import era, kfacts, memlock, tracefs
 from pybpfmap.errors import PybpfmapError
 from pybpfmap.guest import Accel, guest_accel, guest_kernel
 from pybpfmap.headers import ensure_headers, headers_in_use
@@ -27,7 +29,6 @@ from pybpfmap.tracefs import TRACEFS, ensure_tracefs
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
 KPROBE_BLACKLIST = "/sys/kernel/debug/kprobes/blacklist"
 BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
-REALTIME = "/sys/kernel/realtime"  # exists (and reads 1) on PREEMPT_RT kernels
 
 # The spin_unlock entry points a lock-path deadlock check needs.  Any of them
 # may be inlined into its callers (CONFIG_INLINE_SPIN_UNLOCK* in
@@ -59,11 +60,17 @@ class Kernel:
     memlock: MemlockLimit | None = None
     where: str = "host"                 # "host", or "vm:<catalog kernel>" in the test VM
     accel: Accel | None = None          # in the test VM: how qemu runs it
-    era: str = ""                       # pybpfmap.era.era_of(kernel_release).name
+    era: str = ""                       # pybpfmap.era.era_of(the facts).name
     problems: list[str] = field(default_factory=list)
+    facts: list[kfacts.FactRecord] = field(default_factory=list)  # probed or from the version
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def kernel_facts(self) -> kfacts.KernelFacts:
+        """The era facts this record carries (:mod:`pybpfmap.kfacts`)."""
+        return kfacts.KernelFacts.from_records(self.kernel_release, self.preempt_rt,
+                                               self.facts)
 
 
 def _read(path: str) -> str | None:
@@ -145,7 +152,7 @@ def unlock_symbols(kprobes: bool, kprobes_reason: str) -> tuple[list[str], dict[
 
 def preempt_rt() -> bool:
     """PREEMPT_RT kernels have /sys/kernel/realtime (reading 1)."""
-    return (_read(REALTIME) or "").strip() == "1"
+    return kfacts.preempt_rt()
 
 
 def place() -> tuple[str, Accel | None]:
@@ -154,14 +161,17 @@ def place() -> tuple[str, Accel | None]:
     return (f"vm:{name}", guest_accel()) if name else ("host", None)
 
 
-def probe() -> Kernel:
-    """Look at the running kernel and return what it can do."""
+def probe(verifier: bool = False) -> Kernel:
+    """Look at the running kernel and return what it can do.  ``verifier``:
+    ask the verifier for its era facts too (:func:`pybpfmap.kfacts.probe`:
+    it WARNs once per boot on 5.7-6.0, so only a caller that expects that does)."""
     kprobes, reason = kprobes_available()
     in_vm, virt = detect_vm()
     symbols, unavailable = unlock_symbols(kprobes, reason)
     headers = headers_in_use()
     where, accel = place()
     release = os.uname().release
+    facts = kfacts.probe(release, verifier=verifier)
     return Kernel(
         kernel_release=release,
         root=os.geteuid() == 0,
@@ -178,13 +188,16 @@ def probe() -> Kernel:
         memlock=memlock.current() if os.geteuid() == 0 else None,
         where=where,
         accel=accel,
-        era=era.era_of(release).name,
+        era=era.era_of(facts).name,
+        facts=facts.records(),
     )
 
 
 def prepared_probe() -> Kernel:
     """Mount tracefs, link headers, raise RLIMIT_MEMLOCK where the kernel charges
-    it (as root), then :func:`probe`; what could not be set up is in ``problems``."""
+    it (as root), then :func:`probe`, the verifier's facts included (``info``
+    declares the WARN that prints on 5.7-6.0); what could not be set up is in
+    ``problems``."""
     problems = []
     if os.geteuid() != 0:
         problems.append("not root: tracefs, headers and RLIMIT_MEMLOCK were not set up "
@@ -195,7 +208,7 @@ def prepared_probe() -> Kernel:
                 step()
             except PybpfmapError as e:
                 problems.append(e.message())
-    k = probe()
+    k = probe(verifier=True)
     k.problems = problems
     return k
 
@@ -230,7 +243,18 @@ def render(k: Kernel) -> str:
         lines.append(("unlock symbols", ", ".join(k.unlock_symbols) or "none"))
         lines += [("", f"not {sym}: {why}") for sym, why in k.unlock_unavailable.items()]
     lines += [("problem", p) for p in k.problems]
+    lines += _fact_lines(k)
     return "\n".join(f"{a:<18} {b}".rstrip() for a, b in lines)
+
+
+def _fact_lines(k: Kernel) -> list[tuple[str, str]]:
+    """The "era facts" block: each commit present or absent, probed or from the version."""
+    out = []
+    for i, f in enumerate(k.facts):
+        mark = "probed" if f.source is kfacts.Source.PROBED else "version"
+        out.append(("era facts" if i == 0 else "",
+                    f"{'+' if f.present else '-'} {f.commit} [{mark}] {f.how}"))
+    return out
 
 
 def markdown(k: Kernel) -> str:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import pytest
 
-from pybpfmap import era
+from pybpfmap import commits, era
 from pybpfmap import kernel as kernel_probe
 from pybpfmap.guest import guest_kernel
+from pybpfmap.kfacts import Source
 from pybpfmap.vm import catalog
 from tests.helpers import kprobe_refusals
 
@@ -26,7 +27,9 @@ def info() -> kernel_probe.Kernel:
 
 
 def test_kernel_is_its_catalog_entry_and_era(info):
-    assert info.era == era.era_of(info.kernel_release).name
+    assert info.era == era.era_of(info.kernel_facts()).name
+    # the era facts the kernel can tell are probed: BTF's struct bpf_htab, or kallsyms
+    assert info.kernel_facts().fact(commits.RQSPINLOCK).source is Source.PROBED
     name = guest_kernel()
     if name is None:
         pytest.skip("not in pybpfmap's test VM: no catalog entry to hold this kernel to")

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from pybpfmap.records import from_json, to_json
+from pybpfmap.report import machine
 from pybpfmap.report import plan as plan_mod
 from pybpfmap.report.plan import Section, plan
 from pybpfmap.report.render import Report, across_kernels, render
@@ -60,6 +61,9 @@ def test_across_kernels_table_uses_one_max_entries_and_real_memory(host_sections
 @pytest.mark.root
 def test_merge_reproduces_the_across_kernels_table(pybpfmap, host_sections, tmp_path):
     out, results = host_sections
+    # One machine ran both (a merge keeps machines apart: test_report_merge.py).
+    here = machine.probe()
+    results = [dataclasses.replace(r, machine=here) for r in results]
     # A second place, as a separate report of its own (the same records, another name).
     other = [dataclasses.replace(r, where="bookworm", folder=r.folder + "-b") for r in results]
     for r in other:

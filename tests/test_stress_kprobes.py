@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pybpfmap import era
+from pybpfmap import era, kfacts
 from pybpfmap.errors import errno_name
 from pybpfmap.kernel import UNLOCK_FUNCTIONS
 from pybpfmap.stress import allocator, kinds
@@ -60,15 +60,16 @@ def test_every_unlock_probe_fires_and_rows_are_as_predicted(pybpfmap, kernel, st
         for probe in row["per_probe"]:
             assert probe["events"] > 0 and probe["kprobe_hits"] > 0, probe
             assert probe["kprobe_nmissed"] is not None
-            counted = era.kprobe_recursion_misses_counted(kernel.kernel_release)
+            counted = era.kprobe_recursion_misses_counted(kfacts.probe())
             assert (probe["recursion_misses"] is not None) is counted
 
 
 def test_reentry_row_is_as_predicted_here(pybpfmap, kernel, strict_clean):
-    if era.reentry_prediction(kernel.kernel_release).expect is era.Expect.DEADLOCK:
+    facts = kfacts.probe()   # this kernel's, probed: what the stress run in it predicts
+    if era.reentry_prediction(facts).expect is era.Expect.DEADLOCK:
         pytest.skip(f"the re-entry scenario deadlocks {kernel.kernel_release} (predicted): "
                     "tests/test_stress_vm.py checks that, one boot per row")
-    predicted = era.reentry_prediction(kernel.kernel_release)
+    predicted = era.reentry_prediction(facts)
     rows = one_run(pybpfmap("stress", "--json", "--scenario", "reentry", "--duration", "1",
                              "--types", "hash/prealloc,percpu_hash/no_prealloc"))["rows"]
     assert [r["kind"] for r in rows] == ["hash/prealloc", "percpu_hash/no_prealloc"]

@@ -121,12 +121,14 @@ def test_predicted_deadlocks_never_run_outside_the_test_vm(monkeypatch, capsys):
     """--force or not: on a 5.10 kernel the allocator scenario with NO_PREALLOC
     maps is refused outside the test VM."""
     from pybpfmap import cli, guest, kernel
+    from pybpfmap.kfacts import KernelFacts
 
     real = kernel.probe
 
     def old_kernel():
         k = real()
         k.kernel_release, k.kprobes = "5.10.0-46-amd64", True
+        k.facts = KernelFacts.assumed_from(k.kernel_release).records()  # its era, not ours
         return k
 
     monkeypatch.setattr(kernel, "probe", old_kernel)

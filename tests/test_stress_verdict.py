@@ -11,6 +11,7 @@ import pytest
 
 from pybpfmap.errors import EnvironmentProblem, UsageError
 from pybpfmap.guest import Accel
+from pybpfmap.kfacts import KernelFacts
 from pybpfmap.maps import MapSpec
 from pybpfmap.splats import Splat
 from pybpfmap.stress import inject, kinds, probes, records, run, scenarios, verdict
@@ -19,6 +20,11 @@ from pybpfmap.vm.outcome import Outcome, VmResult
 from pybpfmap.vm.watchdog import Evidence, VcpuEvidence
 
 R61, R510 = "6.1.0-50-amd64", "5.10.0-46-amd64"
+
+
+def K(release: str, preempt_rt: bool = False) -> KernelFacts:  # noqa: N802 - reads as a kernel
+    """A kernel not probed: every era fact from the version."""
+    return KernelFacts.assumed_from(release, preempt_rt)
 
 
 def _row(scenario="allocator", type_="hash", prealloc=True, errors=None, events=100,
@@ -34,13 +40,13 @@ def _row(scenario="allocator", type_="hash", prealloc=True, errors=None, events=
 
 
 def test_clean_row_passes_as_predicted():
-    row = verdict.judge(_row(), R61, "", False)
+    row = verdict.judge(_row(), K(R61), "")
     assert (row.outcome, row.as_predicted, row.prediction) == ("PASS", True, "PASS")
     assert row.prediction_commits
 
 
 def test_probe_that_never_fired_fails():
-    row = verdict.judge(_row(events=0), R61, "", False)
+    row = verdict.judge(_row(events=0), K(R61), "")
     assert row.outcome == "FAIL" and "never ran its map ops" in row.reasons[0]
     assert row.as_predicted is False
 
@@ -48,30 +54,30 @@ def test_probe_that_never_fired_fails():
 def test_late_heartbeat_and_stuck_workload_fail():
     late = _row()
     late.heartbeat_max_delay_s = 9.0
-    assert "unresponsive" in verdict.judge(late, R61, "", False).reasons[0]
+    assert "unresponsive" in verdict.judge(late, K(R61), "").reasons[0]
     stuck = _row()
     stuck.workloads = {"stressed": {"irq": {"ops": 0, "error": "did not finish"}}}
-    assert verdict.judge(stuck, R61, "", False).outcome == "FAIL"
+    assert verdict.judge(stuck, K(R61), "").outcome == "FAIL"
 
 
 def test_unexplained_splat_fails_the_era_warn_does_not():
     log = "[ 1.0] WARNING: CPU: 1 PID: 2 at kernel/bpf/x.c:1 f+0x1/0x2\n"
-    assert verdict.judge(_row(), R61, log, False).outcome == "FAIL"
+    assert verdict.judge(_row(), K(R61), log).outcome == "FAIL"
     warn = ("[ 1.0] trace type BPF program uses run-time allocation\n"
             "[ 1.0] WARNING: CPU: 1 PID: 2 at kernel/bpf/verifier.c:10519 bpf_check+0x1\n")
-    row = verdict.judge(_row(prealloc=False), R510, warn, False)
+    row = verdict.judge(_row(prealloc=False), K(R510), warn)
     assert row.outcome == "PASS" and len(row.excused_splats) == 1
-    assert verdict.judge(_row(prealloc=True), R510, warn, False).outcome == "FAIL"
+    assert verdict.judge(_row(prealloc=True), K(R510), warn).outcome == "FAIL"
 
 
 def test_reentry_ebusy_is_the_prediction_on_6_1_and_wrong_on_7_3():
-    row = verdict.judge(_row("reentry", errors={"nested update": {"EBUSY": 5}}), R61, "", False)
+    row = verdict.judge(_row("reentry", errors={"nested update": {"EBUSY": 5}}), K(R61), "")
     assert (row.outcome, row.as_predicted) == ("PASS", True)
     assert "nested update:EBUSY" in row.explained
     row = verdict.judge(_row("reentry", errors={"nested update": {"EBUSY": 5}}),
-                        "7.3.4+deb13-amd64", "", False)
+                        K("7.3.4+deb13-amd64"), "")
     assert row.outcome == "FAIL" and row.as_predicted is False
-    row = verdict.judge(_row("reentry"), R61, "", False)  # fired, but no EBUSY at all
+    row = verdict.judge(_row("reentry"), K(R61), "")  # fired, but no EBUSY at all
     assert (row.outcome, row.as_predicted) == ("PASS", False)
 
 
@@ -85,43 +91,43 @@ def test_hung_boot_is_a_deadlock_with_evidence_and_time_from_attach():
     ev = Evidence(True, "busy", [VcpuEvidence(0, "native_queued_spin_lock_slowpath+0x24",
                                               False, False, True, "pcpu_lock")])
     row = verdict.from_vm(_row(type_="percpu_hash", prealloc=False), _vm(Outcome.HUNG, ev),
-                          19.9, R510, False)
+                          19.9, K(R510))
     assert (row.outcome, row.as_predicted, row.seconds) == ("DEADLOCK", True, 0.6)
     assert row.evidence.vcpus[0].spin_lock == "pcpu_lock"
     # a preallocated kind that hangs is not what the era predicts
-    row = verdict.from_vm(_row(), _vm(Outcome.HUNG, ev), 19.9, R510, False)
+    row = verdict.from_vm(_row(), _vm(Outcome.HUNG, ev), 19.9, K(R510))
     assert (row.outcome, row.as_predicted) == ("DEADLOCK", False)
 
 
 @pytest.mark.parametrize("outcome", [Outcome.PANIC, Outcome.TIMEOUT, Outcome.LOST])
 def test_other_unfinished_boots_fail(outcome):
-    row = verdict.from_vm(_row(), _vm(outcome), 1.0, R510, False)
+    row = verdict.from_vm(_row(), _vm(outcome), 1.0, K(R510))
     assert row.outcome == "FAIL" and row.as_predicted is False
 
 
 def test_vm_splats_merge_minus_era_allowed():
-    row = verdict.judge(_row(prealloc=False), R510, "", False)
+    row = verdict.judge(_row(prealloc=False), K(R510), "")
     vm = _vm(Outcome.SPLAT)
     vm.splats = [Splat("warning", 3, "WARNING: CPU: 0 PID: 9 at kernel/bpf/verifier.c:10519 x",
                        "trace type BPF program uses run-time allocation\nWARNING: ...")]
-    verdict.merge_vm_splats(row, vm, R510, False)
+    verdict.merge_vm_splats(row, vm, K(R510))
     assert row.outcome == "PASS"
     vm.splats.append(Splat("bug", 9, "BUG: unable to handle page fault", "BUG: ..."))
-    verdict.merge_vm_splats(row, vm, R510, False)
+    verdict.merge_vm_splats(row, vm, K(R510))
     assert row.outcome == "FAIL" and row.as_predicted is False
 
 
 def test_exit_status_and_answer():
-    ok = verdict.judge(_row(), R510, "", False)
+    ok = verdict.judge(_row(), K(R510), "")
     dead = verdict.from_vm(_row(type_="percpu_hash", prealloc=False), _vm(Outcome.HUNG),
-                           None, R510, False)
+                           None, K(R510))
     run = StressRun(R510, "vm:bullseye", "5.7-5.10", 5, True, [], [ok, dead])
     assert run.exit_status() == records.EXIT_UNSAFE
     assert run.answer() == [f"allocator on {R510}: safe: hash/prealloc; DEADLOCK: "
                             "percpu_hash/no_prealloc"]
     assert ("the guest hung before its first probe's attach returned (no armed mark)"
             in dead.reasons)
-    bad = verdict.judge(_row(events=0), R510, "", False)
+    bad = verdict.judge(_row(events=0), K(R510), "")
     assert StressRun(R510, "host", "", 5, False, [], [ok, bad]).exit_status() == \
         records.EXIT_UNEXPECTED
     assert StressRun(R510, "host", "", 5, False, [], [ok]).exit_status() == 0
@@ -132,7 +138,7 @@ def test_rows_round_trip_through_json():
 
     ev = Evidence(True, "busy", [VcpuEvidence(0, "x+0x1", False, False, True, "pcpu_lock",
                                               ["a+0x1", "b+0x2"], 30.0)])
-    row = verdict.from_vm(_row(), _vm(Outcome.HUNG, ev), 19.9, R510, False)
+    row = verdict.from_vm(_row(), _vm(Outcome.HUNG, ev), 19.9, K(R510))
     run = StressRun(R510, "vm:bullseye", "5.7-5.10", 5, True, ["x"], [row])
     (back,) = records.load([to_json(run)])
     assert back == run
@@ -142,15 +148,15 @@ def test_rows_round_trip_through_json():
 def test_a_probe_the_kernel_never_called_is_not_exercised_not_failed():
     row = _row()
     row.per_probe.append(ProbeStats("_raw_spin_unlock_bh", "kprobe", 0, kprobe_hits=0))
-    judged = verdict.judge(row, R510, "", True)
+    judged = verdict.judge(row, K(R510, True), "")
     assert judged.outcome == "PASS" and "not exercised" in judged.note
     fired_but_skipped = _row()
     fired_but_skipped.per_probe.append(ProbeStats("_raw_spin_unlock_bh", "kprobe", 0,
                                                   kprobe_hits=12))
-    assert verdict.judge(fired_but_skipped, R510, "", False).outcome == "FAIL"
+    assert verdict.judge(fired_but_skipped, K(R510), "").outcome == "FAIL"
     nothing = _row(events=0)
     nothing.per_probe[0].kprobe_hits = 0
-    assert "no probe ran its map ops" in verdict.judge(nothing, R510, "", False).reasons
+    assert "no probe ran its map ops" in verdict.judge(nothing, K(R510), "").reasons
 
 
 @pytest.mark.parametrize("err,name", [(0, "ok"), (errno.EBUSY, "EBUSY"),
@@ -162,8 +168,7 @@ def test_results_are_named_at_the_record_boundary_and_read_back_as_errnos(err, n
 
 
 def test_an_errno_the_counters_did_not_keep_is_never_explained():
-    row = verdict.judge(_row("reentry", errors={"nested update": {"other": 3}}), R61, "",
-                        False)
+    row = verdict.judge(_row("reentry", errors={"nested update": {"other": 3}}), K(R61), "")
     assert row.outcome == "FAIL" and "nested update returned other 3x" in row.reasons[0]
     assert row.counted_errnos() == set()
 
@@ -185,7 +190,7 @@ def test_scenarios_are_the_records_names_and_say_where_they_may_deadlock():
 
 def _kernel(release=R61, kprobes=True, in_vm=True) -> SimpleNamespace:
     return SimpleNamespace(kernel_release=release, kprobes=kprobes, kprobes_reason="none here",
-                           in_vm=in_vm)
+                           in_vm=in_vm, kernel_facts=lambda: KernelFacts.assumed_from(release))
 
 
 def test_reentry_refuses_the_tracepoint_variant_and_a_kernel_without_kprobes():

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pybpfmap import commits, era, memcg
+from pybpfmap import commits, era, kfacts, memcg
 from pybpfmap.bench.program import Bench
 from pybpfmap.bench.record import Memory, Mode
 from pybpfmap.errors import EnvironmentProblem
@@ -49,7 +49,7 @@ class Subject:
     def memory(self, release: str) -> Memory:
         """What the map cost at each stage, as a record says it."""
         mem = Memory(self.memlock["empty"], self.memlock["full"], self.memlock["after"],
-                     memlock_is_estimate=not era.memlock_is_real(release))
+                     memlock_is_estimate=not era.memlock_is_real(kfacts.for_release(release)))
         why = None
         if self.cg is None or self.base is None or self.base.current is None:
             why = memcg.unavailable_reason() or "could not make a child memory cgroup"

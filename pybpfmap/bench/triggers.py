@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import os
 
-from pybpfmap import era
+from pybpfmap import era, kfacts
 from pybpfmap.commits import MISSED_STATS, RAW_TP_GUARD
 from pybpfmap.errors import EnvironmentProblem, UsageError
 from pybpfmap.kernel import kprobes_available
@@ -51,7 +51,7 @@ class Trigger(abc.ABC):
     def misses(self, release: str) -> tuple[bool, str]:
         """Whether ``release`` counts this program's skipped runs in
         ``recursion_misses``, and the note that says so with its commit."""
-        if era.kprobe_recursion_misses_counted(release):
+        if era.kprobe_recursion_misses_counted(kfacts.for_release(release)):
             return True, f"counted ({MISSED_STATS.cite()})"
         return False, f"not counted for {self.name} programs before {MISSED_STATS.cite()}"
 
@@ -111,7 +111,7 @@ class RawTracepoint(Trigger):
         return [f"-DTRIGGER_RAW_TP_NR={syscall_nr(SYSCALL)}"]
 
     def misses(self, release: str) -> tuple[bool, str]:
-        if era.has(release, RAW_TP_GUARD):
+        if kfacts.for_release(release).has(RAW_TP_GUARD):
             return True, f"counted (raw_tp recursion guard: {RAW_TP_GUARD.cite()})"
         return False, f"not counted: no raw_tp recursion guard before {RAW_TP_GUARD.cite()}"
 

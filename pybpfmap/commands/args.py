@@ -34,10 +34,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from pybpfmap.errors import UsageError
+from pybpfmap.errors import PybpfmapError, UsageError
 from pybpfmap.guest import Accel
 from pybpfmap.output import print_json
-from pybpfmap.vm import catalog
+from pybpfmap.vm import catalog, own
 from pybpfmap.vm.catalog import CatalogKernel
 
 N = TypeVar("N", int, float)
@@ -307,12 +307,18 @@ def guest_argv(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
 
 
 def catalog_kernel(text: str) -> CatalogKernel:
-    """One catalog kernel, by name."""
+    """One test-VM kernel: a catalog name, or the path of a kernel you bring
+    (:mod:`pybpfmap.vm.own`: a directory of .deb files or a build tree)."""
+    if own.looks_like_path(text):
+        try:
+            return own.resolve(text)
+        except PybpfmapError as e:
+            raise argparse.ArgumentTypeError(e.meaning) from None
     try:
         return catalog.get(text)
     except UsageError:
         raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
-                                         f"{', '.join(catalog.NAMES)})") from None
+                                         f"{', '.join(catalog.CHOICES)}, or a PATH)") from None
 
 
 def add_kernel(parser: argparse.ArgumentParser, help: str, *, many: bool = True,
@@ -322,11 +328,12 @@ def add_kernel(parser: argparse.ArgumentParser, help: str, *, many: bool = True,
     of :class:`CatalogKernel` (``many``), else one ``K`` into ``args.kernel``;
     host-only (:func:`host_only`), like ``--results DIR`` (``results``), the
     folder for the VM's console, dmesg and results."""
-    choices = ", ".join(catalog.NAMES) + (f", or {catalog.ALL}" if many else "")
+    choices = ", ".join(catalog.NAMES) + (f", {catalog.ALL}" if many else "") + \
+        ", or PATH: a directory of .deb files or a kernel build tree"
     shown = ",".join(k.name for k in default) if isinstance(default, list) else (
         default.name if default else None)
     # many: a ListArg (the list conventions), each name converted by catalog_kernel
-    listed = {"action": ListArg, "valid": catalog.CHOICES, "convert": catalog_kernel,
+    listed = {"action": ListArg, "convert": catalog_kernel,
               "expand": {catalog.ALL: catalog.NAMES}} if many else {"type": catalog_kernel}
     host_only(parser.add_argument("--kernel", dest="kernels" if many else "kernel", metavar="K",
                                   default=default, **listed,

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from pybpfmap.commands.args import OutputDir, add_kernel, add_list
-from pybpfmap.errors import EnvironmentProblem, UsageError
+from pybpfmap.errors import UsageError
 from pybpfmap.vm import catalog
 
 
@@ -31,51 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
              help=f"run only these sections ({', '.join(SECTION_NAMES)})")
     p.add_argument("--merge", nargs="+", metavar="DIR",
                    help="run nothing: merge these report folders (e.g. one per kernel) into "
-                        "--out, with one across-kernels table")
+                        "--out, with one across-kernels table; repeat runs of one machine "
+                        "pool, other machines' figures stay apart")
     p.set_defaults(func=run)
-
-
-def _load(folder: str):
-    from pybpfmap.records import from_json
-    from pybpfmap.report.render import Report
-
-    path = Path(folder) / "results.json"
-    try:
-        return from_json(Report, json.loads(path.read_text()))
-    except OSError as e:
-        raise EnvironmentProblem("--merge", f"{path}: cannot read it", e.errno) from None
-    except ValueError as e:
-        raise UsageError("--merge", f"{path} is not a pybpfmap report: {e}") from None
-
-
-def merge(folders: list[str], out: Path, command: str):
-    """One report from several: their sections, places in order of first mention."""
-    import shutil
-
-    from pybpfmap.report.render import Report
-
-    parts = [_load(f) for f in folders]
-    places: list[str] = []
-    sections = []
-    for folder, part in zip(folders, parts, strict=True):
-        for p in part.places:
-            if p not in places:
-                places.append(p)
-        for s in part.sections:
-            src = Path(folder) / s.folder
-            dst = out / s.folder
-            if src.resolve() != dst.resolve() and src.is_dir():
-                if dst.exists():  # the same section from two folders: keep the first
-                    continue
-                shutil.copytree(src, dst)
-            sections.append(s)
-    seen, unique = set(), []
-    for s in sections:
-        if s.key not in seen:
-            seen.add(s.key)
-            unique.append(s)
-    return Report(time.strftime("%Y-%m-%d %H:%M:%S %Z"), command, parts[0].host_release,
-                  places, round(sum(p.seconds for p in parts), 1), unique)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,7 +46,13 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     command = "pybpfmap " + " ".join(shlex.quote(a) for a in args.argv)
-    report = merge(args.merge, out, command) if args.merge else _measure(args, out, command)
+    generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    if args.merge:
+        from pybpfmap.report.merge import merge
+
+        report = merge([Path(f) for f in args.merge], out, command, generated)
+    else:
+        report = _measure(args, out, command, generated)
     (out / "results.json").write_text(json.dumps(to_json(report), indent=1) + "\n")
     (out / "report.md").write_text(render(report))
     failed = [s for s in report.sections if s.error]
@@ -97,10 +61,13 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _measure(args: argparse.Namespace, out: Path, command: str):
+def _measure(args: argparse.Namespace, out: Path, command: str, generated: str):
+    import dataclasses
+
     from pybpfmap import kernel
+    from pybpfmap.report import machine
     from pybpfmap.report.plan import plan
-    from pybpfmap.report.render import Report
+    from pybpfmap.report.render import Report, place_accel
     from pybpfmap.report.run import run_all
 
     host = kernel.probe()
@@ -110,5 +77,10 @@ def _measure(args: argparse.Namespace, out: Path, command: str):
                 if not args.only or s.name in args.only]
     start = time.monotonic()
     results = run_all(sections, out)
-    return Report(time.strftime("%Y-%m-%d %H:%M:%S %Z"), command, host.kernel_release,
+    # The machine of each section, for --merge: this host, and for a test VM how
+    # qemu ran it (as the place's records say: pybpfmap picks the accelerator).
+    accel = {w: place_accel(results, w) for w in {s.where for s in results if s.where != "host"}}
+    results = [dataclasses.replace(s, machine=machine.probe(accel.get(s.where)), run=generated)
+               for s in results]
+    return Report(generated, command, host.kernel_release,
                   ["host", *(k.name for k in kernels)], round(time.monotonic() - start, 1), results)

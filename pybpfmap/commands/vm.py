@@ -149,6 +149,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_splats)
 
+    k = sub.add_parser(
+        "kconfig", help="the kernel configuration pybpfmap needs, or what CONFIG lacks",
+        description="Without --check: the config fragment every pybpfmap feature needs "
+                    "(`> pybpfmap.config`, then scripts/kconfig/merge_config.sh). With "
+                    "--check CONFIG: each option CONFIG lacks and what that breaks, the "
+                    "options the test VM needs to boot first.",
+        epilog="exit status of --check: 0 nothing missing, 1 only features missing, "
+               f"{EXIT_NO_BOOT} the kernel cannot boot in the test VM (one error line "
+               "first), 2 CONFIG unreadable.")
+    k.add_argument("--check", metavar="CONFIG", type=Path,
+                   help="a .config, /boot/config-R or /proc/config.gz (gzip is recognised)")
+    k.add_argument("--json", action="store_true",
+                   help="with --check: the missing options as one JSON list")
+    k.set_defaults(func=cmd_kconfig)
+
+
+EXIT_NO_BOOT = 3  # vm kconfig --check: the options the test VM boots with are missing
+
+
+def cmd_kconfig(args: argparse.Namespace) -> int:
+    from pybpfmap.commands.args import emit
+    from pybpfmap.errors import PybpfmapError, UsageError
+    from pybpfmap.output import text_table
+    from pybpfmap.vm import kconfig
+
+    if args.check is None:
+        sys.stdout.write(kconfig.fragment())
+        return 0
+    try:
+        config = kconfig.read(args.check)
+    except PybpfmapError as e:
+        raise UsageError("--check", f"{args.check}: {e.meaning}", e.err) from None
+    missing = kconfig.check(config)
+    status = 1 if missing else 0
+    try:
+        kconfig.require_boot(config, f"--check {args.check}")
+    except PybpfmapError as e:  # said first, then the table, which has the rest
+        print(f"pybpfmap vm: error: {e.message()}", file=sys.stderr, flush=True)
+        status = EXIT_NO_BOOT
+
+    def text(_: list) -> str:
+        if not missing:
+            return f"{args.check}: has every option pybpfmap needs\n"
+        return text_table(["option", "is", "needs", "breaks"],
+                          [[f"CONFIG_{m.option.name}", m.have, m.need,
+                            ("BOOT: " if m.option.boot else "") + m.option.feature.serves]
+                           for m in missing])
+
+    emit(args, [m.to_json() for m in missing], text)
+    return status
+
 
 def cmd_build(args: argparse.Namespace) -> int:
     from pybpfmap.output import print_json
@@ -172,17 +223,28 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from pybpfmap import era
+    from pybpfmap.kfacts import KernelFacts
     from pybpfmap.output import human_bytes, print_json, table
-    from pybpfmap.vm.image import find_image, image_size, release_of
+    from pybpfmap.vm.image import brought_images, find_image, image_size, release_of
 
     rows = []
     for k in catalog.KERNELS:
         img = find_image(k)
         release = img.release if img else None
+        facts = KernelFacts.assumed_from(release_of(k), k.preempt_rt)  # not booted here
         rows.append({"name": k.name, "userspace": k.userspace, "series": k.series,
-                     "release": release, "era": era.era_of(release_of(k)).name,
+                     "release": release, "era": era.era_of(facts).name,
                      "built": img is not None, "image": str(img.path) if img else None,
-                     "size": image_size(img) if img else None, "summary": k.summary})
+                     "size": image_size(img) if img else None, "summary": k.summary,
+                     "origin": None})
+    # kernels users brought (--kernel PATH): their images, with where they came from
+    for img, info in brought_images():
+        c = info["catalog"]
+        facts = KernelFacts.assumed_from(img.release, c.get("preempt_rt", False))
+        rows.append({"name": img.name, "userspace": c["userspace"], "series": img.release,
+                     "release": img.release, "era": era.era_of(facts).name + " (by version)",
+                     "built": True, "image": str(img.path), "size": image_size(img),
+                     "summary": c["summary"], "origin": c["origin"]})
     if args.json:
         print_json(rows)
         return 0

@@ -42,7 +42,7 @@ class Section:
     ``limit`` the time after which it is stopped (SIGINT, then SIGKILL)."""
 
     name: str       # info, maps, bench, stress, bcc-compare
-    where: str      # "host" or a catalog kernel
+    where: str      # "host", a catalog kernel, or the release of a kernel you bring
     argv: tuple[str, ...]
     budget: float
     scenario: str = ""   # stress sections: which scenario
@@ -122,7 +122,8 @@ def plan(kernels: list[CatalogKernel], quick: bool, host_kprobes: bool, host_in_
     sections.append(Section("bcc-compare", "host", ("bcc-compare", *tools_host, "--json"),
                             60 if quick else 240))
     for kernel in kernels:
-        k = ("--kernel", kernel.name, "--results", "{out}/vm")
+        # a kernel you bring is given to each command by its path, named by its release
+        k = ("--kernel", kernel.origin or kernel.name, "--results", "{out}/vm")
         where = kernel.name
         sections += [Section("info", where, ("info", *k, "--json"), 60),
                      Section("maps", where, (*maps, *k), 120)]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pybpfmap import procs
+from pybpfmap.report.machine import Machine
 from pybpfmap.report.plan import Section
 
 GRACE = 30.0
@@ -40,6 +41,11 @@ class SectionResult:
     error: str | None = None
     stopped: bool = False          # stopped at its time limit
     plots: list[str] = field(default_factory=list)
+    # Which machine and which run: a merge pools the sections of one machine
+    # and keeps every other machine's apart (pybpfmap.report.pool).  None: a
+    # results.json from before machines were recorded (an unknown machine).
+    machine: Machine | None = None
+    run: str = ""                  # the report that ran it: its time and folder
 
     @property
     def key(self) -> str:

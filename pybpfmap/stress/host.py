@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pybpfmap import era
 from pybpfmap.guest import Mark, marks
+from pybpfmap.kfacts import KernelFacts
 from pybpfmap.stress import verdict
 from pybpfmap.stress.kinds import MapKind
 from pybpfmap.stress.records import FAIL, SKIPPED, StressRow, StressRun, load
@@ -55,19 +56,23 @@ def _placeholder(scenario: Scenario, kind: MapKind, opts: Options) -> StressRow:
 
 def _one_boot(kernel: CatalogKernel, groups: list[tuple[Scenario, MapKind]], opts: Options,
               argv: list[str], folder: Path, release: str
-              ) -> tuple[list[StressRow], dict[str, str]]:
-    """The rows of one boot, and the probes the guest could not attach (and why).
+              ) -> tuple[list[StressRow], dict[str, str], KernelFacts | None]:
+    """The rows of one boot, the probes the guest could not attach (and why),
+    and the era facts the guest recorded (None: it brought none back).
     ``argv`` is the command line without the options the host decides per boot."""
-    preempt_rt = kernel.preempt_rt
+    assumed = KernelFacts.assumed_from(release, kernel.preempt_rt)   # not booted yet
     scenarios = list(dict.fromkeys(s.name for s, _ in groups))
     kinds = list(dict.fromkeys(k.name for _, k in groups))
     guest_argv = [*argv, "--scenario", *scenarios, "--types", *kinds]
     per_row = opts.duration + opts.baseline_seconds() * 2 + 60
-    allowed = era.expected_splats(release, [k.spec for _, k in groups], preempt_rt)
+    allowed = era.expected_splats(assumed, [k.spec for _, k in groups])
     run = run_command(kernel, guest_argv, results_dir=folder,
                       timeout=BOOT_AND_LOAD + per_row * len(groups),
                       hang_timeout=HANG_TIMEOUT, allow_splats=tuple(allowed))
     guest = _runs_of(run)
+    recorded = next((KernelFacts.from_records(release, kernel.preempt_rt, g.facts)
+                     for g in guest if g.facts), None)
+    facts = recorded or assumed   # what the guest probed, where it said
     got = {r.label: r for g in guest for r in g.rows}
     unavailable = {p: why for g in guest for p, why in g.unavailable.items()}
     ctl = run.vm.ctl_path.read_text(errors="replace") if run.vm.ctl_path.exists() else ""
@@ -79,10 +84,10 @@ def _one_boot(kernel: CatalogKernel, groups: list[tuple[Scenario, MapKind]], opt
         row = got.get(label)
         running = label == (started[-1] if started else None) or len(groups) == 1
         if row is not None:
-            verdict.merge_vm_splats(row, run.vm, release, preempt_rt)
+            verdict.merge_vm_splats(row, run.vm, facts)
         elif not run.vm.outcome.finished and running:
             row = verdict.from_vm(_placeholder(scenario, kind, opts), run.vm,
-                                  armed.get(label), release, preempt_rt)
+                                  armed.get(label), facts)
         else:
             row = _placeholder(scenario, kind, opts)
             if run.vm.outcome.finished:
@@ -95,9 +100,9 @@ def _one_boot(kernel: CatalogKernel, groups: list[tuple[Scenario, MapKind]], opt
                 row.outcome, row.reasons = SKIPPED, [f"not run: the boot ended "
                                                      f"({run.vm.message}) before this row"]
             row.vm = verdict.vm_summary(run.vm)
-            verdict.predict(row, release, preempt_rt)
+            verdict.predict(row, facts)
         rows.append(row)
-    return rows, unavailable
+    return rows, unavailable, recorded
 
 
 def run_in_vm(opts: Options, kernel: CatalogKernel, argv: list[str], isolate: bool,
@@ -109,13 +114,15 @@ def run_in_vm(opts: Options, kernel: CatalogKernel, argv: list[str], isolate: bo
     batches = [[g] for g in groups] if isolate else [groups]
     rows: list[StressRow] = []
     unavailable: dict[str, str] = {}
+    recorded: KernelFacts | None = None
     for n, batch in enumerate(batches, 1):
         names = ", ".join(f"{s.name} {k.name}" for s, k in batch)
         print(f"pybpfmap stress: [{n}/{len(batches)}] {kernel.name}: {names}",
               file=sys.stderr, flush=True)
         folder = base / (f"{batch[0][0].name}-{batch[0][1].name.replace('/', '-')}"
                          if isolate else "all")
-        got, why = _one_boot(kernel, batch, opts, argv, folder, image.release)
+        got, why, facts = _one_boot(kernel, batch, opts, argv, folder, image.release)
+        recorded = recorded or facts
         rows += got
         unavailable.update(why)
         last = rows[-1]
@@ -123,7 +130,9 @@ def run_in_vm(opts: Options, kernel: CatalogKernel, argv: list[str], isolate: bo
               + (f" after {last.seconds} s" if last.seconds is not None else ""),
               file=sys.stderr, flush=True)
     accel = next((r.vm.accel for r in rows if r.vm), None)
-    return StressRun(image.release, f"vm:{kernel.name}", era.era_of(image.release).name,
-                     opts.duration, isolate, era.expectations(image.release), rows,
+    # The guest's probed facts when a boot brought them back, else the version's.
+    facts = recorded or KernelFacts.assumed_from(image.release, kernel.preempt_rt)
+    return StressRun(image.release, f"vm:{kernel.name}", era.era_of(facts).name,
+                     opts.duration, isolate, era.expectations(facts), rows,
                      unavailable, inject=opts.inject and opts.inject.name, accel=accel,
-                     note=opts.variant.weaker_note)
+                     note=opts.variant.weaker_note, facts=facts.records())

@@ -13,7 +13,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-from pybpfmap import era, tracefs
+from pybpfmap import era, kfacts, tracefs
 from pybpfmap.loader import load_func
 from pybpfmap.registry import Registry
 
@@ -63,7 +63,8 @@ class Kprobe(ProbeKind):
         return ev.event
 
     def misses_counted(self, release: str) -> bool:
-        return era.kprobe_recursion_misses_counted(release)
+        # Asked where the program runs: the running kernel's facts when it is ``release``.
+        return era.kprobe_recursion_misses_counted(kfacts.for_release(release))
 
 
 class Tracepoint(ProbeKind):

@@ -17,6 +17,7 @@ from typing import Any
 
 from pybpfmap.errors import errno_by_name, errno_name
 from pybpfmap.guest import Accel
+from pybpfmap.kfacts import FactRecord, Source
 from pybpfmap.output import md_table, text_table
 from pybpfmap.records import from_json
 from pybpfmap.splats import Splat
@@ -139,6 +140,7 @@ class StressRun:
     inject: str | None = None
     accel: Accel | None = None
     note: str = ""
+    facts: list[FactRecord] = field(default_factory=list)   # the era facts, probed or not
 
     def unexpected(self) -> list[StressRow]:
         return [r for r in self.rows if r.as_predicted is False]
@@ -208,6 +210,9 @@ def render_text(runs: list[StressRun]) -> str:
         if run.inject:
             out.append(f"NEGATIVE CONTROL: --inject {run.inject} (this run is meant to FAIL)")
         out += [f"  era: {e}" for e in run.expectations]
+        probed = [f"{f.commit} {'present' if f.present else 'absent'} ({f.how})"
+                  for f in run.facts if f.source is Source.PROBED]
+        out += [f"  probed: {p}" for p in probed]
         out.append("")
         out.append(text_table(HEADERS, [_row_cells(r) for r in run.rows]).rstrip())
         for probe, why in run.unavailable.items():

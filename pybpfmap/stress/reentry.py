@@ -54,7 +54,7 @@ def _nr(name: str) -> int:
 def targets_here(k: Kernel, kind: MapKind) -> tuple[list[str], str]:
     """The era's candidate functions that can take a kprobe here, and why the
     others cannot (or why there are none)."""
-    wanted = era.reentry_targets(k.kernel_release, kind.spec)
+    wanted = era.reentry_targets(k.kernel_facts(), kind.spec)
     if not wanted:
         return [], (f"no traceable function runs under a {kind.spec.type} map's bucket lock "
                     f"on this kernel (its bucket lock is a resilient spinlock, "

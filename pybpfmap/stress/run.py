@@ -50,12 +50,13 @@ def check_safe_here(opts: Options, k: Kernel, force: bool) -> None:
     inside the test VM, anything only on a VM unless ``force``."""
     if in_test_vm():
         return
+    facts = k.kernel_facts()
     risky = [s.name for s in opts.scenarios
-             if s.may_deadlock(k.kernel_release, [m.spec for m in opts.kinds])]
+             if s.may_deadlock(facts, [m.spec for m in opts.kinds])]
     if risky:
         raise EnvironmentProblem("--kernel", f"the {', '.join(risky)} scenario is predicted "
                                  f"to deadlock kernel {k.kernel_release} (era "
-                                 f"{era.era_of(k.kernel_release).name}): it runs only inside "
+                                 f"{era.era_of(facts).name}): it runs only inside "
                                  "the test VM, --force or not; use --kernel K")
     if opts.inject is not None and opts.inject.test_vm_only:
         raise UsageError("--inject", f"{opts.inject.name} only inside the test VM "
@@ -80,10 +81,11 @@ def run_local(opts: Options, k: Kernel) -> StressRun:
         probes, why = scenario.attach_points(k, opts.probes, opts.variant)
         setup.probes += probes
         unavailable.update(why)
-    run = StressRun(k.kernel_release, k.where, era.era_of(k.kernel_release).name,
-                    opts.duration, False, era.expectations(k.kernel_release), [],
+    facts = k.kernel_facts()   # probed here, on the kernel the rows run on
+    run = StressRun(k.kernel_release, k.where, era.era_of(facts).name,
+                    opts.duration, False, era.expectations(facts), [],
                     unavailable, injection and injection.name, k.accel,
-                    opts.variant.weaker_note)
+                    opts.variant.weaker_note, facts.records())
     for scenario in chosen:
         for kind in opts.kinds:
             try:
@@ -95,6 +97,5 @@ def run_local(opts: Options, k: Kernel) -> StressRun:
                 row.outcome, row.reasons = REFUSED, [e.message()]
                 row.errors = {"load": {errno_name(e.err or 0): 1}}
                 log = ""
-            run.rows.append(verdict.judge(row, k.kernel_release, log, k.preempt_rt,
-                                          opts.heartbeat_limit))
+            run.rows.append(verdict.judge(row, facts, log, opts.heartbeat_limit))
     return run

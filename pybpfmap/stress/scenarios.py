@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pybpfmap import era
 from pybpfmap.errors import EnvironmentProblem, UsageError
 from pybpfmap.kernel import Kernel
+from pybpfmap.kfacts import KernelFacts, for_release
 from pybpfmap.maps import MapSpec
 from pybpfmap.registry import Registry
 from pybpfmap.stress import allocator, reentry
@@ -47,14 +48,16 @@ class Scenario:
     name: str
     sufficient_seconds: float | None = None
 
-    def predict(self, release: str, spec: MapSpec, preempt_rt: bool) -> era.Prediction:
+    def predict(self, kernel: KernelFacts, spec: MapSpec) -> era.Prediction:
         """The era's prediction for a row of this scenario on ``spec``."""
         raise NotImplementedError
 
-    def may_deadlock(self, release: str, specs: Iterable[MapSpec]) -> bool:
+    def may_deadlock(self, kernel: KernelFacts | str, specs: Iterable[MapSpec]) -> bool:
         """Whether rows on these maps may lock the machine up: they run only
-        inside the test VM."""
-        return any(self.predict(release, s, False).expect.may_lock_up for s in specs)
+        inside the test VM.  A release string (a plan for a kernel not booted
+        yet) is read by :func:`pybpfmap.kfacts.for_release`."""
+        facts = for_release(kernel) if isinstance(kernel, str) else kernel
+        return any(self.predict(facts, s).expect.may_lock_up for s in specs)
 
     def baseline_seconds(self, duration: float) -> float:
         """Seconds of workload without probes a row of ``duration`` s begins with."""
@@ -79,8 +82,8 @@ class Scenario:
 
 
 class Allocator(Scenario):
-    def predict(self, release: str, spec: MapSpec, preempt_rt: bool) -> era.Prediction:
-        return era.allocator_prediction(release, spec, preempt_rt)
+    def predict(self, kernel: KernelFacts, spec: MapSpec) -> era.Prediction:
+        return era.allocator_prediction(kernel, spec)
 
     def baseline_seconds(self, duration: float) -> float:
         return allocator.default_baseline(duration)
@@ -102,8 +105,8 @@ class Allocator(Scenario):
 
 
 class Reentry(Scenario):
-    def predict(self, release: str, spec: MapSpec, preempt_rt: bool) -> era.Prediction:
-        return era.reentry_prediction(release, spec, preempt_rt)
+    def predict(self, kernel: KernelFacts, spec: MapSpec) -> era.Prediction:
+        return era.reentry_prediction(kernel, spec)
 
     def check(self, k: Kernel, variant: ProbeKind) -> None:
         if variant.weaker:

@@ -20,6 +20,7 @@ Then :func:`predict` sets the era's prediction and ``as_predicted``.
 from __future__ import annotations
 
 from pybpfmap import era
+from pybpfmap.kfacts import KernelFacts
 from pybpfmap.maps import MapSpec
 from pybpfmap.splats import classify
 from pybpfmap.stress import scenarios
@@ -42,15 +43,16 @@ def spec_of(row: StressRow) -> MapSpec:
     return MapSpec(row.type, row.prealloc, 4, row.value_size)
 
 
-def judge(row: StressRow, release: str, kernel_log: str, preempt_rt: bool,
+def judge(row: StressRow, kernel: KernelFacts, kernel_log: str,
           heartbeat_limit: float = DEFAULT_HEARTBEAT_LIMIT_S) -> StressRow:
-    """Set ``outcome``, ``reasons``, ``explained`` and the splats of a measured row."""
+    """Set ``outcome``, ``reasons``, ``explained`` and the splats of a measured
+    row, on the kernel ``kernel`` describes."""
     if row.outcome in (SKIPPED, REFUSED):
-        return predict(row, release, preempt_rt)
+        return predict(row, kernel)
     spec = spec_of(row)
     reasons = []
     row.splats, row.excused_splats = classify(
-        kernel_log, era.expected_splats(release, [spec], preempt_rt))
+        kernel_log, era.expected_splats(kernel, [spec]))
     reasons += [f"kernel splat ({s.kind}): {s.line.strip()}" for s in row.splats]
     if row.heartbeat_max_delay_s is None:
         reasons.append("no heartbeat measured")
@@ -85,20 +87,23 @@ def judge(row: StressRow, release: str, kernel_log: str, preempt_rt: bool,
         for name, n in errs.items():
             err = result_errno(name)
             why = None if err is None else era.explain_error(
-                release, spec, op.split()[-1], err, failed_updates, n)
+                kernel, spec, op.split()[-1], err, failed_updates, n)
             if why is None:
-                reasons.append(f"{op} returned {name} {n}x: not explained for kernel {release}")
+                reasons.append(f"{op} returned {name} {n}x: not explained for kernel "
+                               f"{kernel.release}")
             else:
                 row.explained[f"{op}:{name}"] = why
     row.reasons = reasons
     row.outcome = FAIL if reasons else PASS
-    return predict(row, release, preempt_rt)
+    return predict(row, kernel)
 
 
-def predict(row: StressRow, release: str, preempt_rt: bool) -> StressRow:
-    """The era's prediction for the row, and whether its outcome matches."""
-    p = scenarios.SCENARIOS.named(row.scenario).predict(release, spec_of(row), preempt_rt)
-    row.prediction, row.prediction_why = p.describe(), p.why
+def predict(row: StressRow, kernel: KernelFacts) -> StressRow:
+    """The era's prediction for the row, whether its outcome matches, and the
+    facts it rests on (probed, or from the version) in ``prediction_why``."""
+    p = scenarios.SCENARIOS.named(row.scenario).predict(kernel, spec_of(row))
+    row.prediction = p.describe()
+    row.prediction_why = f"{p.why} [{p.basis()}]" if p.facts else p.why
     row.prediction_commits = list(p.changes)
     row.as_predicted = (None if row.outcome == SKIPPED
                         else p.matches(row.outcome, row.counted_errnos()))
@@ -110,8 +115,8 @@ def vm_summary(vm: VmResult) -> VmSummary:
                      vm.kernel_release, str(vm.results_dir), vm.boot_seconds, vm.seconds)
 
 
-def from_vm(row: StressRow, vm: VmResult, armed_at: float | None, release: str,
-            preempt_rt: bool) -> StressRow:
+def from_vm(row: StressRow, vm: VmResult, armed_at: float | None,
+            kernel: KernelFacts) -> StressRow:
     """The row of a boot that brought no result back, from the runner's view:
     a hung guest (or one CPU of it) is a DEADLOCK, with the runner's vCPU
     evidence and how long after the first attach the stuck CPU stopped."""
@@ -131,15 +136,15 @@ def from_vm(row: StressRow, vm: VmResult, armed_at: float | None, release: str,
     else:
         row.outcome = FAIL
         row.reasons = [f"VM runner: {vm.message}"]
-    return predict(row, release, preempt_rt)
+    return predict(row, kernel)
 
 
-def merge_vm_splats(row: StressRow, vm: VmResult, release: str, preempt_rt: bool) -> None:
+def merge_vm_splats(row: StressRow, vm: VmResult, kernel: KernelFacts) -> None:
     """Splats the runner found in the guest's whole dmesg that the row's own
     kernel-log watch did not see (and the era does not explain) fail the row."""
     row.vm = vm_summary(vm)
     seen = {s.line for s in (*row.splats, *row.excused_splats)}
-    allowed = era.expected_splats(release, [spec_of(row)], preempt_rt)
+    allowed = era.expected_splats(kernel, [spec_of(row)])
     extra = [s for s in vm.splats if s.line not in seen
              and not any(a.matches(s.line, s.text) for a in allowed)]
     if extra:

@@ -34,6 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pybpfmap.errors import EnvironmentProblem
+from pybpfmap.vm import own
 from pybpfmap.vm.catalog import CatalogKernel
 from pybpfmap.vm.image import (
     BUILDER_VERSION,
@@ -167,7 +168,8 @@ def build_image(entry: CatalogKernel, progress: Progress = _stderr) -> Image:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         for old in root.iterdir():
-            if is_image_of(old, entry.name) and old != final:
+            # a kernel brought twice under one release (patched, unpatched) keeps both
+            if not entry.brought and is_image_of(old, entry.name) and old != final:
                 progress(f"removing stale image {old}")
                 shutil.rmtree(old, ignore_errors=True)
         return image
@@ -248,17 +250,24 @@ def _install_kernel(entry: CatalogKernel, rootfs: Path, mirror: str, log: Path,
     else:
         raise EnvironmentProblem(f"--kernel {entry.name}", "no kernel package would install: "
                                  + "; ".join(failures))
-    # The suite's own kernel goes, so that the image has one kernel and its headers.
-    # (the arch packages and metapackages only: the -common ones follow by autoremove,
-    # and the new kernel's own -common[-rt] stays)
+    _purge_suite_kernel(rootfs, image.removeprefix("linux-image-"), log, progress)
+    return packages
+
+
+def _purge_suite_kernel(rootfs: Path, keep: str, log: Path, progress: Progress) -> None:
+    """Remove the suite's own kernel, so that the image has one kernel and its
+    headers: release ``keep``'s stay (the arch packages and metapackages go; the
+    -common ones follow by autoremove, the kept kernel's own -common[-rt] stays)."""
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    keep_packages = {f"linux-image-{keep}", f"linux-headers-{keep}"}
     old = [p for p in _chroot_out(rootfs, "dpkg-query", "-W", "-f", "${Package}\\n").split()
-           if re.fullmatch(r"linux-(image|headers)-(\d\S*-)?amd64", p) and p not in packages]
+           if re.fullmatch(r"linux-(image|headers)-(\d\S*-)?amd64", p)
+           and p not in keep_packages]
     if old:
         _run(f"purge the suite's kernel ({' '.join(old)})",
              ["chroot", str(rootfs), "apt-get", "purge", "-y", "-q", *old], log, progress, env)
         _run("apt-get autoremove", ["chroot", str(rootfs), "apt-get", "autoremove", "-y",
                                     "-q", "--purge"], log, progress, env)
-    return packages
 
 
 def _build(entry: CatalogKernel, key: str, base: Path, mirror: str, work: Path, final: Path,
@@ -270,10 +279,15 @@ def _build(entry: CatalogKernel, key: str, base: Path, mirror: str, work: Path, 
     packages: list[str] = []
     peer = "not built"
     with _chroot_mounts(rootfs):
-        if entry.own_kernel:
+        if entry.brought:
+            packages = own.install(entry, rootfs, lambda step, cmd: _run(
+                step, cmd, log, progress, {"DEBIAN_FRONTEND": "noninteractive"}))
+            _purge_suite_kernel(rootfs, entry.series, log, progress)
+            peer = "not built: the kernel source of a kernel you bring is not fetched"
+        elif entry.own_kernel:
             packages = _install_kernel(entry, rootfs, mirror, log, progress)
         release = _only_kernel(rootfs, log)
-        if PEER_RECIPE.is_file():
+        if PEER_RECIPE.is_file() and not entry.brought:
             peer = _build_peer(rootfs, release, log, progress)
         subprocess.run(["chroot", str(rootfs), "apt-get", "clean"], check=False)
     shutil.rmtree(rootfs / "var/lib/apt/lists", ignore_errors=True)

@@ -17,6 +17,7 @@ merely warn about.
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +25,13 @@ from dataclasses import dataclass
 from pybpfmap.errors import UsageError
 
 ALL = "all"
+
+
+class Form(enum.StrEnum):
+    """How a kernel the user brings is given (:mod:`pybpfmap.vm.own`)."""
+
+    DEBS = "debs"   # a directory of .deb files: image, headers and what they need
+    TREE = "tree"   # a kernel build tree (bzImage, modules, the tree as the headers)
 
 
 @dataclass(frozen=True)
@@ -41,18 +49,31 @@ class CatalogKernel:
     image_pattern: str = ""     # regex over package names, e.g. linux-image-5.10.0-N-amd64
     target_release: str = ""    # apt -t (backports are not installed by default)
     preempt_rt: bool = False
+    # A kernel the user brings (:mod:`pybpfmap.vm.own`): where it came from, in
+    # which form, and the digest of its files' content (the image key's input).
+    origin: str = ""
+    form: Form | None = None
+    digest: str = ""
 
     @property
     def own_kernel(self) -> bool:
         """True when the image installs a kernel other than its suite's default."""
         return bool(self.image_pattern)
 
+    @property
+    def brought(self) -> bool:
+        """True for a kernel the user brings (``--kernel PATH``), not a catalog entry."""
+        return bool(self.origin)
+
     def headers_for(self, image_package: str) -> str:
         """linux-image-5.10.0-46-amd64 -> linux-headers-5.10.0-46-amd64."""
         return image_package.replace("linux-image-", "linux-headers-", 1)
 
     def matches_release(self, release: str) -> bool:
-        """Whether ``uname -r`` ``release`` is this entry's kernel series and flavour."""
+        """Whether ``uname -r`` ``release`` is this entry's kernel series and flavour
+        (a kernel the user brings: exactly its release)."""
+        if self.brought:
+            return release == self.series
         if not re.match(rf"{re.escape(self.series)}\.", release):
             return False
         return ("-rt-" in release) == self.preempt_rt
@@ -87,6 +108,7 @@ KERNELS: tuple[CatalogKernel, ...] = (
 )
 
 BY_NAME = {k.name: k for k in KERNELS}
+BROUGHT_FIELDS = ("origin", "form", "digest")
 NAMES = tuple(BY_NAME)
 CHOICES = (*NAMES, ALL)
 DEFAULT = "bookworm"

@@ -11,6 +11,8 @@ overlay on top.  Looking an image up never builds one.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pybpfmap.errors import EnvironmentProblem
-from pybpfmap.vm import catalog
-from pybpfmap.vm.catalog import CatalogKernel
+from pybpfmap.vm.catalog import BROUGHT_FIELDS, CatalogKernel
 
 BUILDER_VERSION = 2
 VAGRANT = Path(__file__).resolve().parents[2] / "vagrant"
@@ -58,10 +59,6 @@ class Image:
     name: str
     key: str
     release: str
-
-    @property
-    def entry(self) -> CatalogKernel:
-        return catalog.get(self.name)
 
     @property
     def disk(self) -> Path:
@@ -114,10 +111,22 @@ def base_key(suite: str) -> str:
 
 
 def image_key(entry: CatalogKernel) -> str:
-    """Hash of the image's inputs; a new key means a new build."""
+    """Hash of the image's inputs; a new key means a new build.  A kernel the
+    user brings is keyed by its files' content (``entry.digest``), not by its
+    path: the same .debs anywhere share one image."""
+    if entry.brought:
+        return _digest(base_key(entry.userspace).encode(), entry.form.value.encode(),
+                       entry.digest.encode(), STUB_INIT.encode())
     peer = PEER_RECIPE.read_bytes() if PEER_RECIPE.is_file() else b""
-    return _digest(base_key(entry.userspace).encode(), repr(entry).encode(),
+    return _digest(base_key(entry.userspace).encode(), _catalog_repr(entry).encode(),
                    STUB_INIT.encode(), peer)
+
+
+def _catalog_repr(entry: CatalogKernel) -> str:
+    """The entry's repr without the fields of a kernel the user brings (empty
+    for catalog entries): adding those did not change what a catalog image is."""
+    shown = [f.name for f in dataclasses.fields(entry) if f.name not in BROUGHT_FIELDS]
+    return f"CatalogKernel({', '.join(f'{n}={getattr(entry, n)!r}' for n in shown)})"
 
 
 def image_dir(name: str, key: str) -> Path:
@@ -138,6 +147,19 @@ def find_image(entry: CatalogKernel) -> Image | None:
     info = json.loads(meta.read_text())
     return Image(d, entry.name, info["key"], info["release"])
 
+
+
+def brought_images() -> list[tuple[Image, dict]]:
+    """Cached images of kernels users brought (``--kernel PATH``), with their
+    image.json, newest first."""
+    out = []
+    for meta in cache_root().glob("*/image.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            info = json.loads(meta.read_text())
+            if info.get("catalog", {}).get("origin"):
+                out.append((Image(meta.parent, info["name"], info["key"], info["release"]),
+                            info))
+    return sorted(out, key=lambda x: x[1].get("built", ""), reverse=True)
 
 
 def image_size(image: Image) -> int:

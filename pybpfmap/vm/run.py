@@ -10,6 +10,7 @@ from pathlib import Path
 from pybpfmap import era, guest
 from pybpfmap.errors import EnvironmentProblem
 from pybpfmap.guest import Accel
+from pybpfmap.kfacts import KernelFacts
 from pybpfmap.splats import Allowed
 from pybpfmap.vm.accel import choose_accel
 from pybpfmap.vm.build import ensure_image
@@ -39,7 +40,8 @@ def no_prealloc_tracing_splats(kernel: CatalogKernel) -> tuple[Allowed, ...]:
     """For a run that loads tracing programs using BPF_F_NO_PREALLOC hash maps:
     the WARN ``kernel``'s era prints for the first of them (5.7-6.0, not on
     PREEMPT_RT, once per boot)."""
-    return tuple(era.no_prealloc_tracing_splats(release_of(kernel), kernel.preempt_rt))
+    facts = KernelFacts.assumed_from(release_of(kernel), kernel.preempt_rt)  # not booted yet
+    return tuple(era.no_prealloc_tracing_splats(facts))
 
 
 def run_in_vm(cmd: list[str] | None = None, *, kernel: CatalogKernel, cpus: int = 2,
