@@ -159,6 +159,48 @@ def next_key(fd: int, key: ctypes.Array | None, out: ctypes.Array) -> None:
     bpf(MAP_GET_NEXT_KEY, attr)
 
 
+# --- batch operations (pybpfmap stress: the writers scenario) ------------------
+
+MAP_LOOKUP_AND_DELETE_BATCH = 25
+
+
+class _BatchAttr(ctypes.Structure):
+    """The ``batch`` member of union bpf_attr (the BPF_MAP_*_BATCH commands)."""
+
+    _fields_ = [
+        ("in_batch", ctypes.c_uint64),
+        ("out_batch", ctypes.c_uint64),
+        ("keys", ctypes.c_uint64),
+        ("values", ctypes.c_uint64),
+        ("count", ctypes.c_uint32),
+        ("map_fd", ctypes.c_uint32),
+        ("elem_flags", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+        ("_pad", ctypes.c_char * (_ATTR_SIZE - 56)),
+    ]
+
+
+def lookup_and_delete_batch(fd: int, keys: ctypes.Array, values: ctypes.Array, count: int,
+                            in_batch: ctypes.Array | None, out_batch: ctypes.Array
+                            ) -> tuple[int, bool]:
+    """BPF_MAP_LOOKUP_AND_DELETE_BATCH: move up to ``count`` elements into
+    ``keys`` and ``values``, from the position ``in_batch`` holds (None: the
+    beginning); ``out_batch`` gets the next position (a hash map's is its
+    4-byte bucket index).  (elements moved, whether the walk reached the end
+    of the map): the kernel says the end with ENOENT and still reports what
+    it moved.  Any other error raises :class:`BpfSyscallError`."""
+    attr = _BatchAttr(in_batch=ctypes.addressof(in_batch) if in_batch is not None else 0,
+                      out_batch=ctypes.addressof(out_batch), keys=ctypes.addressof(keys),
+                      values=ctypes.addressof(values), count=count, map_fd=fd)
+    try:
+        bpf(MAP_LOOKUP_AND_DELETE_BATCH, attr)
+    except BpfSyscallError as e:
+        if e.errno == errno.ENOENT:
+            return attr.count, True
+        raise
+    return attr.count, False
+
+
 class _NextIdAttr(ctypes.Structure):
     _fields_ = [
         ("start_id", ctypes.c_uint32),

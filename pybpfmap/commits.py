@@ -21,6 +21,9 @@ class Change:
     commit: str
     subject: str
     version: tuple[int, int]
+    # The first release of each stable series that carries it as a backport
+    # (from Debian's changelogs, which list every stable release's commits).
+    backports: tuple[tuple[int, int, int], ...] = ()
 
     def cite(self) -> str:
         """drgn style: Linux kernel commit X ("subject") (in vA.B)."""
@@ -47,26 +50,29 @@ PERCPU_MEM_ALLOC = Change("ee4ed53c5eb6", "bpf: Convert percpu hash map to per-c
 WARN_REMOVED = Change("96da3f7d489d", "bpf: Remove tracing program restriction on map types",
                       (6, 1))
 RAW_TP_GUARD = Change("05b24ff9b2cf", "bpf: Prevent bpf program recursion for raw "
-                      "tracepoint probes", (6, 1))
+                      "tracepoint probes", (6, 1), backports=((6, 0, 10),))
 # Before it, on preemptible kernels (migrate_disable() no longer disables
 # preemption since 5.11), two tasks on one CPU could -EBUSY each other with no
 # second program involved.  Also in 6.0.3, 5.19.17 and 5.15.75.
 MAP_LOCKED_PREEMPT = Change("2775da216287", "bpf: Disable preemption when increasing "
-                            "per-cpu map_locked", (6, 1))
+                            "per-cpu map_locked", (6, 1),
+                            backports=((6, 0, 3), (5, 19, 17), (5, 15, 75)))
 HASH_MASK = Change("9f907439dc80", "bpf: hash map, avoid deadlock with suitable hash mask",
-                   (6, 2))
+                   (6, 2), backports=((6, 1, 9),))
 MEMORY_USAGE = Change("304849a27b34", "bpf: hashtab memory usage", (6, 4))
 # Before it, an LRU update refused with -EBUSY by map_locked leaked the node it
 # had popped: enough of them and every update gets -ENOMEM.  Also in 6.1.31
 # and 5.15.115; 5.10 has no map_locked, so nothing to leak.
 LRU_EBUSY_LEAK = Change("b34ffb0c6d23", "bpf: fix a memory leak in the LRU and LRU_PERCPU "
-                        "hash maps", (6, 4))
-NO_EBUSY = Change("d35381aa73f7", "bpf: Fix unnecessary -EBUSY from htab_lock_bucket", (6, 7))
+                        "hash maps", (6, 4), backports=((6, 1, 31), (5, 15, 115)))
+NO_EBUSY = Change("d35381aa73f7", "bpf: Fix unnecessary -EBUSY from htab_lock_bucket", (6, 7),
+                  backports=((6, 1, 63),))
 MISSED_STATS = Change("dd8657894c11", "bpf: Count missed stats in trace_call_bpf", (6, 7))
 # A per-CPU value over PCPU_MIN_UNIT_SIZE (32 KiB) is refused with E2BIG by the
 # map's alloc_check; before it, the per-CPU allocator failed it with ENOMEM.
 # Backported to the stable series (Debian's 5.10.262 and 6.1.190 have it).
-PCPU_VALUE_CHECK = Change("1d244784be6b", "bpf: Check percpu map value size first", (6, 12))
+PCPU_VALUE_CHECK = Change("1d244784be6b", "bpf: Check percpu map value size first", (6, 12),
+                          backports=((6, 1, 113), (5, 10, 227)))
 RQSPINLOCK = Change("4fa8d68aa53e", "bpf: Convert hashtab.c to rqspinlock", (6, 15))
 # The LRU lists' locks (bpf_lru_list.c) become rqspinlocks too: until then they
 # are raw spinlocks, released by the out-of-line _raw_spin_unlock*.  Also in

@@ -24,7 +24,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pybpfmap.commits import (
+    HASH_MASK,
+    LRU_EBUSY_LEAK,
+    LRU_RQSPINLOCK,
     MAP_LOCKED,
+    MAP_LOCKED_PREEMPT,
     MEM_ALLOC,
     MEMCG,
     MEMORY_USAGE,
@@ -203,6 +207,64 @@ def reentry_prediction(kernel: KernelFacts, spec: MapSpec | None = None) -> Pred
                       _cites(RQSPINLOCK), _on(kernel, RQSPINLOCK))
 
 
+def nmi_prediction(kernel: KernelFacts, spec: MapSpec, other_slot: bool = False
+                   ) -> Prediction:
+    """A tracepoint program in NMI context (``nmi:nmi_handler``) updating a key
+    of ``spec`` while a raw_tp program on the interrupted CPU may be inside its
+    update of key K: the same key, or (``other_slot``) a key of K's bucket on
+    another map_locked counter (a map of fewer buckets than counters)."""
+    if not spec.prealloc and kernel.preempt_rt and \
+            _between(kernel, RT_PREALLOC, WARN_REMOVED):
+        return allocator_prediction(kernel, spec)   # a tracing program: refused
+    if not kernel.has(MAP_LOCKED):
+        return Prediction(Expect.DEADLOCK, "the NMI's update spins on the bucket lock its "
+                          "own CPU holds (the interrupted update): an AA deadlock in NMI "
+                          f"context (the guard came with {MAP_LOCKED.cite()})",
+                          changes=_cites(MAP_LOCKED), facts=_on(kernel, MAP_LOCKED))
+    if spec.lru and not kernel.has(LRU_RQSPINLOCK):
+        return Prediction(Expect.MAY_DEADLOCK, "an LRU update pops its node under the LRU "
+                          "lists' raw spinlock before it takes the bucket lock, and the "
+                          "holder's delete pushes it back under the same lock: an NMI "
+                          "landing there spins on it for ever (no map_locked guard on the "
+                          "LRU locks until " + LRU_RQSPINLOCK.cite() + "); one landing in "
+                          "the bucket lock gets the bucket guard's error",
+                          changes=_cites(MAP_LOCKED, LRU_RQSPINLOCK),
+                          facts=_on(kernel, MAP_LOCKED, LRU_RQSPINLOCK))
+    if not spec.prealloc and not kernel.has(MEM_ALLOC):
+        return Prediction(Expect.MAY_DEADLOCK, "map_locked refuses the NMI's update of the "
+                          "held bucket with -EBUSY, but an NMI landing anywhere else allocates "
+                          "its element with kmalloc/alloc_percpu in NMI context, where SLUB's "
+                          "and the per-CPU allocator's locks may be held by the interrupted "
+                          f"code (NMI-safe allocation came with {MEM_ALLOC.cite()})",
+                          (errno.EBUSY,), _cites(MAP_LOCKED, MEM_ALLOC),
+                          _on(kernel, MAP_LOCKED, MEM_ALLOC))
+    if not kernel.has(RQSPINLOCK):
+        if other_slot and not kernel.has(HASH_MASK):
+            return Prediction(Expect.DEADLOCK, "the NMI's key is in the held bucket but "
+                              "counts on another map_locked slot (hash & 7 with fewer than "
+                              "8 buckets), so the guard lets it spin on the held lock: an AA "
+                              f"deadlock in NMI context (fixed by {HASH_MASK.cite()})",
+                              changes=_cites(MAP_LOCKED, HASH_MASK),
+                              facts=_on(kernel, MAP_LOCKED, HASH_MASK))
+        slot = (f"; its key's map_locked slot is the held bucket's ({HASH_MASK.cite()})"
+                if other_slot else "")
+        return Prediction(Expect.ERRNO, "the per-CPU map_locked counter refuses the NMI's "
+                          f"update of the held bucket with -EBUSY ({MAP_LOCKED.cite()})"
+                          + slot, (errno.EBUSY,), _cites(MAP_LOCKED, HASH_MASK),
+                          _on(kernel, MAP_LOCKED, RQSPINLOCK,
+                              *((HASH_MASK,) if other_slot else ())))
+    lru = (f"; an LRU list lock held by the interrupted update fails the NMI's pop, which "
+           f"returns -ENOMEM ({LRU_RQSPINLOCK.cite()})" if spec.lru else "")
+    return Prediction(Expect.ERRNO, "the resilient bucket lock sees its own CPU hold it and "
+                      "fails the NMI's update with -EDEADLK at once (-ETIMEDOUT only when "
+                      "another CPU's holder stalls past the lock's timeout: 250 ms, or 1 s "
+                      f"in the spin fallback a hypervisor guest takes) ({RQSPINLOCK.cite()})"
+                      + lru, (errno.EDEADLK, errno.ETIMEDOUT, *((errno.ENOMEM,) if spec.lru
+                                                               else ())),
+                      _cites(RQSPINLOCK, *((LRU_RQSPINLOCK,) if spec.lru else ())),
+                      _on(kernel, RQSPINLOCK, *((LRU_RQSPINLOCK,) if spec.lru else ())))
+
+
 # The bucket lock's unlock function, whose entry runs with the lock still held:
 # raw_spin_unlock_irqrestore in htab_unlock_bucket until NO_EBUSY made it
 # raw_spin_unlock + local_irq_restore (backported to Debian's 6.1.y, so which
@@ -243,13 +305,23 @@ def explain_error(kernel: KernelFacts, spec: MapSpec, op: str, err: int,
 
     ``failed_updates``/``count``: an ENOENT on lookup/delete is explained
     when no more of them happened than updates failed (the element was never
-    inserted)."""
+    inserted).  The writers scenario's inserts (op ``insert``) are
+    :func:`explain_user_error`'s."""
+    if op == "insert":
+        return _writers_error(kernel, spec, op, err)
     if err == errno.EBUSY and op in ("update", "delete") and \
             _between(kernel, MAP_LOCKED, RQSPINLOCK):
         return f"re-entrant op on a bucket lock this CPU holds is refused: {MAP_LOCKED.cite()}"
     if err in (errno.EDEADLK, errno.ETIMEDOUT) and op in ("update", "delete") and \
             kernel.has(RQSPINLOCK):
         return f"the resilient bucket lock detected a deadlock or timed out: {RQSPINLOCK.cite()}"
+    if err == errno.ENOMEM and op == "update" and spec.lru:
+        if kernel.has(LRU_RQSPINLOCK):
+            return ("an LRU list lock held on this CPU by the interrupted update fails the "
+                    f"nested pop, and the update returns -ENOMEM: {LRU_RQSPINLOCK.cite()}")
+        if kernel.has(MAP_LOCKED) and not kernel.has(LRU_EBUSY_LEAK):
+            return ("each LRU update refused with -EBUSY leaked the node it had popped, until "
+                    f"none was left: fixed by {LRU_EBUSY_LEAK.cite()}")
     if err == errno.ENOMEM and op == "update" and not spec.prealloc:
         if kernel.has(MEM_ALLOC):
             return ("a non-preallocated map takes new elements from bpf_mem_alloc's "
@@ -320,3 +392,100 @@ def expectations(kernel: KernelFacts) -> list[str]:
                f"the other {len(kernel.assumed())} from the version" if probed else
                "every fact from the version (this kernel was not probed)")
     return out
+
+
+# --- the writers scenario: a program's inserts beside bpf(2) writers on every CPU ---
+
+def writers_prediction(kernel: KernelFacts, spec: MapSpec) -> Prediction:
+    """A raw_tp program (sys_enter, one CPU) inserting keys into ``spec``'s map
+    while bpf(2) writers on every CPU update, delete, batch-delete and
+    garbage-collect keys of the same range.  No op nests into another on its
+    CPU, so every era runs it; what differs is which errors it explains."""
+    if not spec.prealloc and kernel.preempt_rt and \
+            _between(kernel, RT_PREALLOC, WARN_REMOVED):
+        return allocator_prediction(kernel, spec)   # a tracing program: refused
+    cited: list[Change] = []
+    why = ["a bpf(2) map op runs with bpf_prog_active raised (bpf_disable_instrumentation), "
+           "so no kprobe program runs inside it"
+           + (f" (the skipped runs count in recursion_misses: {MISSED_STATS.cite()})"
+              if kernel.has(MISSED_STATS) else ""),
+           "the raw_tp program runs at syscall entry, never inside another task's map op on "
+           "its CPU, which holds the bucket lock with interrupts off; writers on the other "
+           "CPUs only wait for that lock"]
+    if kernel.has(MISSED_STATS):
+        cited.append(MISSED_STATS)
+    if _between(kernel, MAP_LOCKED, RQSPINLOCK) and not kernel.has(MAP_LOCKED_PREEMPT):
+        why.append("but a task preempted after raising its bucket's map_locked counter and "
+                   "before locking makes the other task's op on that CPU fail with -EBUSY "
+                   f"({MAP_LOCKED.cite()}; closed by {MAP_LOCKED_PREEMPT.cite()})")
+        cited += [MAP_LOCKED, MAP_LOCKED_PREEMPT]
+    elif _between(kernel, MAP_LOCKED, RQSPINLOCK):
+        why.append("the bucket's map_locked counter is raised with preemption off, so no "
+                   f"-EBUSY between two tasks either ({MAP_LOCKED_PREEMPT.cite()})")
+        cited.append(MAP_LOCKED_PREEMPT)
+    if kernel.has(RQSPINLOCK):
+        why.append("a waiter on the resilient bucket lock may give up with -ETIMEDOUT "
+                   f"({RQSPINLOCK.cite()})")
+        cited.append(RQSPINLOCK)
+    why.append("the other errors say that the map was full (-E2BIG), a key there already "
+               "(-EEXIST) or gone (-ENOENT)")
+    return Prediction(Expect.PASS, "; ".join(why), changes=_cites(*cited),
+                      facts=_on(kernel, MAP_LOCKED_PREEMPT)
+                      if _between(kernel, MAP_LOCKED, RQSPINLOCK) else ())
+
+
+def explain_user_error(kernel: KernelFacts, spec: MapSpec, op: str, err: int) -> str | None:
+    """Why the writers scenario's user-space op ``op`` ("user update", "user
+    delete", "user batch", "user gc") on ``spec`` may fail with errno ``err``
+    on this kernel: a key gone or the end of the map (ENOENT), a full map
+    (E2BIG), the allocator (ENOMEM), the era's bucket lock (EBUSY, EDEADLK,
+    ETIMEDOUT); None when the era does not explain it."""
+    if not op.startswith("user "):
+        return None
+    return _writers_error(kernel, spec, op, err)
+
+
+def _writers_error(kernel: KernelFacts, spec: MapSpec, op: str, err: int) -> str | None:
+    """The writers scenario's errors: the program's BPF_NOEXIST inserts
+    (``insert``) and user space's ops (``user update`` with BPF_ANY, ``user
+    delete``, ``user batch``: BPF_MAP_LOOKUP_AND_DELETE_BATCH, ``user gc``: a
+    BPF_MAP_GET_NEXT_KEY walk deleting what it finds), over a key range larger
+    than the map (kernel/bpf/hashtab.c, checked in 5.10, 6.1 and 7.3)."""
+    what = op.removeprefix("user ")
+    if err == errno.ENOENT and what in ("delete", "gc") and op != what:
+        return "the key was gone: another writer, a batch or the GC had deleted it first"
+    if err == errno.ENOENT and what == "batch" and op != what:
+        return ("the batch reached the end of the map: the kernel says so with -ENOENT and "
+                "still returns the elements it moved (the next batch starts over)")
+    if err == errno.EEXIST and op == "insert":
+        return ("the key was there already (an earlier insert, or a writer's update): "
+                "BPF_NOEXIST refuses it")
+    if err == errno.E2BIG and what in ("insert", "update") and not spec.lru:
+        if spec.prealloc:
+            return ("the map was full: every one of its max_entries preallocated elements was "
+                    "in use, so an insert of a new key found the free list empty "
+                    f"(alloc_htab_elem: -E2BIG; {PREALLOC.cite()}); the key range is larger "
+                    "than the map")
+        return ("the map was full: its element count had reached max_entries, so an insert "
+                "of a new key is refused (alloc_htab_elem: -E2BIG); the key range is larger "
+                "than the map")
+    if err == errno.ENOMEM and what in ("insert", "update"):
+        if spec.lru:
+            leak = (f"; -EBUSY refusals leak the nodes they popped until {LRU_EBUSY_LEAK.cite()}"
+                    if _between(kernel, MAP_LOCKED, LRU_EBUSY_LEAK)
+                    and not kernel.has(MAP_LOCKED_PREEMPT) else "")
+            return ("an LRU insert found no node to reuse: this CPU's free list, the global "
+                    "lists' shrink and every other CPU's free and pending nodes were empty, "
+                    "the nodes being held by the other writers' inserts "
+                    "(bpf_common_lru_pop_free: -ENOMEM)" + leak)
+        if not spec.prealloc:
+            return explain_error(kernel, spec, "update", err)   # the allocator's
+    if err == errno.EBUSY and _between(kernel, MAP_LOCKED, RQSPINLOCK) and \
+            not kernel.has(MAP_LOCKED_PREEMPT):
+        return ("a task preempted after raising its bucket's map_locked counter and before "
+                "taking the lock makes this CPU's next op on that counter fail "
+                f"({MAP_LOCKED.cite()}; closed by {MAP_LOCKED_PREEMPT.cite()})")
+    if err in (errno.EDEADLK, errno.ETIMEDOUT) and kernel.has(RQSPINLOCK):
+        return ("the resilient bucket lock gave up waiting (timeout) or saw a deadlock: "
+                f"{RQSPINLOCK.cite()}")
+    return None

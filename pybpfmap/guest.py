@@ -13,6 +13,8 @@ image.  It talks to the host over two virtio-serial ports:
     mark <event> <args...> uptime=<uptime>
                        CMD's progress (:func:`mark`), written by CMD itself on
                        the port's descriptor it inherits (``ENV_CTL_FD``)
+    nmi <rate>         CMD asks the host for <rate> NMIs a second into every
+                       vCPU (QMP inject-nmi; 0 stops): :func:`request_nmis`
     exit <status>      CMD finished with <status>; dmesg is in the results dir
 
 ``OUT_PORT`` carries CMD's standard output and nothing else (as virtme-ng
@@ -44,6 +46,8 @@ BEAT_PERIOD_S = 1
 # The descriptor of CTL_PORT that CMD inherits, for its marks.
 ENV_CTL_FD = "PYBPFMAP_CTL_FD"
 CTL_FD = 3
+# Set when the host injects NMIs on request (pybpfmap's runner; not a Vagrant box).
+ENV_NMI = "PYBPFMAP_GUEST_NMI"
 
 
 class Accel(enum.Enum):
@@ -127,6 +131,25 @@ def mark(event: str, *args: str) -> None:
     print(f"{MARK} {text}", file=sys.stderr, flush=True)
 
 
+def nmi_unavailable() -> str | None:
+    """Why the host cannot inject NMIs into this machine (None: it can)."""
+    if not in_test_vm():
+        return ("NMIs are injected by the host of pybpfmap's test VM (QMP inject-nmi): "
+                "run with --kernel K")
+    if not os.environ.get(ENV_NMI) or not os.environ.get(ENV_CTL_FD):
+        return ("this guest's host does not inject NMIs on request (QMP inject-nmi is "
+                "pybpfmap's own runner's; a Vagrant box has no control port)")
+    return None
+
+
+def request_nmis(rate: float) -> None:
+    """Ask the host for ``rate`` NMIs a second into every vCPU from now (0: stop)."""
+    fd = os.environ.get(ENV_CTL_FD)
+    if fd:
+        with contextlib.suppress(OSError, ValueError):
+            os.write(int(fd), f"nmi {rate:g}\n".encode())
+
+
 @dataclass(frozen=True)
 class Beat:
     """``hb <cpu> <uptime>``: vCPU ``cpu`` is alive at guest uptime ``uptime``."""
@@ -158,7 +181,14 @@ class Mark:
     uptime: float
 
 
-Message = Beat | Start | Exit | Mark
+@dataclass(frozen=True)
+class Nmi:
+    """``nmi <rate>``: CMD asks for ``rate`` NMIs a second (0: stop)."""
+
+    rate: float
+
+
+Message = Beat | Start | Exit | Mark | Nmi
 
 
 def parse_ctl(line: str) -> Message | None:
@@ -173,6 +203,8 @@ def parse_ctl(line: str) -> Message | None:
             return Start(args[0])
         if word == "exit" and len(args) == 1:
             return Exit(int(args[0]))
+        if word == "nmi" and len(args) == 1:
+            return Nmi(float(args[0]))
         if word == "mark" and len(args) >= 2 and args[-1].startswith("uptime="):
             return Mark(args[0], tuple(args[1:-1]), float(args[-1].removeprefix("uptime=")))
     except ValueError:
@@ -264,6 +296,7 @@ def env_sh(repo: str, kernel: str, accel: str, env: dict[str, str]) -> str:
         "PYBPFMAP_REPO": repo,
         "PYBPFMAP_CTL_PORT": CTL_PORT,
         ENV_CTL_FD: str(CTL_FD),
+        ENV_NMI: "qmp",
         "PYBPFMAP_OUT_PORT": OUT_PORT,
         "PYBPFMAP_TAG_REPO": TAG_REPO,
         "PYBPFMAP_TAG_RESULTS": TAG_RESULTS,

@@ -80,8 +80,40 @@ def version(release: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def _v(t: tuple[int, int]) -> str:
-    return f"{t[0]}.{t[1]}"
+def _v(t: tuple[int, ...]) -> str:
+    return ".".join(map(str, t))
+
+
+Stable = tuple[int, int, int]
+
+
+def stable_version(banner: str, release: str) -> Stable | None:
+    """The upstream stable release a kernel is built from, where it says:
+    Debian's ``/proc/version`` (and bzImage banner) ends "Debian 6.1.176-1",
+    Ubuntu's ``/proc/version_signature`` ends with it, and other kernels
+    (Fedora's 6.17.7-300.fc43, a stable tree's 6.12.58) have it in the
+    release itself.  None when nothing says (Debian's release is 6.1.0-50)."""
+    # the kernel's own: the last one (the compiler's "(Debian 12.2.0-14)" comes first)
+    found = re.findall(r"#\d+ .*Debian (\d+)\.(\d+)\.(\d+)", banner) or \
+        re.findall(r"Ubuntu \S+ (\d+)\.(\d+)\.(\d+)\s*$", banner, re.M)
+    if found:
+        return int(found[-1][0]), int(found[-1][1]), int(found[-1][2])
+    m = re.match(r"(\d+)\.(\d+)\.(\d+)", release)
+    if m is None or m.group(3) == "0":
+        return None
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+def running_banner() -> str:
+    """``/proc/version`` and, where there is one, ``/proc/version_signature``."""
+    out = []
+    for path in ("/proc/version", "/proc/version_signature"):
+        try:
+            with open(path) as f:
+                out.append(f.read().strip())
+        except OSError:
+            pass
+    return "\n".join(out)
 
 
 @dataclass(frozen=True)
@@ -98,11 +130,22 @@ class Fact:
                 f"({self.source.value}: {self.how})")
 
 
-def from_version(release: str, change: Change) -> Fact:
+def from_version(release: str, change: Change, stable: Stable | None = None) -> Fact:
+    """``change`` assumed from the version: its mainline release, or a stable
+    backport in the kernel's stable series (where the kernel's stable
+    release is known: :func:`stable_version`)."""
     have = version(release)
-    present = have >= change.version
-    return Fact(change, present, Source.VERSION,
-                f"version {_v(have)} {'>=' if present else '<'} {_v(change.version)}")
+    if have >= change.version:
+        return Fact(change, True, Source.VERSION, f"version {_v(have)} >= "
+                    f"{_v(change.version)}")
+    port = next((b for b in change.backports if stable and b[:2] == stable[:2]), None)
+    if port is not None and stable is not None:
+        present = stable >= port
+        return Fact(change, present, Source.VERSION, f"stable {_v(stable)} "
+                    f"{'>=' if present else '<'} {_v(port)}, its backport")
+    return Fact(change, False, Source.VERSION, f"version {_v(have)} < {_v(change.version)}"
+                + ("" if stable or not change.backports else
+                   " (the stable release is unknown: a backport cannot be seen)"))
 
 
 @dataclass
@@ -124,9 +167,10 @@ class KernelFacts:
     release: str
     preempt_rt: bool = False
     facts: dict[Change, Fact] = field(default_factory=dict)
+    stable: Stable | None = None    # the upstream stable release, where known
 
     def fact(self, change: Change) -> Fact:
-        return self.facts.get(change) or from_version(self.release, change)
+        return self.facts.get(change) or from_version(self.release, change, self.stable)
 
     def has(self, change: Change) -> bool:
         return self.fact(change).present
@@ -150,22 +194,24 @@ class KernelFacts:
                 f"{f.source.value} ({f.how})" for f in self.facts.values()]
 
     @classmethod
-    def assumed_from(cls, release: str, preempt_rt: bool = False) -> KernelFacts:
+    def assumed_from(cls, release: str, preempt_rt: bool = False,
+                     stable: Stable | None = None) -> KernelFacts:
         """Every fact from the version: for a kernel that was not booted."""
-        return cls(release, preempt_rt, {c: from_version(release, c) for c in CHANGES})
+        return cls(release, preempt_rt, {c: from_version(release, c, stable)
+                                         for c in CHANGES}, stable)
 
     @classmethod
-    def from_records(cls, release: str, preempt_rt: bool,
-                     records: list[FactRecord]) -> KernelFacts:
+    def from_records(cls, release: str, preempt_rt: bool, records: list[FactRecord],
+                     stable: Stable | None = None) -> KernelFacts:
         """The facts a kernel recorded (a guest's run, brought back); the
         changes it did not record from the version."""
         by_commit = {c.commit: c for c in CHANGES}
-        facts = {c: from_version(release, c) for c in CHANGES}
+        facts = {c: from_version(release, c, stable) for c in CHANGES}
         for r in records:
             if r.commit in by_commit:
                 c = by_commit[r.commit]
                 facts[c] = Fact(c, r.present, r.source, r.how)
-        return cls(release, preempt_rt, facts)
+        return cls(release, preempt_rt, facts, stable)
 
 
 def preempt_rt() -> bool:
@@ -296,7 +342,8 @@ def probe(release: str | None = None, verifier: bool = False) -> KernelFacts:
     if verifier in _cache or (not verifier and True in _cache):
         return _cache.get(verifier) or _cache[True]
     release = release or os.uname().release
-    facts = {c: from_version(release, c) for c in CHANGES}
+    stable = stable_version(running_banner(), release)
+    facts = {c: from_version(release, c, stable) for c in CHANGES}
     found = []
     btf = read_vmlinux()
     if btf is not None:
@@ -312,7 +359,7 @@ def probe(release: str | None = None, verifier: bool = False) -> KernelFacts:
         found += verifier_facts(release)
     found += accounting_facts()
     facts.update({f.change: f for f in found})
-    _cache[verifier] = KernelFacts(release, preempt_rt(), facts)
+    _cache[verifier] = KernelFacts(release, preempt_rt(), facts, stable)
     return _cache[verifier]
 
 

@@ -79,6 +79,12 @@ class MapSpec:
             return ((self.value_size + 7) & ~7) * bpfsys.possible_cpus()
         return self.value_size
 
+    def flags_expr(self) -> str:
+        """``map_flags`` as C: ``0``, ``BPF_F_NO_PREALLOC``, or with the extra bits ORed in."""
+        parts = ([] if self.prealloc else ["BPF_F_NO_PREALLOC"]) + \
+            ([hex(self.extra_flags)] if self.extra_flags else [])
+        return "(" + "|".join(parts) + ")" if len(parts) > 1 else (parts or ["0"])[0]
+
     def cflags(self, name: str = "MAP") -> list[str]:
         """``-D`` defines that ``PYBPFMAP_MAP(name)`` in bpf/pybpfmap_map.h turns
         into this map's BCC declaration."""
@@ -87,7 +93,7 @@ class MapSpec:
             f"-D{name}_KEY_SIZE={self.key_size}",
             f"-D{name}_VALUE_SIZE={self.value_size}",
             f"-D{name}_MAX_ENTRIES={self.max_entries}",
-            f"-D{name}_FLAGS={'0' if self.prealloc else 'BPF_F_NO_PREALLOC'}",
+            f"-D{name}_FLAGS={self.flags_expr()}",
         ]
 
     def create(self) -> BpfMap:

@@ -77,6 +77,7 @@ BAD_NUMBERS = [
     ("stress", "--duration", ["0", "-1", "abc"]),
     ("stress", "--heartbeat-limit", ["0", "-1", "abc"]),
     ("stress", "--baseline", ["-1", "abc"]),
+    ("stress", "--nmi-rate", ["0", "-5", "abc"]),
     ("bcc-compare", "--duration", ["0", "-1", "abc"]),
     ("bcc-compare", "--runs", ["1", "0", "-1", "abc"]),
     ("vm run", "--cpus", ["0", "-1", "abc"]),

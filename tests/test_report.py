@@ -15,6 +15,7 @@ from pybpfmap.report import plan as plan_mod
 from pybpfmap.report.plan import Section, plan
 from pybpfmap.report.render import Report, across_kernels, render
 from pybpfmap.report.run import run_all, run_section
+from pybpfmap.stress.scenarios import SCENARIOS
 from pybpfmap.vm import catalog
 from tests import stress_leftovers as leftovers
 
@@ -53,8 +54,12 @@ def test_across_kernels_table_uses_one_max_entries_and_real_memory(host_sections
     table = across_kernels(_report(results))
     row = next(line for line in table.splitlines() if line.startswith("| host |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
+    head = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
     assert cells[1] == results[0].data[0]["kernel_release"]
-    assert cells[8] != "–" and cells[10] != "–"  # memory figures for both allocation modes
+    memory = [cells[i] for i, h in enumerate(head) if "MiB (full" in h]
+    assert len(memory) == 2 and "–" not in memory   # memory figures for both allocation modes
+    assert [h for h in head if h.startswith("stress: ")] == [
+        f"stress: {name}" for name in SCENARIOS]
     assert f"(full, {plan_mod.MAPS_ENTRIES})" in table
 
 
@@ -130,11 +135,14 @@ def test_plan_puts_kprobe_parts_in_the_vm_and_never_forces():
     host_stress = next(s for s in sections if s.key.startswith("stress") and s.where == "host")
     assert "--tracepoints" in host_stress.argv
     assert all("--kernel" in s.argv for s in sections if s.where != "host")
-    # rows in their own boots where the era predicts a deadlock, 60 s each there
+    # rows in their own boots where the era predicts a deadlock (60 s each there), the
+    # others in one: the budget counts a boot per predicted deadlock
     by = {s.key: s for s in sections}
-    assert "--isolate" in by["stress-allocator@bullseye"].argv
+    assert all("--isolate-risky" in s.argv for s in sections if s.name == "stress"
+               and s.where != "host")
     assert "60" in by["stress-allocator@bullseye"].argv
-    assert "--no-isolate" in by["stress-allocator@bookworm"].argv
+    assert by["stress-nmi@bullseye"].budget > by["stress-nmi@bookworm"].budget
+    assert "stress-nmi@host" not in keys   # the host injects NMIs only into its test VM
     # maps everywhere at the same size
     sizes = {s.argv[s.argv.index("--max-entries") + 1] for s in sections if s.name == "maps"}
     assert sizes == {str(plan_mod.MAPS_ENTRIES)}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 
-from pybpfmap.vm.watchdog import CROSS_CPU_WAIT
+from pybpfmap.vm.watchdog import CROSS_CPU_WAIT, NMI_ENTRY
 from tests.helpers import image, json_out
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
@@ -80,6 +80,26 @@ def test_bullseye_reentry_locks_up_one_cpu_and_the_watchdog_sees_it(pybpfmap):
     message = row["vm"]["message"]
     assert ("CPU#0 stuck" in message and "CPU#1 went on" in message) or (
         waits and "no heartbeat from any vCPU" in message), message
+
+
+def test_bullseye_nmi_update_deadlocks_in_nmi_context(pybpfmap):
+    """The host's NMIs land while the raw_tp holder has the bucket lock: on 5.10
+    the NMI program's update spins on it for ever, in NMI context (the NMI
+    entry on the stuck CPU's stack, under the map update).  The rows that do
+    not hang (EBUSY on 6.1, EDEADLK on 7.3) are guest tests
+    (tests/test_stress_nmi.py)."""
+    (row,) = rows_of(pybpfmap(*stress("bullseye", "--scenario", "nmi", "--types",
+                                      "hash/prealloc"), expect=3, timeout=900))
+    assert (row["outcome"], row["as_predicted"]) == ("DEADLOCK", True), row["reasons"]
+    stuck = [v for v in row["evidence"]["vcpus"] if v["same_function"] and not v["halted"]]
+
+    def in_nmi_update(v: dict) -> bool:
+        frames = [f.split("+")[0] for f in v["stack"]]
+        return (any(f in NMI_ENTRY for f in frames) and "htab_map_update_elem" in frames
+                and "spin_lock" in v["symbol"] and v["irqs_enabled"] is False)
+
+    # the CPU the NMI landed on; the other may spin on the same lock or wait for it
+    assert any(in_nmi_update(v) for v in stuck), row["evidence"]
 
 
 def test_bullseye_rt_refuses_no_prealloc_at_load(pybpfmap):

@@ -6,7 +6,10 @@ Scenarios (``--scenario``, default ``allocator``):
   take a kprobe does update -> lookup -> delete on one map, under lock-heavy
   workloads (``--tracepoints``: the weaker variant on lock/kmem tracepoints);
 * ``reentry`` — a raw_tp program and a kprobe program update one key, the
-  kprobe one while the other holds the bucket lock.
+  kprobe one while the other holds the bucket lock;
+* ``nmi``, ``nmi-slot`` — a program in NMI context (nmi:nmi_handler, NMIs
+  injected by the test VM's host) updates the key a raw_tp program holds, or
+  a key of its bucket on another map_locked slot.
 
 One row per (scenario, map kind): its outcome (PASS, DEADLOCK, REFUSED,
 FAIL, SKIPPED), the kernel era's prediction (with its commits) and whether
@@ -44,6 +47,7 @@ from pybpfmap.errors import EnvironmentProblem, UsageError
 def register(subparsers: argparse._SubParsersAction) -> None:
     from pybpfmap.stress.inject import INJECTIONS
     from pybpfmap.stress.kinds import KINDS
+    from pybpfmap.stress.nmi import DEFAULT_RATE
     from pybpfmap.stress.scenarios import SCENARIOS
     from pybpfmap.stress.verdict import DEFAULT_HEARTBEAT_LIMIT_S
 
@@ -70,6 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                help="with --kernel: one VM boot per row (default)"))
     host_only(iso.add_argument("--no-isolate", dest="isolate", action="store_false",
                                help="with --kernel: one VM boot for every row"))
+    host_only(iso.add_argument("--isolate-risky", dest="isolate", action="store_const",
+                               const=None, help="with --kernel: one VM boot for each row the "
+                               "era predicts may deadlock, one for the others"))
     add_json(p)
     host_only(p.add_argument("--force", action="store_true",
                              help="run here even though this machine is not a VM (never "
@@ -84,6 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", type=non_negative_float, metavar="S",
                    help="seconds of workload without probes, for the throughput "
                         "comparison (default: duration/4, 1 to 3 s; 0: no comparison)")
+    p.add_argument("--nmi-rate", type=positive_float, default=DEFAULT_RATE, metavar="HZ",
+                   help="the nmi and nmi-slot scenarios: NMIs a second the host injects "
+                        "into every vCPU (QMP inject-nmi; default %(default)g)")
     p.add_argument("--inject", choices=list(INJECTIONS),
                    help="negative control: make the run fail on purpose (a WARN line in "
                         "the kernel log, a stalled heartbeat, a guest panic)")
@@ -103,7 +113,7 @@ def _options(args: argparse.Namespace):
                    duration=args.duration, probes=args.probes, tracepoints=args.tracepoints,
                    heartbeat_limit=args.heartbeat_limit,
                    inject=INJECTIONS[args.inject] if args.inject else None,
-                   baseline=args.baseline)
+                   baseline=args.baseline, nmi_rate=args.nmi_rate)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,6 +28,8 @@ from pybpfmap.report.plan import BENCH_ENTRIES, MAPS_ENTRIES
 from pybpfmap.report.pool import Group, Identity, Labels, groups, identity, not_averaged, pool
 from pybpfmap.report.run import SectionResult
 from pybpfmap.stress import records as stress_records
+from pybpfmap.stress.latency import human_ns
+from pybpfmap.stress.scenarios import SCENARIOS
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,10 @@ def _stress_cell(runs: list, scenario: str) -> str | None:
     unexpected = [r.kind for r in rows if r.as_predicted is False]
     variant = f" [{rows[0].variant} variant]" if rows[0].variant_kind.weaker else ""
     errnos = sorted({e for r in rows for errs in r.errors.values() for e in errs})
+    worst = max((p.latency.max_ns for r in rows for p in r.per_probe
+                 if p.latency is not None and p.latency.max_ns), default=None)
     return (", ".join(parts) + (f"; errors {', '.join(errnos)}" if errnos else "")
+            + (f"; worst update {human_ns(worst)}" if worst else "")
             + ("; as predicted" if not unexpected else f"; UNEXPECTED: {', '.join(unexpected)}")
             + variant)
 
@@ -149,13 +154,13 @@ def across_kernels(report: Report) -> str:
             era.era_of(facts).name if facts else None,
             ("yes" if k.kprobes else "no") if k else None,
             (", ".join(k.unlock_symbols) or "none") if k else None,
-            _stress_cell(stress, "allocator"), _stress_cell(stress, "reentry"),
+            *(_stress_cell(stress, name) for name in SCENARIOS),
             None if ratio is None else f"{ratio:.2f}x",
             _memory_cell(maps, True, "full"), _memory_cell(maps, False, "empty"),
             _memory_cell(maps, False, "full")])
     return md_table(["where", *(["machine"] if labels.many else []), "kernel", "era", "kprobes",
                      "probeable unlock functions",
-                     "stress: allocator", "stress: re-entry",
+                     *(f"stress: {name}" for name in SCENARIOS),
                      f"prealloc ÷ NO_PREALLOC speed (inkernel, hash, 1 CPU, "
                      f"{BENCH_ENTRIES} entries)",
                      f"hash prealloc MiB (full, {MAPS_ENTRIES})",
@@ -164,7 +169,9 @@ def across_kernels(report: Report) -> str:
         "\nMemory is what the memory cgroup charged for the map (kernel memory of a fresh "
         "child cgroup); \"system-wide\" marks kernels that charge BPF maps to no cgroup "
         f"(before {commits.MEMCG.cite()}), where /proc/meminfo's Slab + Percpu + VmallocUsed "
-        "deltas stand in. Stress cells count rows by outcome; the era's prediction for "
+        "deltas stand in. Stress cells count rows by outcome, with the errnos counted and "
+        "the longest update a program timed (the NMI and writers scenarios); the era's "
+        "prediction for "
         "each row is in its section.\n")
 
 

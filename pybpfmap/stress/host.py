@@ -8,7 +8,9 @@ found in the guest's whole dmesg that the era does not explain); a boot that
 hung is the row's DEADLOCK, with the runner's vCPU evidence and, from the
 guest's progress marks on the control port, how long after the first attach its
 CPU stopped.  ``--no-isolate`` runs every row in one boot: a hang then makes
-the row that was running a DEADLOCK and voids the rest.
+the row that was running a DEADLOCK and voids the rest.  ``--isolate-risky``
+(``isolate=None``) gives each row the era predicts may deadlock its own boot
+and runs the others together in one.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pybpfmap.stress.run import Options
 from pybpfmap.stress.scenarios import Scenario
 from pybpfmap.vm.build import ensure_image
 from pybpfmap.vm.catalog import CatalogKernel
+from pybpfmap.vm.image import Image
 from pybpfmap.vm.relay import GuestRun, run_command
 
 HANG_TIMEOUT = 30.0   # a CPU without heartbeat for this long is stuck (TCG included)
@@ -55,12 +58,13 @@ def _placeholder(scenario: Scenario, kind: MapKind, opts: Options) -> StressRow:
 
 
 def _one_boot(kernel: CatalogKernel, groups: list[tuple[Scenario, MapKind]], opts: Options,
-              argv: list[str], folder: Path, release: str
+              argv: list[str], folder: Path, image: Image
               ) -> tuple[list[StressRow], dict[str, str], KernelFacts | None]:
     """The rows of one boot, the probes the guest could not attach (and why),
     and the era facts the guest recorded (None: it brought none back).
     ``argv`` is the command line without the options the host decides per boot."""
-    assumed = KernelFacts.assumed_from(release, kernel.preempt_rt)   # not booted yet
+    release = image.release
+    assumed = image.assumed_facts(kernel.preempt_rt)   # not booted yet
     scenarios = list(dict.fromkeys(s.name for s, _ in groups))
     kinds = list(dict.fromkeys(k.name for _, k in groups))
     guest_argv = [*argv, "--scenario", *scenarios, "--types", *kinds]
@@ -70,7 +74,8 @@ def _one_boot(kernel: CatalogKernel, groups: list[tuple[Scenario, MapKind]], opt
                       timeout=BOOT_AND_LOAD + per_row * len(groups),
                       hang_timeout=HANG_TIMEOUT, allow_splats=tuple(allowed))
     guest = _runs_of(run)
-    recorded = next((KernelFacts.from_records(release, kernel.preempt_rt, g.facts)
+    recorded = next((KernelFacts.from_records(release, kernel.preempt_rt, g.facts,
+                                              assumed.stable)
                      for g in guest if g.facts), None)
     facts = recorded or assumed   # what the guest probed, where it said
     got = {r.label: r for g in guest for r in g.rows}
@@ -105,13 +110,24 @@ def _one_boot(kernel: CatalogKernel, groups: list[tuple[Scenario, MapKind]], opt
     return rows, unavailable, recorded
 
 
-def run_in_vm(opts: Options, kernel: CatalogKernel, argv: list[str], isolate: bool,
+def batches_of(groups: list[tuple[Scenario, MapKind]], isolate: bool | None,
+               facts: KernelFacts) -> list[list[tuple[Scenario, MapKind]]]:
+    """The boots for these rows: one each (True), one for all (False), or
+    (None) one each for the rows the era predicts may lock up, one for the rest."""
+    if isolate is not None:
+        return [[g] for g in groups] if isolate else [groups]
+    risky = [g for g in groups if g[0].may_deadlock(facts, [g[1].spec])]
+    rest = [g for g in groups if g not in risky]
+    return [[g] for g in risky] + ([rest] if rest else [])
+
+
+def run_in_vm(opts: Options, kernel: CatalogKernel, argv: list[str], isolate: bool | None,
               base: Path) -> StressRun:
     """Every row of ``opts`` in ``kernel``'s test VM, the results under ``base``;
     ``argv``: the command line the user typed, without its host-only options."""
     image = ensure_image(kernel)
     groups = [(s, k) for s in opts.scenarios for k in opts.kinds]
-    batches = [[g] for g in groups] if isolate else [groups]
+    batches = batches_of(groups, isolate, image.assumed_facts(kernel.preempt_rt))
     rows: list[StressRow] = []
     unavailable: dict[str, str] = {}
     recorded: KernelFacts | None = None
@@ -120,8 +136,8 @@ def run_in_vm(opts: Options, kernel: CatalogKernel, argv: list[str], isolate: bo
         print(f"pybpfmap stress: [{n}/{len(batches)}] {kernel.name}: {names}",
               file=sys.stderr, flush=True)
         folder = base / (f"{batch[0][0].name}-{batch[0][1].name.replace('/', '-')}"
-                         if isolate else "all")
-        got, why, facts = _one_boot(kernel, batch, opts, argv, folder, image.release)
+                         if len(batch) == 1 else "all" if isolate is False else "rest")
+        got, why, facts = _one_boot(kernel, batch, opts, argv, folder, image)
         recorded = recorded or facts
         rows += got
         unavailable.update(why)
@@ -131,7 +147,7 @@ def run_in_vm(opts: Options, kernel: CatalogKernel, argv: list[str], isolate: bo
               file=sys.stderr, flush=True)
     accel = next((r.vm.accel for r in rows if r.vm), None)
     # The guest's probed facts when a boot brought them back, else the version's.
-    facts = recorded or KernelFacts.assumed_from(image.release, kernel.preempt_rt)
+    facts = recorded or image.assumed_facts(kernel.preempt_rt)
     return StressRun(image.release, f"vm:{kernel.name}", era.era_of(facts).name,
                      opts.duration, isolate, era.expectations(facts), rows,
                      unavailable, inject=opts.inject and opts.inject.name, accel=accel,

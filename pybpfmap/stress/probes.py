@@ -3,9 +3,10 @@ statistics mean.
 
 ``kprobe`` (a function's entry, through a tracefs kprobe event),
 ``tracepoint`` (``category:name``; the weaker variant of the allocator
-scenario) and ``raw_tp`` (the re-entry scenario's outer program, attached by
-BCC at load).  Records keep the kind's :attr:`ProbeKind.name` (their JSON
-values); ``PROBE_KINDS.named()`` gives the object back.
+scenario), ``raw_tp`` (the re-entry scenario's outer program and the NMI
+scenarios' lock holder, attached by BCC at load) and ``nmi_tracepoint`` (the
+NMI scenarios' program on ``nmi:nmi_handler``).  Records keep the kind's
+:attr:`ProbeKind.name` (their JSON values); ``PROBE_KINDS.named()`` gives the object back.
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ class Tracepoint(ProbeKind):
         links.enter_context(tracefs.attached(fd, category, name))
         return None
 
+    def misses_counted(self, release: str) -> bool:
+        # trace_call_bpf() runs tracepoint programs as it runs kprobe programs.
+        return era.kprobe_recursion_misses_counted(kfacts.for_release(release))
+
 
 KPROBE = Kprobe("kprobe", "KPROBE")
 TRACEPOINT = Tracepoint("tracepoint", "TRACEPOINT", weaker_note=(
@@ -82,7 +87,10 @@ TRACEPOINT = Tracepoint("tracepoint", "TRACEPOINT", weaker_note=(
     "release in progress; it checks map ops in lock and allocation paths, not "
     "the kprobe-on-spin_unlock deadlock itself"))
 RAW_TP = ProbeKind("raw_tp", "RAW_TRACEPOINT")
-PROBE_KINDS = Registry("kind", (KPROBE, TRACEPOINT, RAW_TP))
+# The NMI scenarios' program: a tracepoint program on nmi:nmi_handler, in NMI
+# context (attached by BCC at load: TRACEPOINT_PROBE).
+TRACEPOINT_NMI = Tracepoint("nmi_tracepoint", "TRACEPOINT")
+PROBE_KINDS = Registry("kind", (KPROBE, TRACEPOINT, RAW_TP, TRACEPOINT_NMI))
 
 
 @dataclass(frozen=True)

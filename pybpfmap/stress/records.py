@@ -21,6 +21,7 @@ from pybpfmap.kfacts import FactRecord, Source
 from pybpfmap.output import md_table, text_table
 from pybpfmap.records import from_json
 from pybpfmap.splats import Splat
+from pybpfmap.stress.latency import Latency
 from pybpfmap.stress.probes import PROBE_KINDS, ProbeKind
 from pybpfmap.vm.watchdog import Evidence
 
@@ -61,6 +62,7 @@ class ProbeStats:
     recursion_misses: int | None = None   # None: this kernel does not count it for this type
     kprobe_hits: int | None = None
     kprobe_nmissed: int | None = None
+    latency: Latency | None = None    # of its updates, where the program timed them
 
     def errors(self) -> dict[str, dict[str, int]]:
         return {op: errs for op, res in self.results.items()
@@ -133,7 +135,7 @@ class StressRun:
     where: str
     era: str
     duration_s: float
-    isolated: bool
+    isolated: bool | None      # one boot per row; None: per risky row, one for the rest
     expectations: list[str]
     rows: list[StressRow]
     unavailable: dict[str, str] = field(default_factory=dict)   # probe -> why not
@@ -228,6 +230,8 @@ def render_text(runs: list[StressRun]) -> str:
 def _boots(run: StressRun) -> str:
     if not run.where.startswith("vm:"):
         return "the rows in turn, here"
+    if run.isolated is None:
+        return "one VM boot per row predicted to deadlock, one for the rest"
     return "one VM boot per row" if run.isolated else "one VM boot for all rows"
 
 
@@ -248,6 +252,13 @@ def _row_details(r: StressRow) -> list[str]:
                    f"{_errs(p.errors())}, prog runs {_num(p.prog_run_cnt)}, kprobe hits "
                    f"{_num(p.kprobe_hits)} nmissed {_num(p.kprobe_nmissed)}, "
                    f"recursion_misses {miss}")
+        if p.latency is not None:
+            out.append(f"{head}   {p.kind} {p.probe}: update latency {p.latency.brief()}")
+    nmi = r.workloads.get("nmi")
+    if nmi:
+        inside = ", ".join(f"{k} {v}" for k, v in nmi.get("inside_holder", {}).items()) or "none"
+        out.append(f"{head}   NMIs asked {nmi.get('rate_asked'):g}/s; the NMI program's updates "
+                   f"that landed inside the holder's update or delete: {inside}")
     for s in r.splats:
         out.append(f"{head} SPLAT ({s.kind}): {s.line.strip()}")
     for s in r.excused_splats:

@@ -42,7 +42,8 @@ TRIAL_CALLS = 200     # calls to find out whether the inner program fires inside
 BATCH = 1000          # calls between clock reads
 
 
-def _nr(name: str) -> int:
+def syscall_nr(name: str) -> int:
+    """The syscall number of ``name`` on this architecture (BCC's table)."""
     from bcc.syscall import syscalls  # {nr: name} for this architecture
 
     for nr, sname in syscalls.items():
@@ -78,7 +79,7 @@ class Reentry:
 def loaded(kind: MapKind) -> Iterator[Reentry]:
     """bpf/reentry.c on ``kind``'s map: the outer raw_tp program is attached by
     BCC at load (RAW_TRACEPOINT_PROBE); the inner one is loaded, not attached."""
-    cflags = [f"-DPID={os.getpid()}", f"-DNR={_nr(SYSCALL)}", f"-DNERRNO={NERRNO}"]
+    cflags = [f"-DPID={os.getpid()}", f"-DNR={syscall_nr(SYSCALL)}", f"-DNERRNO={NERRNO}"]
     with bcc_program("reentry.c", maps={"MAP": kind.spec}, cflags=cflags) as bpf:
         inner = KPROBE.load(bpf, "inner", f"{kind.name} inner program")
         outer = bpf.load_func(b"raw_tracepoint__sys_enter", RAW_TP.prog_type()).fd

@@ -14,7 +14,7 @@ from pybpfmap import era
 from pybpfmap.errors import EnvironmentProblem, KernelError, UsageError, errno_name
 from pybpfmap.guest import in_test_vm
 from pybpfmap.kernel import Kernel
-from pybpfmap.stress import inject, scenarios, verdict
+from pybpfmap.stress import inject, nmi, scenarios, verdict
 from pybpfmap.stress.allocator import default_baseline
 from pybpfmap.stress.kinds import MapKind
 from pybpfmap.stress.probes import KPROBE, TRACEPOINT, ProbeKind
@@ -33,6 +33,7 @@ class Options:
     heartbeat_limit: float = verdict.DEFAULT_HEARTBEAT_LIMIT_S
     inject: inject.Injection | None = None
     baseline: float | None = None  # seconds of workload without probes
+    nmi_rate: float = nmi.DEFAULT_RATE   # NMIs a second (the NMI scenarios)
 
     def baseline_seconds(self) -> float:
         if self.baseline is not None:
@@ -75,7 +76,7 @@ def run_local(opts: Options, k: Kernel) -> StressRun:
     setup = scenarios.Setup(
         k, opts.duration, opts.baseline_seconds(), opts.variant,
         inject.nothing if injection is None else
-        functools.partial(injection.during, opts.heartbeat_limit))
+        functools.partial(injection.during, opts.heartbeat_limit), nmi_rate=opts.nmi_rate)
     unavailable: dict[str, str] = {}
     for scenario in chosen:
         probes, why = scenario.attach_points(k, opts.probes, opts.variant)

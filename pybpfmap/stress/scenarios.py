@@ -4,7 +4,12 @@ predicts for its rows.
 * ``allocator`` (:mod:`.allocator`, the seed's): map ops from kprobes on every
   spin_unlock function (or the weaker tracepoint variant), under workloads;
 * ``reentry`` (:mod:`.reentry`): a second update of a key while a program
-  holds its bucket lock.
+  holds its bucket lock;
+* ``nmi`` and ``nmi-slot`` (:mod:`.nmi`): updates in NMI context while a
+  program holds the bucket lock (the same key; a key of the bucket on another
+  map_locked slot);
+* ``writers`` (:mod:`.writers`): a program's inserts while bpf(2) writers on
+  every CPU update, delete and batch-delete the same keys.
 
 Records and the command line name a scenario (:attr:`Scenario.name`);
 ``SCENARIOS.named()`` gives the object back.
@@ -22,7 +27,7 @@ from pybpfmap.kernel import Kernel
 from pybpfmap.kfacts import KernelFacts, for_release
 from pybpfmap.maps import MapSpec
 from pybpfmap.registry import Registry
-from pybpfmap.stress import allocator, reentry
+from pybpfmap.stress import allocator, nmi, reentry, writers
 from pybpfmap.stress.kinds import MapKind
 from pybpfmap.stress.probes import Probe, ProbeKind
 from pybpfmap.stress.records import StressRow
@@ -37,6 +42,7 @@ class Setup:
     baseline: float                 # seconds of workload without probes, where used
     variant: ProbeKind              # the probes asked for: kprobe, or the weaker tracepoint
     inject: Callable[[], AbstractContextManager]   # the negative control around a row
+    nmi_rate: float = nmi.DEFAULT_RATE              # NMIs a second, for the NMI scenarios
     probes: list[Probe] = field(default_factory=list)   # chosen once for the run
 
 
@@ -47,6 +53,9 @@ class Scenario:
 
     name: str
     sufficient_seconds: float | None = None
+    needs_test_vm: bool = False     # its rows are SKIPPED anywhere else
+    # The kinds a report runs (None: every kind): a deadlock costs a boot each.
+    report_kinds: tuple[str, ...] | None = None
 
     def predict(self, kernel: KernelFacts, spec: MapSpec) -> era.Prediction:
         """The era's prediction for a row of this scenario on ``spec``."""
@@ -79,6 +88,11 @@ class Scenario:
     def run_row(self, kind: MapKind, setup: Setup) -> tuple[StressRow, str]:
         """The (not yet judged) row of ``kind`` and the kernel log lines of its window."""
         raise NotImplementedError
+
+    def row_problems(self, row: StressRow) -> list[str]:
+        """What fails a measured row of this scenario beyond the common checks
+        (:func:`pybpfmap.stress.verdict.judge`)."""
+        return []
 
 
 class Allocator(Scenario):
@@ -123,6 +137,57 @@ class Reentry(Scenario):
         return reentry.run_row(kind, setup.k, setup.duration, setup.inject)
 
 
+class Nmi(Scenario):
+    other_slot = False
+
+    def predict(self, kernel: KernelFacts, spec: MapSpec) -> era.Prediction:
+        return era.nmi_prediction(kernel, spec, self.other_slot)
+
+    def check(self, k: Kernel, variant: ProbeKind) -> None:
+        if variant.weaker:
+            raise UsageError("--tracepoints", f"the {self.name} scenario has no weaker "
+                             "variant (it needs no kprobes): run it without --tracepoints")
+
+    def new_row(self, kind: MapKind, setup: Setup) -> StressRow:
+        return nmi.new_row(self.name, kind)
+
+    def run_row(self, kind: MapKind, setup: Setup) -> tuple[StressRow, str]:
+        return nmi.run_row(self.name, kind, setup.k, setup.duration, setup.nmi_rate,
+                           setup.inject)
+
+
+class NmiSlot(Nmi):
+    other_slot = True
+
+
+class Writers(Scenario):
+    def predict(self, kernel: KernelFacts, spec: MapSpec) -> era.Prediction:
+        return era.writers_prediction(kernel, spec)
+
+    def check(self, k: Kernel, variant: ProbeKind) -> None:
+        if variant.weaker:
+            raise UsageError("--tracepoints", f"the {self.name} scenario has no weaker "
+                             "variant (its kprobe is an optional guard): run it without "
+                             "--tracepoints")
+
+    def new_row(self, kind: MapKind, setup: Setup) -> StressRow:
+        return writers.new_row(kind)
+
+    def run_row(self, kind: MapKind, setup: Setup) -> tuple[StressRow, str]:
+        return writers.run_row(kind, setup.k, setup.duration, setup.inject)
+
+    def row_problems(self, row: StressRow) -> list[str]:
+        return writers.problems(row)
+
+
 ALLOCATOR = Allocator(allocator.NAME)
 REENTRY = Reentry(reentry.NAME, sufficient_seconds=3.0)  # the answer: the first nested update
-SCENARIOS = Registry("--scenario", (ALLOCATOR, REENTRY))
+# An NMI row's answer is in the NMIs that land inside the holder's update: at the
+# default rate 10 s bring thousands of NMIs (the host injects them: test VM only).
+NMI = Nmi(nmi.NAME, sufficient_seconds=10.0, needs_test_vm=True,
+          report_kinds=("hash/prealloc", "percpu_hash/no_prealloc", "lru_hash/prealloc"))
+NMI_SLOT = NmiSlot(nmi.SLOT_NAME, sufficient_seconds=10.0, needs_test_vm=True,
+                   report_kinds=("hash/prealloc",))   # its point is the slot, not the kind
+# A writers row shows more contention the longer it runs; it needs no test VM.
+WRITERS = Writers(writers.NAME)
+SCENARIOS = Registry("--scenario", (ALLOCATOR, REENTRY, NMI, NMI_SLOT, WRITERS))

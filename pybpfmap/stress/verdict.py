@@ -12,7 +12,9 @@ all of:
 * every probe fired: each probe's handler ran its map ops (a kprobe on a
   function the kernel never called is noted as not exercised, not failed, as
   long as some probe ran);
-* every error is explained for this kernel era (:func:`pybpfmap.era.explain_error`).
+* every error is explained for this kernel era (:func:`pybpfmap.era.explain_error`;
+  user space's ops, named ``user ...``: :func:`pybpfmap.era.explain_user_error`);
+* the scenario's own checks pass (:meth:`~pybpfmap.stress.scenarios.Scenario.row_problems`).
 
 Then :func:`predict` sets the era's prediction and ``as_predicted``.
 """
@@ -80,14 +82,19 @@ def judge(row: StressRow, kernel: KernelFacts, kernel_log: str,
         row.note = f"{row.note}; {note}" if row.note else note
     if row.per_probe and row.events <= 0:
         reasons.append("no probe ran its map ops")
+    reasons += scenarios.SCENARIOS.named(row.scenario).row_problems(row)
     failed_updates = sum(sum(e.values()) for op, e in row.errors.items()
                          if op in ("update", "nested update"))
     row.explained = {}
     for op, errs in row.errors.items():
         for name, n in errs.items():
             err = result_errno(name)
-            why = None if err is None else era.explain_error(
-                kernel, spec, op.split()[-1], err, failed_updates, n)
+            if err is None:
+                why = None
+            elif op.startswith("user "):   # the writers scenario's bpf(2) ops
+                why = era.explain_user_error(kernel, spec, op, err)
+            else:
+                why = era.explain_error(kernel, spec, op.split()[-1], err, failed_updates, n)
             if why is None:
                 reasons.append(f"{op} returned {name} {n}x: not explained for kernel "
                                f"{kernel.release}")

@@ -17,10 +17,12 @@ import hashlib
 import json
 import os
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from pybpfmap.errors import EnvironmentProblem
+from pybpfmap.kfacts import KernelFacts, stable_version
 from pybpfmap.vm.catalog import BROUGHT_FIELDS, CatalogKernel
 
 BUILDER_VERSION = 2
@@ -84,6 +86,24 @@ class Image:
     def facts(self) -> dict:
         """image.json: packages, sizes, build time."""
         return json.loads((self.path / "image.json").read_text())
+
+    def banner(self) -> str:
+        """The kernel's version banner, as /proc/version will say it (read from
+        the bzImage's setup header: ``kernel_version`` at 0x20e points into
+        the setup code, past its first 0x200 bytes); "" when it cannot be read."""
+        try:
+            with open(self.kernel, "rb") as f:
+                head = f.read(0x8000)
+            start = struct.unpack_from("<H", head, 0x20E)[0] + 0x200
+            return head[start:start + 256].split(b"\0")[0].decode(errors="replace")
+        except (OSError, struct.error):
+            return ""
+
+    def assumed_facts(self, preempt_rt: bool) -> KernelFacts:
+        """The era facts of a kernel not booted yet: from its release and, where
+        its banner names it, its stable release (so that backports count)."""
+        return KernelFacts.assumed_from(self.release, preempt_rt,
+                                        stable_version(self.banner(), self.release))
 
 
 def cache_root() -> Path:

@@ -80,6 +80,8 @@ class VmResult:
     seconds: float = 0.0
     started_at: float | None = None   # guest uptime when CMD started
     last_heartbeat: dict[int, float] = field(default_factory=dict)  # cpu -> guest uptime
+    nmis_injected: int = 0            # NMIs the host sent on CMD's request (QMP)
+    nmi_problem: str | None = None    # why the NMI injection stopped early
 
     @property
     def status(self) -> int:

@@ -58,6 +58,11 @@ class QemuConfig:
     def qmp_sock(self) -> Path:
         return self.run_dir / "qmp.sock"
 
+    @property
+    def nmi_sock(self) -> Path:
+        """A second QMP monitor, the NMI injector's (:mod:`pybpfmap.vm.nmi`)."""
+        return self.run_dir / "nmi.sock"
+
 
 def kernel_cmdline(extra: str = "") -> str:
     # nokaslr: System.map addresses are the real ones, so vCPU RIPs symbolize.
@@ -99,6 +104,8 @@ def qemu_argv(c: QemuConfig) -> list[str]:
         "-chardev", f"file,id=out,path={c.stdout_log}",
         "-device", f"virtserialport,chardev=out,name={OUT_PORT}",
         "-qmp", f"unix:{c.qmp_sock},server=on,wait=off",
+        "-chardev", f"socket,id=nmimon,path={c.nmi_sock},server=on,wait=off",
+        "-mon", "chardev=nmimon,mode=control",
     ]
 
 

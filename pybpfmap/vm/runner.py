@@ -22,6 +22,7 @@ from typing import TextIO
 from pybpfmap import guest, splats
 from pybpfmap.guest import Accel
 from pybpfmap.vm.image import Image, cache_root
+from pybpfmap.vm.nmi import NmiInjector
 from pybpfmap.vm.outcome import (
     Outcome,
     VmError,
@@ -186,6 +187,7 @@ class _Watch:
         self.exited_at: float | None = None
         self.hb_host: dict[int, float] = {}   # cpu -> host monotonic time of its last beat
         self.hb_guest: dict[int, float] = {}  # cpu -> guest uptime of its last beat
+        self.nmi = NmiInjector(cfg.nmi_sock)   # idle until CMD asks (``nmi <rate>``)
         self.t0 = time.monotonic()
 
     def _pump(self) -> None:
@@ -212,6 +214,8 @@ class _Watch:
                     self.hb_host.setdefault(cpu, now)
             case guest.Exit(status):
                 self.exit_code, self.exited_at = status, now
+            case guest.Nmi(rate):
+                self.nmi.set_rate(rate)
 
     def _echo(self, text: str) -> None:
         """The console, live, line by line, without the boot log: kernel lines
@@ -245,7 +249,7 @@ class _Watch:
         outcome: Outcome | None = None
         note = ""
         evidence: Evidence | None = None
-        with qemu_process(self.cfg) as proc:
+        with qemu_process(self.cfg) as proc, contextlib.closing(self.nmi):
             while True:
                 self._pump()
                 if proc.poll() is not None:
@@ -256,6 +260,7 @@ class _Watch:
                 stop = self._stalled(now)
                 if stop:
                     outcome, note = stop
+                    self.nmi.set_rate(0)   # the evidence is of the hang, not of new NMIs
                     ages = {cpu: now - t for cpu, t in self.hb_host.items()}
                     evidence = collect_evidence(
                         qmp_monitor(self.cfg.qmp_sock), proc.pid,
@@ -305,7 +310,8 @@ class _Watch:
         result = VmResult(outcome, message, self.exit_code, self.cfg.accel, self.image.name,
                           self.release, self.cfg.results, found, evidence,
                           None if self.boot_s is None else round(self.boot_s, 1),
-                          round(seconds, 1), self.started_up, dict(self.hb_guest))
+                          round(seconds, 1), self.started_up, dict(self.hb_guest),
+                          self.nmi.sent, self.nmi.problem)
         with contextlib.suppress(OSError):
             (self.cfg.results / "result.json").write_text(
                 json.dumps(result.to_json(), indent=2) + "\n")

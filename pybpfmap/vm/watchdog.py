@@ -143,6 +143,12 @@ def parse_registers(text: str, syms: SymbolMap) -> list[VcpuState]:
     return out
 
 
+# x86's NMI entry path (arch/x86/kernel/nmi.c, entry_64.S): one of them on a
+# stack means the CPU is in NMI context.
+NMI_ENTRY = ("exc_nmi", "default_do_nmi", "nmi_handle", "asm_exc_nmi", "end_repeat_nmi",
+             "nmi", "do_nmi")
+
+
 @dataclass
 class VcpuEvidence:
     """What one vCPU was doing over the samples."""
@@ -161,11 +167,18 @@ class VcpuEvidence:
         """Busy in one function in every sample (and not idle)."""
         return self.same_function and not self.halted
 
+    @property
+    def nmi_frame(self) -> str | None:
+        """The first x86 NMI entry function on its stack (it runs in NMI context), if any."""
+        return next((f for f in self.stack if f.split("+")[0] in NMI_ENTRY), None)
+
     def describe(self) -> str:
         irq = {None: "", True: ", interrupts on", False: ", interrupts OFF"}[self.irqs_enabled]
         what = "idle (halted)" if self.halted else f"in {self.symbol}{irq}"
         if self.stuck:
             what += ", in the same function in every sample"
+        if self.nmi_frame and not self.halted:
+            what += f", in NMI context ({self.nmi_frame.split('+')[0]} on its stack)"
         if self.spin_lock:
             what += f", spinning on {self.spin_lock}"
         if self.heartbeat_age_s is not None:
@@ -197,7 +210,8 @@ class Evidence:
             irq = {None: "", True: ", IRQs on", False: ", IRQs off"}[v.irqs_enabled]
             lock = f", spinning on {v.spin_lock.split(' (')[0]}" if v.spin_lock else ""
             chain = " <- ".join(f.split("+")[0] for f in v.stack[:frames])
-            parts.append(f"CPU#{v.cpu} in {v.symbol.split('+')[0]}{irq}{lock}"
+            nmi = f", in NMI context ({v.nmi_frame.split('+')[0]})" if v.nmi_frame else ""
+            parts.append(f"CPU#{v.cpu} in {v.symbol.split('+')[0]}{irq}{nmi}{lock}"
                          + (f"; stack {chain}" if chain else ""))
         return "; ".join(parts) or self.diagnosis
 
