@@ -6,12 +6,14 @@
  *   holder  raw_tp sys_enter, only for process PID and syscall NR (process
  *           context, pinned by user space to one CPU): updates key HOLD_KEY of
  *           MAP, then deletes it, so that the bucket lock is taken twice a call;
+ *   xdp_holder  the same for every packet of the veth workload, in the NET_RX
+ *           softirq (user space attaches it, generic XDP, where it can);
  *   nmi     a tracepoint program on nmi:nmi_handler, which runs in NMI context:
  *           while ARMED, updates key NMI_KEY of MAP and times the call with
  *           bpf_ktime_get_ns() (NMI-safe) into log2 slots and a maximum.
  *
- * The holder does not take bpf_prog_active (raw_tp programs do not), so
- * an NMI that lands while it is inside its update runs the nmi
+ * Neither holder takes bpf_prog_active (raw_tp and XDP programs do not), so
+ * an NMI that lands while one is inside its update runs the nmi
  * program there, on a CPU that holds the bucket lock: an AA deadlock before
  * Linux kernel commit 20b6cc34ea74 ("bpf: Avoid hashtab deadlock with
  * map_locked") (in v5.11), -EBUSY after it, -EDEADLK (or -ETIMEDOUT) after
@@ -21,9 +23,9 @@
  * it from the hash with BPF_F_ZERO_SEED).
  *
  * Parameters (-D): MAP_* (pybpfmap_map.h), PID, NR, NERRNO, NSLOTS, HOLD_KEY,
- * NMI_KEY.  Counters (per CPU): holder_counts[slot],
+ * NMI_KEY.  Counters (per CPU): holder_counts[slot], xdp_counts[slot],
  * nmi_counts[slot] (slot = -ret, 0 = success, the last slot for anything
- * beyond), nmi_inside[slot] (the same, for NMIs that landed while the holder was
+ * beyond), nmi_inside[slot] (the same, for NMIs that landed while a holder was
  * inside its update or delete), nmi_runs[0] (runs while armed),
  * nmi_lat[log2 ns], nmi_max[0].
  */
@@ -31,8 +33,10 @@
 #include "pybpfmap_map.h"
 
 PYBPFMAP_MAP(MAP);
+#include "pybpfmap_count.h"
 
 BPF_PERCPU_ARRAY(holder_counts, u64, NERRNO);
+BPF_PERCPU_ARRAY(xdp_counts, u64, NERRNO);
 BPF_PERCPU_ARRAY(nmi_counts, u64, NERRNO);
 BPF_PERCPU_ARRAY(nmi_inside, u64, NERRNO);
 BPF_PERCPU_ARRAY(nmi_runs, u64, 1);
@@ -41,25 +45,6 @@ BPF_PERCPU_ARRAY(nmi_max, u64, 1);
 BPF_PERCPU_ARRAY(holding, u32, 1);      /* a holder is inside its update/delete */
 BPF_ARRAY(armed, u32, 1);               /* set by user space */
 BPF_PERCPU_ARRAY(scratch_value, struct MAP_value, 1);
-
-/* The counter slot of a result: -ret (0: success; the last slot: beyond). */
-static __always_inline u32 slot_of(long ret)
-{
-	u32 slot = ret < 0 ? (u32)-ret : 0;
-
-	return slot < NERRNO ? slot : NERRNO - 1;
-}
-
-static __always_inline void bump(u64 *c)
-{
-	if (c)
-		*c += 1;
-}
-
-static __always_inline void set_key(struct MAP_key *k, u32 n)
-{
-	__builtin_memcpy(k->b, &n, sizeof(n) < sizeof(k->b) ? sizeof(n) : sizeof(k->b));
-}
 
 /* One holder's turn: update then delete HOLD_KEY, marked as holding. */
 static __always_inline long hold(void)
@@ -94,6 +79,15 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 	slot = slot_of(ret);
 	bump(holder_counts.lookup(&slot));
 	return 0;
+}
+
+int xdp_holder(struct xdp_md *ctx)
+{
+	long ret = hold();
+	u32 slot = slot_of(ret);
+
+	bump(xdp_counts.lookup(&slot));
+	return XDP_PASS;
 }
 
 TRACEPOINT_PROBE(nmi, nmi_handler)

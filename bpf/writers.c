@@ -4,10 +4,12 @@
  * while user-space writers (one process per CPU) update, delete and
  * batch-delete keys of the same range with bpf(2).
  *
- *   inserter  raw_tp sys_enter, only for process PID and syscall NR (pinned
- *             by user space to one CPU): inserts key (per-CPU counter % KEYS)
- *             with BPF_NOEXIST and times the call with bpf_ktime_get_ns() into
- *             log2 slots and a maximum;
+ *   inserters raw_tp sys_enter, only for process PID and syscall NR (pinned
+ *             by user space to one CPU: process context), and xdp_inserter,
+ *             generic XDP on the veth workload's traffic (the NET_RX softirq):
+ *             each inserts key (its per-CPU counter % KEYS) with BPF_NOEXIST
+ *             and times the call with bpf_ktime_get_ns() into log2 slots and
+ *             a maximum;
  *   guard     a kprobe on the map type's update function (user space picks
  *             and attaches it): counts its runs in the writer processes (their
  *             tgids in writer_tgids, filled by user space) and elsewhere.  It
@@ -21,45 +23,29 @@
  * missed stats in trace_call_bpf") (in v6.7).
  *
  * Parameters (-D): MAP_* (pybpfmap_map.h), PID, NR, NERRNO, NSLOTS, KEYS,
- * MAX_WRITERS.  Counters (per CPU): insert_counts[slot] (slot = -ret, 0 =
- * success, the last slot for anything beyond), insert_lat[log2 ns],
- * insert_max[0], guard_runs[0] (in a writer), guard_runs[1] (elsewhere).
+ * MAX_WRITERS.  Counters (per CPU), per inserter ("side": 0 raw_tp, 1 XDP):
+ * insert_counts[side * NERRNO + slot] (slot = -ret, 0 = success, the last slot
+ * for anything beyond), insert_lat[side * NSLOTS + log2 ns], insert_max[side];
+ * guard_runs[0] (in a writer), guard_runs[1] (elsewhere).
  */
 #include <uapi/linux/ptrace.h>
 #include "pybpfmap_map.h"
 
 PYBPFMAP_MAP(MAP);
+#include "pybpfmap_count.h"
 
-BPF_PERCPU_ARRAY(insert_counts, u64, NERRNO);
-BPF_PERCPU_ARRAY(insert_lat, u64, NSLOTS);
-BPF_PERCPU_ARRAY(insert_max, u64, 1);
-BPF_PERCPU_ARRAY(key_counter, u32, 1);
+#define SIDES 2     /* the inserters: 0 raw_tp (process context), 1 XDP (softirq) */
+
+BPF_PERCPU_ARRAY(insert_counts, u64, SIDES * NERRNO);
+BPF_PERCPU_ARRAY(insert_lat, u64, SIDES * NSLOTS);
+BPF_PERCPU_ARRAY(insert_max, u64, SIDES);
+BPF_PERCPU_ARRAY(key_counter, u32, SIDES);
 BPF_PERCPU_ARRAY(scratch_value, struct MAP_value, 1);
 BPF_PERCPU_ARRAY(guard_runs, u64, 2);
 BPF_HASH(writer_tgids, u32, u32, MAX_WRITERS);   /* set by user space */
 
-/* The counter slot of a result: -ret (0: success; the last slot: beyond).
- * Counters are looked up by name where they are bumped: BCC turns a map into
- * its fd only in a map call, not in "&map" handed to a function. */
-static __always_inline u32 slot_of(long ret)
-{
-	u32 slot = ret < 0 ? (u32)-ret : 0;
-
-	return slot < NERRNO ? slot : NERRNO - 1;
-}
-
-static __always_inline void bump(u64 *c)
-{
-	if (c)
-		*c += 1;
-}
-
-static __always_inline void set_key(struct MAP_key *k, u32 n)
-{
-	__builtin_memcpy(k->b, &n, sizeof(n) < sizeof(k->b) ? sizeof(n) : sizeof(k->b));
-}
-
-RAW_TRACEPOINT_PROBE(sys_enter)
+/* One insert of inserter SIDE: key (its per-CPU counter % KEYS), timed. */
+static __always_inline void insert(u32 side)
 {
 	struct MAP_key k = {};
 	struct MAP_value *v;
@@ -68,28 +54,40 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 	u64 t0, dt, *c;
 	long ret;
 
-	if (ctx->args[1] != NR || (bpf_get_current_pid_tgid() >> 32) != PID)
-		return 0;
-	next = key_counter.lookup(&zero);
+	next = key_counter.lookup(&side);
 	v = scratch_value.lookup(&zero);
 	if (!next || !v)
-		return 0;
+		return;
 	set_key(&k, *next % KEYS);
 	*next += 1;
 	t0 = bpf_ktime_get_ns();
 	ret = MAP.insert(&k, v);        /* BCC: bpf_map_update_elem(..., BPF_NOEXIST) */
 	dt = bpf_ktime_get_ns() - t0;
-	slot = slot_of(ret);
+	slot = side * NERRNO + slot_of(ret);
 	bump(insert_counts.lookup(&slot));
 	slot = bpf_log2l(dt);
 	slot = slot ? slot - 1 : 0;     /* bpf_log2l(v) is floor(log2(v)) + 1 */
 	if (slot >= NSLOTS)
 		slot = NSLOTS - 1;
+	slot += side * NSLOTS;
 	bump(insert_lat.lookup(&slot));
-	c = insert_max.lookup(&zero);
+	c = insert_max.lookup(&side);
 	if (c && dt > *c)
 		*c = dt;
+}
+
+RAW_TRACEPOINT_PROBE(sys_enter)
+{
+	if (ctx->args[1] != NR || (bpf_get_current_pid_tgid() >> 32) != PID)
+		return 0;
+	insert(0);
 	return 0;
+}
+
+int xdp_inserter(struct xdp_md *ctx)
+{
+	insert(1);
+	return XDP_PASS;
 }
 
 int guard(struct pt_regs *ctx)

@@ -397,8 +397,9 @@ def expectations(kernel: KernelFacts) -> list[str]:
 # --- the writers scenario: a program's inserts beside bpf(2) writers on every CPU ---
 
 def writers_prediction(kernel: KernelFacts, spec: MapSpec) -> Prediction:
-    """A raw_tp program (sys_enter, one CPU) inserting keys into ``spec``'s map
-    while bpf(2) writers on every CPU update, delete, batch-delete and
+    """A raw_tp program (sys_enter, one CPU) and an XDP program (the veth
+    workload's softirq) inserting keys into ``spec``'s map while bpf(2)
+    writers on every CPU update, delete, batch-delete and
     garbage-collect keys of the same range.  No op nests into another on its
     CPU, so every era runs it; what differs is which errors it explains."""
     if not spec.prealloc and kernel.preempt_rt and \
@@ -409,9 +410,9 @@ def writers_prediction(kernel: KernelFacts, spec: MapSpec) -> Prediction:
            "so no kprobe program runs inside it"
            + (f" (the skipped runs count in recursion_misses: {MISSED_STATS.cite()})"
               if kernel.has(MISSED_STATS) else ""),
-           "the raw_tp program runs at syscall entry, never inside another task's map op on "
-           "its CPU, which holds the bucket lock with interrupts off; writers on the other "
-           "CPUs only wait for that lock"]
+           "the raw_tp program runs at syscall entry and the XDP program in softirq, never "
+           "inside another map op on their CPU, which holds the bucket lock with interrupts "
+           "off; writers on the other CPUs only wait for that lock"]
     if kernel.has(MISSED_STATS):
         cited.append(MISSED_STATS)
     if _between(kernel, MAP_LOCKED, RQSPINLOCK) and not kernel.has(MAP_LOCKED_PREEMPT):

@@ -143,3 +143,20 @@ def test_a_merged_report_merges_again_without_pooling_a_run_twice(pybpfmap, tmp_
     report = from_json(Report, json.loads((again / "results.json").read_text()))
     assert [s.run for s in report.sections] == ["run a", "run b"]
     assert _ns_cells(render(report), "## bench@host") == ["12.5"]
+
+
+def test_a_kernel_you_bring_is_named_by_release_and_origin():
+    from pybpfmap.report.render import across_kernels
+
+    where, debs = "6.1.0-57-amd64", "/var/cache/pybpfmap/vm/debs"
+    bench = SectionResult(
+        "bench", where, "", ["bench", "--kernel", debs, "--json"], f"bench-{where}", 180,
+        seconds=100.0, status=0,
+        data=to_json([_bench(True, [100.0], where), _bench(False, [150.0], where)]))
+    catalog = SectionResult(
+        "bench", "bookworm", "", ["bench", "--kernel", "bookworm", "--json"], "bench-bookworm",
+        180, seconds=100.0, status=0,
+        data=to_json([_bench(True, [100.0], "bookworm"), _bench(False, [150.0], "bookworm")]))
+    table = across_kernels(Report("then", "pybpfmap report", "6.8.0", [where, "bookworm"],
+                                  200.0, [bench, catalog]))
+    assert f"| {where} (from {debs}) |" in table and "| bookworm |" in table

@@ -92,6 +92,17 @@ def _places(report: Report) -> list[tuple[str, Identity, list[SectionResult]]]:
     return out
 
 
+def _origin(where: str, sections: list[SectionResult]) -> str:
+    """``where`` as the table names it: a kernel you bring (``--kernel PATH``) by
+    its release and where it came from."""
+    for s in sections:
+        if "--kernel" in s.argv:
+            given = s.argv[s.argv.index("--kernel") + 1]
+            if given != where:
+                return f"{where} (from {given})"
+    return where
+
+
 def _stress_cell(runs: list, scenario: str) -> str | None:
     rows = [r for run in runs for r in run.rows if r.scenario == scenario]
     if not rows:
@@ -150,7 +161,7 @@ def across_kernels(report: Report) -> str:
         release = k.kernel_release if k else (stress[0].kernel_release if stress else None)
         facts = _facts(info, stress)
         rows.append([
-            where, *([labels(ident)] if labels.many else []), release,
+            _origin(where, sections), *([labels(ident)] if labels.many else []), release,
             era.era_of(facts).name if facts else None,
             ("yes" if k.kprobes else "no") if k else None,
             (", ".join(k.unlock_symbols) or "none") if k else None,

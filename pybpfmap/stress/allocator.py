@@ -151,6 +151,19 @@ def slot_errno(slot: int, overflow: int = 0) -> int | None:
     return slot
 
 
+def result_counts(table, base: int = 0) -> dict[str, int]:
+    """{result: count} of one per-CPU counter array indexed by slot from
+    ``base`` (summed over CPUs), results as records name them: the other
+    scenarios' counters."""
+    out: dict[str, int] = {}
+    for slot in range(NERRNO):
+        n = sum(table[ctypes.c_int(base + slot)])
+        if n:
+            key = result_name(slot_errno(slot))
+            out[key] = out.get(key, 0) + n
+    return out
+
+
 def read_counts(ld: Loaded) -> dict[int, dict[str, dict[str, int]]]:
     """{probe index: {op: {result: count}}}, summed over CPUs; results as
     records name them (:func:`~pybpfmap.stress.records.result_name`)."""

@@ -1,8 +1,9 @@
 """The NMI scenarios: map updates in NMI context while a program of the same
 map holds its bucket lock.
 
-``bpf/nmi.c`` has a holder, a raw_tp program on ``sys_enter`` (this process,
-getppid only) that updates and deletes key K, and a tracepoint program on
+``bpf/nmi.c`` has two holders that update and delete key K — a raw_tp program
+on ``sys_enter`` (this process, getppid only) and a generic XDP program on the
+veth workload's traffic (the NET_RX softirq) — and a tracepoint program on
 ``nmi:nmi_handler``, which runs in NMI context and updates a key of the same
 map, timing the call.  This process calls getppid() in a loop, pinned to one
 CPU, while the host injects NMIs into every vCPU (QMP ``inject-nmi``, asked
@@ -32,20 +33,19 @@ from pybpfmap import guest, htab, procs
 from pybpfmap.guest import mark
 from pybpfmap.kernel import Kernel
 from pybpfmap.loader import bcc_program
-from pybpfmap.stress import watch
-from pybpfmap.stress.allocator import NERRNO, bpf_stats, prog_stats, slot_errno
+from pybpfmap.stress import watch, workloads
+from pybpfmap.stress.allocator import NERRNO, bpf_stats, prog_stats, result_counts
 from pybpfmap.stress.kinds import MapKind
 from pybpfmap.stress.latency import NSLOTS, Latency
-from pybpfmap.stress.probes import RAW_TP, TRACEPOINT_NMI
-from pybpfmap.stress.records import SKIPPED, ProbeStats, StressRow, result_name
-from pybpfmap.stress.reentry import SYSCALL, syscall_nr
+from pybpfmap.stress.probes import RAW_TP, TRACEPOINT_NMI, XDP
+from pybpfmap.stress.records import SKIPPED, ProbeStats, StressRow
+from pybpfmap.stress.reentry import BATCH, SYSCALL, calls, calls_for, syscall_nr
 
 NAME, SLOT_NAME = "nmi", "nmi-slot"
 HOLD_KEY = 1
 SLOT_MAX_ENTRIES = 4          # 4 buckets: fewer than the 8 map_locked counters
 DEFAULT_RATE = 1000.0         # NMIs a second into every vCPU
 FIRST_NMI_S = 5.0             # how long to wait for the first NMI to arrive
-BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,7 @@ class Loaded:
     bpf: object
     nmi_fd: int
     holder_fd: int
+    xdp: object          # BCC's function (what attach_xdp takes)
 
 
 @contextmanager
@@ -93,21 +94,14 @@ def loaded(keys: Keys) -> Iterator[Loaded]:
     with bcc_program("nmi.c", maps={"MAP": keys.kind.spec}, cflags=cflags) as bpf:
         nmi_fd = bpf.load_func(b"tracepoint__nmi__nmi_handler", TRACEPOINT_NMI.prog_type()).fd
         holder_fd = bpf.load_func(b"raw_tracepoint__sys_enter", RAW_TP.prog_type()).fd
-        yield Loaded(bpf, nmi_fd, holder_fd)
+        xdp = bpf.load_func(b"xdp_holder", XDP.prog_type())
+        yield Loaded(bpf, nmi_fd, holder_fd, xdp)
 
 
 def _sum(table, slot: int) -> int:
     return sum(table[ctypes.c_int(slot)])
 
 
-def _counts(table) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for slot in range(NERRNO):
-        n = _sum(table, slot)
-        if n:
-            key = result_name(slot_errno(slot))
-            out[key] = out.get(key, 0) + n
-    return out
 
 
 def _set_armed(ld: Loaded, on: bool) -> None:
@@ -127,16 +121,11 @@ def _nmis(ld: Loaded, rate: float) -> Iterator[None]:
         _set_armed(ld, False)
 
 
-def _calls(n: int) -> None:
-    getppid = os.getppid
-    for _ in range(n):
-        getppid()
-
-
 def new_row(name: str, kind: MapKind) -> StressRow:
     return StressRow(name, kind.name, kind.spec.type, kind.spec.prealloc,
                      kind.spec.value_size, TRACEPOINT_NMI.name,
-                     "raw_tp sys_enter + tracepoint nmi:nmi_handler", note=kind.note)
+                     "raw_tp sys_enter + xdp (veth) + tracepoint nmi:nmi_handler",
+                     note=kind.note)
 
 
 def run_row(name: str, kind: MapKind, k: Kernel, duration: float, rate: float,
@@ -152,21 +141,21 @@ def run_row(name: str, kind: MapKind, k: Kernel, duration: float, rate: float,
     if keys.note:
         row.note = f"{row.note}; {keys.note}" if row.note else keys.note
     mark("row-start", row.label)
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus)})
-    try:
+    with workloads.on_first_cpu():
         return _run(row, keys, k, duration, rate, inject)
-    finally:
-        os.sched_setaffinity(0, cpus)
 
 
 def _run(row: StressRow, keys: Keys, k: Kernel, duration: float, rate: float,
          inject) -> tuple[StressRow, str]:
-    calls = 0
+    made = 0
     with ExitStack() as stack:
+        pair = stack.enter_context(workloads.veth_pair())
+        # forked before the programs load and the heartbeat thread starts
+        traffic = stack.enter_context(workloads.started(duration, ("softirq",), pair))
         stack.enter_context(bpf_stats())
         kmsg = stack.enter_context(watch.kmsg_watch())
         ld = stack.enter_context(loaded(keys))
+        stack.enter_context(workloads.xdp_attached(pair, ld.xdp))
         hb = stack.enter_context(watch.heartbeat())
         runs = ld.bpf[b"nmi_runs"]
         t0 = time.monotonic()
@@ -175,25 +164,24 @@ def _run(row: StressRow, keys: Keys, k: Kernel, duration: float, rate: float,
             procs.tell_ready()  # programs attached, NMIs coming: what a Ctrl-C must undo
             first = time.monotonic() + FIRST_NMI_S
             while not _sum(runs, 0) and time.monotonic() < first:
-                _calls(BATCH)
-                calls += BATCH
+                calls(BATCH)
+                made += BATCH
             if not _sum(runs, 0):
                 row.outcome = SKIPPED
                 row.reasons = [f"no NMI reached the nmi:nmi_handler program within "
                                f"{FIRST_NMI_S:g} s of asking the host for {rate:g} a second"]
                 return row, kmsg.read_new()
-            end = time.monotonic() + duration
             with inject():
-                while time.monotonic() < end:
-                    _calls(BATCH)
-                    calls += BATCH
+                traffic.go()
+                made += calls_for(duration)
+                softirq = traffic.results()
         row.seconds = round(time.monotonic() - t0, 2)
         inside = _read(row, ld, k)
         row.heartbeat_max_delay_s = round(hb.max_delay_s, 4)
         kernel_log = kmsg.read_new()
-    row.events = row.per_probe[1].events
+    row.events = row.per_probe[-1].events
     row.errors = {op: errs for p in row.per_probe for op, errs in p.errors().items()}
-    row.workloads = {"syscalls": {"name": SYSCALL, "calls": calls},
+    row.workloads = {"syscalls": {"name": SYSCALL, "calls": made}, "stressed": softirq,
                      "nmi": {"rate_asked": rate, "program_runs": row.events,
                              "inside_holder": inside}}
     mark("row-end", row.label)
@@ -201,17 +189,21 @@ def _run(row: StressRow, keys: Keys, k: Kernel, duration: float, rate: float,
 
 
 def _read(row: StressRow, ld: Loaded, k: Kernel) -> dict[str, int]:
-    """The programs' counters into ``row.per_probe``; the results of the NMI
-    updates that landed while the holder was inside its update or delete."""
-    nmi = _counts(ld.bpf[b"nmi_counts"])
-    holder = _counts(ld.bpf[b"holder_counts"])
+    """The programs' counters into ``row.per_probe`` (the holders, then the NMI
+    program); the results of the NMI updates that landed while a holder was
+    inside its update or delete."""
+    holder = result_counts(ld.bpf[b"holder_counts"])
+    xdp = result_counts(ld.bpf[b"xdp_counts"])
+    nmi = result_counts(ld.bpf[b"nmi_counts"])
     lat = Latency.from_log2([_sum(ld.bpf[b"nmi_lat"], s) for s in range(NSLOTS)],
                             max(ld.bpf[b"nmi_max"][ctypes.c_int(0)]) or None)
     row.per_probe = [
         ProbeStats(f"sys_enter ({SYSCALL})", RAW_TP.name, sum(holder.values()),
                    {"update": holder}, **prog_stats(ld.holder_fd, RAW_TP, k.kernel_release)),
+        ProbeStats("veth softirq (generic XDP)", XDP.name, sum(xdp.values()),
+                   {"softirq update": xdp}, **prog_stats(ld.xdp.fd, XDP, k.kernel_release)),
         ProbeStats("nmi:nmi_handler", TRACEPOINT_NMI.name, _sum(ld.bpf[b"nmi_runs"], 0),
                    {"nmi update": nmi},
                    **prog_stats(ld.nmi_fd, TRACEPOINT_NMI, k.kernel_release), latency=lat),
     ]
-    return _counts(ld.bpf[b"nmi_inside"])
+    return result_counts(ld.bpf[b"nmi_inside"])

@@ -90,7 +90,16 @@ RAW_TP = ProbeKind("raw_tp", "RAW_TRACEPOINT")
 # The NMI scenarios' program: a tracepoint program on nmi:nmi_handler, in NMI
 # context (attached by BCC at load: TRACEPOINT_PROBE).
 TRACEPOINT_NMI = Tracepoint("nmi_tracepoint", "TRACEPOINT")
-PROBE_KINDS = Registry("kind", (KPROBE, TRACEPOINT, RAW_TP, TRACEPOINT_NMI))
+
+
+class Xdp(ProbeKind):
+    def misses_counted(self, release: str) -> bool:
+        return False   # XDP programs have no recursion guard to count
+
+
+# The NMI scenarios' softirq holder (generic XDP on the veth workload).
+XDP = Xdp("xdp", "XDP")
+PROBE_KINDS = Registry("kind", (KPROBE, TRACEPOINT, RAW_TP, TRACEPOINT_NMI, XDP))
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,11 @@ from pybpfmap.errors import UsageError
 from pybpfmap.guest import mark
 from pybpfmap.kernel import Kernel
 from pybpfmap.loader import bcc_program
-from pybpfmap.stress import watch
-from pybpfmap.stress.allocator import NERRNO, bpf_stats, prog_stats, slot_errno
+from pybpfmap.stress import watch, workloads
+from pybpfmap.stress.allocator import NERRNO, bpf_stats, prog_stats, result_counts
 from pybpfmap.stress.kinds import MapKind
 from pybpfmap.stress.probes import KPROBE, RAW_TP
-from pybpfmap.stress.records import SKIPPED, ProbeStats, StressRow, result_name
+from pybpfmap.stress.records import SKIPPED, ProbeStats, StressRow
 
 NAME = "reentry"
 SYSCALL = "getppid"
@@ -86,25 +86,26 @@ def loaded(kind: MapKind) -> Iterator[Reentry]:
         yield Reentry(bpf, inner, outer)
 
 
-def _counts(table) -> dict[str, int]:
-    """{result: count} of one counter array, results as records name them."""
-    out = {}
-    for slot in range(NERRNO):
-        n = sum(table[ctypes.c_int(slot)])
-        if n:
-            key = result_name(slot_errno(slot))
-            out[key] = out.get(key, 0) + n
-    return out
 
 
 def _fired(r: Reentry) -> int:
     return sum(r.bpf[b"inner_fired"][ctypes.c_int(0)])
 
 
-def _calls(n: int) -> None:
+def calls(n: int) -> None:
+    """``n`` calls of :data:`SYSCALL`, whose sys_enter the scenarios' programs watch."""
     getppid = os.getppid
     for _ in range(n):
         getppid()
+
+
+def calls_for(seconds: float) -> int:
+    """:data:`SYSCALL` in a loop for ``seconds``; how many calls were made."""
+    made, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        calls(BATCH)
+        made += BATCH
+    return made
 
 
 def new_row(kind: MapKind) -> StressRow:
@@ -122,12 +123,8 @@ def run_row(kind: MapKind, k: Kernel, duration: float, inject) -> tuple[StressRo
         row.outcome, row.reasons = SKIPPED, [why_not]
         return row, ""
     mark("row-start", row.label)
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus)})
-    try:
+    with workloads.on_first_cpu():
         return _run(row, kind, k, targets, duration, inject)
-    finally:
-        os.sched_setaffinity(0, cpus)
 
 
 def _run(row: StressRow, kind: MapKind, k: Kernel, targets: list[str], duration: float,
@@ -147,7 +144,7 @@ def _run(row: StressRow, kind: MapKind, k: Kernel, targets: list[str], duration:
                                    events=trial, links=trial)
                 mark("armed", row.label, candidate)
                 before = _fired(r)
-                _calls(TRIAL_CALLS)
+                calls(TRIAL_CALLS)
                 if _fired(r) > before:
                     target, event = candidate, ev
                     stack.enter_context(trial.pop_all())
@@ -163,16 +160,12 @@ def _run(row: StressRow, kind: MapKind, k: Kernel, targets: list[str], duration:
         row.probe = f"raw_tp sys_enter + kprobe {target}"
         if tried:
             row.note = f"{', '.join(tried)}: never inside the update here; {target} is"
-        calls = TRIAL_CALLS
-        end = time.monotonic() + duration
         with inject():
-            while time.monotonic() < end:
-                _calls(BATCH)
-                calls += BATCH
+            made = TRIAL_CALLS + calls_for(duration)
         row.seconds = round(time.monotonic() - t0, 2)
         profile = tracefs.kprobe_profile([event])
-        inner = _counts(r.bpf[b"inner_counts"])
-        outer = _counts(r.bpf[b"outer_counts"])
+        inner = result_counts(r.bpf[b"inner_counts"])
+        outer = result_counts(r.bpf[b"outer_counts"])
         fired = _fired(r)
         stats_inner = prog_stats(r.inner_fd, KPROBE, k.kernel_release)
         stats_outer = prog_stats(r.outer_fd, RAW_TP, k.kernel_release)
@@ -188,6 +181,6 @@ def _run(row: StressRow, kind: MapKind, k: Kernel, targets: list[str], duration:
     row.events = fired
     row.errors = {op: errs for p in row.per_probe for op, errs in p.errors().items()}
     row.heartbeat_max_delay_s = round(hb.max_delay_s, 4)
-    row.workloads = {"syscalls": {"name": SYSCALL, "calls": calls}}
+    row.workloads = {"syscalls": {"name": SYSCALL, "calls": made}}
     mark("row-end", row.label)
     return row, kernel_log

@@ -10,6 +10,7 @@ heartbeat for the GIL.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import multiprocessing
@@ -28,6 +29,18 @@ from pybpfmap.workloads import Irq, Process, Softirq, Workload
 CONTEXTS = ("process", "softirq", "irq")
 
 
+@contextmanager
+def on_first_cpu() -> Iterator[list[int]]:
+    """This process pinned to the first CPU it may run on (where a scenario's
+    program and its loop meet), its CPUs as before on the way out; yields them."""
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        yield sorted(cpus)
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
 @dataclass(frozen=True)
 class VethPair:
     """Two network namespaces joined by a veth pair, with IPv4 addresses."""
@@ -36,6 +49,8 @@ class VethPair:
     ns_b: str
     addr_a: str = "192.0.2.1"
     addr_b: str = "192.0.2.2"
+    veth_a: str = ""     # the ends' names, each in its namespace
+    veth_b: str = ""
 
 
 def _ignore_gone(func: Callable[[], object]) -> None:
@@ -60,8 +75,8 @@ def veth_pair() -> Iterator[VethPair]:
         raise EnvironmentProblem("pyroute2", "the softirq workload needs pyroute2 "
                                  "(apt install python3-pyroute2)") from None
     tag = uuid.uuid4().hex[:8]
-    pair = VethPair(f"pybpfmap-{tag}-a", f"pybpfmap-{tag}-b")
     veth_a, veth_b = f"pbm{tag}a", f"pbm{tag}b"
+    pair = VethPair(f"pybpfmap-{tag}-a", f"pybpfmap-{tag}-b", veth_a=veth_a, veth_b=veth_b)
     with ExitStack() as stack:
         for ns in (pair.ns_a, pair.ns_b):
             netns.create(ns)
@@ -81,6 +96,33 @@ def veth_pair() -> Iterator[VethPair]:
                 (lo,) = n.link_lookup(ifname="lo")
                 n.link("set", index=lo, state="up")
         yield pair
+
+
+@contextmanager
+def xdp_attached(pair: VethPair, fn) -> Iterator[None]:
+    """BCC function ``fn`` (loaded as XDP) on the receiving end of ``pair``, in
+    its namespace, generic mode: it runs in the NET_RX softirq for every packet
+    the softirq workload sends; detached on exit."""
+    from bcc import BPF
+    from pyroute2 import netns
+
+    def in_b(func) -> None:
+        netns.pushns(pair.ns_b)
+        try:
+            func()
+        finally:
+            netns.popns()
+
+    try:
+        in_b(lambda: BPF.attach_xdp(pair.veth_b, fn, BPF.XDP_FLAGS_SKB_MODE))
+    except Exception as e:  # BCC raises bare Exception with strerror's text
+        raise EnvironmentProblem("xdp", f"cannot attach the softirq holder to "
+                                 f"{pair.veth_b}: {e}") from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):   # gone with its namespace is fine too
+            in_b(lambda: BPF.remove_xdp(pair.veth_b, BPF.XDP_FLAGS_SKB_MODE))
 
 
 def _del_link(ifname: str) -> None:

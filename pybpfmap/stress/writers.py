@@ -47,17 +47,16 @@ from pybpfmap.guest import mark
 from pybpfmap.kernel import Kernel
 from pybpfmap.loader import bcc_program, map_fd
 from pybpfmap.maps import MapSpec
-from pybpfmap.stress import watch
-from pybpfmap.stress.allocator import NERRNO, bpf_stats, prog_stats, slot_errno
+from pybpfmap.stress import watch, workloads
+from pybpfmap.stress.allocator import NERRNO, bpf_stats, prog_stats, result_counts
 from pybpfmap.stress.kinds import MapKind
 from pybpfmap.stress.latency import NSLOTS, Latency
-from pybpfmap.stress.probes import KPROBE, RAW_TP
-from pybpfmap.stress.records import ProbeStats, StressRow, result_name
-from pybpfmap.stress.reentry import SYSCALL, syscall_nr
+from pybpfmap.stress.probes import KPROBE, RAW_TP, XDP
+from pybpfmap.stress.records import ProbeStats, StressRow
+from pybpfmap.stress.reentry import SYSCALL, calls, calls_for, syscall_nr
 from pybpfmap.stress.userspace import MAX_SAMPLES, OPS, Reservoir, user_latency, writer_procs
 
 NAME = "writers"
-BATCH = 1000            # getppid() calls between clock reads
 TRIAL_CALLS = 200       # calls to see the guard run inside the program's inserts
 # The update function a program's update and a bpf(2) update of each map type
 # both call (kernel/bpf/hashtab.c: the map's ops, and bpf_percpu_hash_update()
@@ -83,6 +82,7 @@ class Loaded:
     bpf: object
     inserter_fd: int
     map_fd: int
+    xdp: object          # the softirq inserter, BCC's function (what attach_xdp takes)
 
 
 @contextmanager
@@ -93,7 +93,8 @@ def loaded(kind: MapKind, keys: int, writers: int) -> Iterator[Loaded]:
               f"-DNSLOTS={NSLOTS}", f"-DKEYS={keys}", f"-DMAX_WRITERS={max(writers, 1)}"]
     with bcc_program("writers.c", maps={"MAP": kind.spec}, cflags=cflags) as bpf:
         fd = bpf.load_func(b"raw_tracepoint__sys_enter", RAW_TP.prog_type()).fd
-        yield Loaded(bpf, fd, map_fd(bpf, "MAP"))
+        xdp = bpf.load_func(b"xdp_inserter", XDP.prog_type())
+        yield Loaded(bpf, fd, map_fd(bpf, "MAP"), xdp)
 
 
 @dataclass
@@ -128,7 +129,7 @@ def attach_guard(stack: ExitStack, ld: Loaded, kind: MapKind, k: Kernel
         with ExitStack() as trial:
             ev = KPROBE.attach(fd, target, group=group, tag="guard", events=trial, links=trial)
             before = _guard_runs(ld, 1)
-            _calls(TRIAL_CALLS)
+            calls(TRIAL_CALLS)
             if _guard_runs(ld, 1) > before:
                 stack.enter_context(trial.pop_all())
                 note = (f"guard: {', '.join(tried)} never ran in the program's inserts here, "
@@ -139,27 +140,14 @@ def attach_guard(stack: ExitStack, ld: Loaded, kind: MapKind, k: Kernel
                   "here (inlined into the update path)"), TRIAL_CALLS * len(tried)
 
 
-def _calls(n: int) -> None:
-    getppid = os.getppid
-    for _ in range(n):
-        getppid()
-
-
-def _counts(table) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for slot in range(NERRNO):
-        n = sum(table[ctypes.c_int(slot)])
-        if n:
-            key = result_name(slot_errno(slot))
-            out[key] = out.get(key, 0) + n
-    return out
 
 
 # --- one row ------------------------------------------------------------------------------
 
 def new_row(kind: MapKind) -> StressRow:
     return StressRow(NAME, kind.name, kind.spec.type, kind.spec.prealloc,
-                     kind.spec.value_size, RAW_TP.name, "raw_tp sys_enter + bpf(2) writers",
+                     kind.spec.value_size, RAW_TP.name,
+                     "raw_tp sys_enter + xdp (veth) + bpf(2) writers",
                      note=kind.note)
 
 
@@ -180,38 +168,37 @@ def run_row(kind: MapKind, k: Kernel, duration: float, inject) -> tuple[StressRo
     and the kernel log lines of its window."""
     row = new_row(kind)
     mark("row-start", row.label)
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus)})
-    try:
-        return _run(row, kind, k, sorted(cpus), duration, inject)
-    finally:
-        os.sched_setaffinity(0, cpus)
+    with workloads.on_first_cpu() as cpus:
+        return _run(row, kind, k, cpus, duration, inject)
 
 
 def _run(row: StressRow, kind: MapKind, k: Kernel, cpus: list[int], duration: float,
          inject) -> tuple[StressRow, str]:
     keys = key_range(kind.spec)
     with ExitStack() as stack:
+        pair = stack.enter_context(workloads.veth_pair())
+        # forked before the programs load and the heartbeat thread starts
+        traffic = stack.enter_context(workloads.started(duration, ("softirq",), pair))
         stack.enter_context(bpf_stats())
         kmsg = stack.enter_context(watch.kmsg_watch())
         ld = stack.enter_context(loaded(kind, keys, len(cpus)))
+        stack.enter_context(workloads.xdp_attached(pair, ld.xdp))
         # Forked now, before the guard's kprobe is attached and the heartbeat
         # thread starts: the writers hold no perf fd, fork() happens single-threaded.
         ws = stack.enter_context(writer_procs(ld.map_fd, kind.spec, keys, cpus, duration))
         for pid in ws.pids:
             ld.bpf[b"writer_tgids"][ctypes.c_uint(pid)] = ctypes.c_uint(1)
-        guard, why, calls = attach_guard(stack, ld, kind, k)
+        guard, why, tried_calls = attach_guard(stack, ld, kind, k)
         hb = stack.enter_context(watch.heartbeat())
         t0 = time.monotonic()
         mark("armed", row.label, f"{len(cpus)} writers")
         procs.tell_ready()  # programs attached, writers forked: what a Ctrl-C must undo
         with inject():
             ws.go()
-            end = time.monotonic() + duration
-            while time.monotonic() < end:
-                _calls(BATCH)
-                calls += BATCH
+            traffic.go()
+            made = tried_calls + calls_for(duration)
             reports = ws.results()
+            softirq = traffic.results()
         row.seconds = round(time.monotonic() - t0, 2)
         profile = tracefs.kprobe_profile([guard.event] if guard and guard.event else [])
         _read(row, ld, k, guard, profile, reports)
@@ -223,7 +210,8 @@ def _run(row: StressRow, kind: MapKind, k: Kernel, cpus: list[int], duration: fl
     row.note = "; ".join(n for n in notes if n)
     row.events = row.per_probe[0].events
     row.errors = {op: errs for p in row.per_probe for op, errs in p.errors().items()}
-    row.workloads["syscalls"] = {"name": SYSCALL, "calls": calls}
+    row.workloads["syscalls"] = {"name": SYSCALL, "calls": made}
+    row.workloads["stressed"].update(softirq)
     mark("row-end", row.label)
     return row, kernel_log
 
@@ -233,12 +221,17 @@ def _read(row: StressRow, ld: Loaded, k: Kernel, guard: Guard | None, profile: d
     """The programs' counters and the writers' reports into ``row.per_probe``
     and ``row.workloads``."""
     release = k.kernel_release
-    inserts = _counts(ld.bpf[b"insert_counts"])
-    lat = Latency.from_log2([sum(ld.bpf[b"insert_lat"][ctypes.c_int(s)]) for s in range(NSLOTS)],
-                            max(ld.bpf[b"insert_max"][ctypes.c_int(0)]) or None)
-    row.per_probe = [ProbeStats(f"sys_enter ({SYSCALL})", RAW_TP.name, sum(inserts.values()),
-                                {"insert": inserts}, **prog_stats(ld.inserter_fd, RAW_TP, release),
-                                latency=lat)]
+    row.per_probe = []
+    for side, (probe, kind, op, fd) in enumerate((
+            (f"sys_enter ({SYSCALL})", RAW_TP, "insert", ld.inserter_fd),
+            ("veth softirq (generic XDP)", XDP, "softirq insert", ld.xdp.fd))):
+        inserts = result_counts(ld.bpf[b"insert_counts"], side * NERRNO)
+        lat = Latency.from_log2(
+            [sum(ld.bpf[b"insert_lat"][ctypes.c_int(side * NSLOTS + s)]) for s in range(NSLOTS)],
+            max(ld.bpf[b"insert_max"][ctypes.c_int(side)]) or None)
+        row.per_probe.append(ProbeStats(probe, kind.name, sum(inserts.values()),
+                                        {op: inserts}, **prog_stats(fd, kind, release),
+                                        latency=lat))
     if guard is not None:
         inside, elsewhere = _guard_runs(ld, 0), _guard_runs(ld, 1)
         prof = profile.get(guard.event)
@@ -253,7 +246,7 @@ def _read(row: StressRow, ld: Loaded, k: Kernel, guard: Guard | None, profile: d
                                   "runs_elsewhere": elsewhere,
                                   "skipped": prof.hits - inside - elsewhere if prof else None,
                                   "recursion_misses": stats["recursion_misses"]}
-        row.probe = f"raw_tp sys_enter + kprobe {guard.target} + bpf(2) writers"
+        row.probe = f"raw_tp sys_enter + xdp (veth) + kprobe {guard.target} + bpf(2) writers"
     results: dict[str, dict[str, int]] = {f"user {op}": {} for op in OPS}
     stressed, parts = {}, []
     for r in reports:
