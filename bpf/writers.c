@@ -90,7 +90,8 @@ int xdp_inserter(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
-int guard(struct pt_regs *ctx)
+/* Not "guard": since Linux 6.5 <linux/cleanup.h> defines guard() as a macro. */
+int update_guard(struct pt_regs *ctx)
 {
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	u32 slot = writer_tgids.lookup(&tgid) ? 0 : 1;

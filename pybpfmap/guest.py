@@ -131,6 +131,20 @@ def mark(event: str, *args: str) -> None:
     print(f"{MARK} {text}", file=sys.stderr, flush=True)
 
 
+def control_fds() -> tuple[int, ...]:
+    """The control port's descriptor, where this process has it open: what a
+    child must be given (``pass_fds``) for its marks and requests to reach the
+    host (Python's subprocess closes every other descriptor by default)."""
+    fd = os.environ.get(ENV_CTL_FD)
+    if not fd or not in_test_vm():
+        return ()
+    try:
+        os.fstat(int(fd))
+    except (OSError, ValueError):
+        return ()
+    return (int(fd),)
+
+
 def nmi_unavailable() -> str | None:
     """Why the host cannot inject NMIs into this machine (None: it can)."""
     if not in_test_vm():
@@ -139,6 +153,9 @@ def nmi_unavailable() -> str | None:
     if not os.environ.get(ENV_NMI) or not os.environ.get(ENV_CTL_FD):
         return ("this guest's host does not inject NMIs on request (QMP inject-nmi is "
                 "pybpfmap's own runner's; a Vagrant box has no control port)")
+    if not control_fds():
+        return (f"the control port (fd {os.environ[ENV_CTL_FD]}) is not open in this process: "
+                "the parent that started it closed it (pass it on, as tests/helpers.py does)")
     return None
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from pybpfmap import guest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -34,9 +36,11 @@ class CommandFailed(AssertionError):
 def cmd(argv: Sequence[str], *, expect: int | Collection[int] = 0, check: bool = True,
         timeout: float = 600, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run ``argv`` (in the repository, output captured as text); with ``check``,
-    raise :class:`CommandFailed` unless it exits with ``expect`` (a status or a set)."""
+    raise :class:`CommandFailed` unless it exits with ``expect`` (a status or a set).
+    In the test VM it keeps the control port, so that the command's progress marks
+    and NMI requests reach the host."""
     proc = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, pass_fds=guest.control_fds())
     statuses = {expect} if isinstance(expect, int) else set(expect)
     if check and proc.returncode not in statuses:
         raise CommandFailed(proc, statuses)

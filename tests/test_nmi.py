@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import socket
 import threading
 import time
@@ -94,6 +95,14 @@ def test_the_nmi_request_is_a_control_port_message(monkeypatch):
     monkeypatch.delenv(guest.ENV_NMI, raising=False)
     assert "does not inject NMIs" in guest.nmi_unavailable()
     assert guest.ENV_NMI in guest.env_sh("/repo", "bookworm", "tcg", {})
+    # a parent that closed the port (subprocess does, unless given pass_fds) is said so
+    monkeypatch.setenv(guest.ENV_NMI, "qmp")
+    r, w = os.pipe()
+    os.close(r)
+    monkeypatch.setenv(guest.ENV_CTL_FD, str(w))
+    assert guest.control_fds() == (w,) and guest.nmi_unavailable() is None
+    os.close(w)
+    assert guest.control_fds() == () and "is not open" in guest.nmi_unavailable()
 
 
 class FakeQmp:

@@ -19,7 +19,7 @@ from pybpfmap.vm.watchdog import CROSS_CPU_WAIT, NMI_ENTRY
 from tests.helpers import image, json_out
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
-DURATION = "5"
+DURATION = "3"
 
 
 def stress(kernel: str, *args: str) -> tuple[str, ...]:

@@ -217,6 +217,8 @@ def test_writers_row_counts_both_sides(pybpfmap):
     program, *_, user = row["per_probe"]
     assert program["events"] > 0 and sum(program["results"]["insert"].values()) > 0
     assert program["latency"]["count"] == program["events"]
+    softirq = next(p for p in row["per_probe"] if p["kind"] == "xdp")   # the veth's inserter
+    assert softirq["events"] > 0 and softirq["latency"]["count"] == softirq["events"]
     assert user["kind"] == "syscall" and set(user["results"]) == {
         f"user {op}" for op in userspace.OPS}
     assert all(sum(res.values()) > 0 for res in user["results"].values()), user["results"]

@@ -122,7 +122,7 @@ def attach_guard(stack: ExitStack, ld: Loaded, kind: MapKind, k: Kernel
     if not ok:
         return None, (f"no guard kprobe: {', '.join(wanted)} cannot take one here (not in "
                       f"{tracefs.FILTER_FUNCTIONS}: inlined or notrace)"), 0
-    fd = KPROBE.load(ld.bpf, "guard", f"{kind.name} guard program")
+    fd = KPROBE.load(ld.bpf, "update_guard", f"{kind.name} guard program")
     group = tracefs.unique_group()
     tried: list[str] = []
     for target in ok:
