@@ -96,7 +96,7 @@ TRACEPOINT_PROBE(nmi, nmi_handler)
 	struct MAP_value *v;
 	u32 zero = 0, slot;
 	u32 *on, *flag;
-	u64 t0, dt, *c;
+	u64 t0, dt;
 	long ret;
 
 	on = armed.lookup(&zero);
@@ -106,9 +106,7 @@ TRACEPOINT_PROBE(nmi, nmi_handler)
 	v = scratch_value.lookup(&zero);
 	if (!flag || !v)
 		return 0;
-	c = nmi_runs.lookup(&zero);
-	if (c)
-		*c += 1;
+	bump(nmi_runs.lookup(&zero));
 	set_key(&k, NMI_KEY);
 	t0 = bpf_ktime_get_ns();
 	ret = MAP.update(&k, v);
@@ -117,15 +115,8 @@ TRACEPOINT_PROBE(nmi, nmi_handler)
 	bump(nmi_counts.lookup(&slot));
 	if (*flag)
 		bump(nmi_inside.lookup(&slot));
-	slot = bpf_log2l(dt);
-	slot = slot ? slot - 1 : 0;     /* bpf_log2l(v) is floor(log2(v)) + 1 */
-	if (slot >= NSLOTS)
-		slot = NSLOTS - 1;
-	c = nmi_lat.lookup(&slot);
-	if (c)
-		*c += 1;
-	c = nmi_max.lookup(&zero);
-	if (c && dt > *c)
-		*c = dt;
+	slot = log2_slot(dt);
+	bump(nmi_lat.lookup(&slot));
+	raise_to(nmi_max.lookup(&zero), dt);
 	return 0;
 }

@@ -52,7 +52,7 @@ static __always_inline void insert(u32 side)
 	struct MAP_value *v;
 	u32 zero = 0, slot;
 	u32 *next;
-	u64 t0, dt, *c;
+	u64 t0, dt;
 	long ret;
 
 	next = key_counter.lookup(&side);
@@ -66,15 +66,9 @@ static __always_inline void insert(u32 side)
 	dt = bpf_ktime_get_ns() - t0;
 	slot = side * NERRNO + slot_of(ret);
 	bump(insert_counts.lookup(&slot));
-	slot = bpf_log2l(dt);
-	slot = slot ? slot - 1 : 0;     /* bpf_log2l(v) is floor(log2(v)) + 1 */
-	if (slot >= NSLOTS)
-		slot = NSLOTS - 1;
-	slot += side * NSLOTS;
+	slot = side * NSLOTS + log2_slot(dt);
 	bump(insert_lat.lookup(&slot));
-	c = insert_max.lookup(&side);
-	if (c && dt > *c)
-		*c = dt;
+	raise_to(insert_max.lookup(&side), dt);
 }
 
 RAW_TRACEPOINT_PROBE(sys_enter)

@@ -124,11 +124,17 @@ def mark(event: str, *args: str) -> None:
     with open("/proc/uptime") as f:
         up = f.read().split()[0]
     text = " ".join((event, *args, f"uptime={up}"))
+    _tell_host(f"mark {text}")
+    print(f"{MARK} {text}", file=sys.stderr, flush=True)
+
+
+def _tell_host(line: str) -> None:
+    """One line on the control port, where this process has it (a parent may
+    have closed it: then nothing)."""
     fd = os.environ.get(ENV_CTL_FD)
     if fd:
         with contextlib.suppress(OSError, ValueError):  # closed (EBADF) by a parent
-            os.write(int(fd), f"mark {text}\n".encode())
-    print(f"{MARK} {text}", file=sys.stderr, flush=True)
+            os.write(int(fd), f"{line}\n".encode())
 
 
 def control_fds() -> tuple[int, ...]:
@@ -161,10 +167,7 @@ def nmi_unavailable() -> str | None:
 
 def request_nmis(rate: float) -> None:
     """Ask the host for ``rate`` NMIs a second into every vCPU from now (0: stop)."""
-    fd = os.environ.get(ENV_CTL_FD)
-    if fd:
-        with contextlib.suppress(OSError, ValueError):
-            os.write(int(fd), f"nmi {rate:g}\n".encode())
+    _tell_host(f"nmi {rate:g}")
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,16 @@ def human_bytes(n: int | None) -> str | None:
     return None
 
 
+def human_ns(ns: int | None) -> str:
+    """Nanoseconds in the largest unit that keeps them >= 1 (3 digits): 8.19 us, 250 ms."""
+    if ns is None:
+        return "-"
+    for unit, scale in (("s", 10**9), ("ms", 10**6), ("us", 10**3)):
+        if ns >= scale:
+            return f"{ns / scale:.3g} {unit}"
+    return f"{ns} ns"
+
+
 class Progress:
     """``step(label)`` after each measurement; ``done()`` clears the line."""
 

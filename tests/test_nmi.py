@@ -77,11 +77,9 @@ def test_latency_from_log2_slots_is_an_upper_bound():
     assert Latency.from_log2([0] * 40, None).brief() == "none"
 
 
-def test_latency_from_samples_is_exact_and_merges():
+def test_latency_from_samples_is_exact():
     lat = Latency.from_samples(range(1, 101))
     assert (lat.p50_ns, lat.p99_ns, lat.max_ns, lat.exact) == (50, 99, 100, True)
-    both = lat.merged(Latency.from_log2([0, 0, 0, 5], 12))
-    assert both.count == 105 and both.max_ns == 100 and not both.exact
 
 
 # -- the request and the injector ---------------------------------------------------

@@ -23,12 +23,11 @@ from pybpfmap.bench import table as bench_table
 from pybpfmap.bench.record import Mode, pre_no_ratio
 from pybpfmap.guest import Accel
 from pybpfmap.kfacts import KernelFacts
-from pybpfmap.output import md_table
+from pybpfmap.output import human_ns, md_table
 from pybpfmap.report.plan import BENCH_ENTRIES, MAPS_ENTRIES
 from pybpfmap.report.pool import Group, Identity, Labels, groups, identity, not_averaged, pool
 from pybpfmap.report.run import SectionResult
 from pybpfmap.stress import records as stress_records
-from pybpfmap.stress.latency import human_ns
 from pybpfmap.stress.scenarios import SCENARIOS
 
 

@@ -34,6 +34,7 @@ from pybpfmap.kernel import Kernel
 from pybpfmap.loader import bcc_program
 from pybpfmap.stress import watch, workloads
 from pybpfmap.stress.kinds import MapKind
+from pybpfmap.stress.latency import NSLOTS, Latency
 from pybpfmap.stress.probes import KPROBE, TRACEPOINT, Probe, ProbeKind
 from pybpfmap.stress.records import ProbeStats, StressRow, result_name
 
@@ -151,17 +152,30 @@ def slot_errno(slot: int, overflow: int = 0) -> int | None:
     return slot
 
 
+def cpu_sum(table, index: int) -> int:
+    """Entry ``index`` of a BCC per-CPU array, summed over CPUs."""
+    return sum(table[ctypes.c_int(index)])
+
+
 def result_counts(table, base: int = 0) -> dict[str, int]:
     """{result: count} of one per-CPU counter array indexed by slot from
     ``base`` (summed over CPUs), results as records name them: the other
     scenarios' counters."""
     out: dict[str, int] = {}
     for slot in range(NERRNO):
-        n = sum(table[ctypes.c_int(base + slot)])
+        n = cpu_sum(table, base + slot)
         if n:
             key = result_name(slot_errno(slot))
             out[key] = out.get(key, 0) + n
     return out
+
+
+def timed_latency(slots, maxima, index: int = 0) -> Latency:
+    """The latency a program kept in per-CPU log2 ``slots`` (from ``index *
+    NSLOTS``) and per-CPU ``maxima`` (entry ``index``): pybpfmap_count.h's
+    ``log2_slot()`` and ``raise_to()``."""
+    return Latency.from_log2([cpu_sum(slots, index * NSLOTS + s) for s in range(NSLOTS)],
+                             max(maxima[ctypes.c_int(index)]) or None)
 
 
 def read_counts(ld: Loaded) -> dict[int, dict[str, dict[str, int]]]:

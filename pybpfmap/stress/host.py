@@ -28,7 +28,6 @@ from pybpfmap.stress.run import Options
 from pybpfmap.stress.scenarios import Scenario
 from pybpfmap.vm.build import ensure_image
 from pybpfmap.vm.catalog import CatalogKernel
-from pybpfmap.vm.image import Image
 from pybpfmap.vm.relay import GuestRun, run_command
 
 HANG_TIMEOUT = 30.0   # a CPU without heartbeat for this long is stuck (TCG included)
@@ -58,13 +57,11 @@ def _placeholder(scenario: Scenario, kind: MapKind, opts: Options) -> StressRow:
 
 
 def _one_boot(kernel: CatalogKernel, groups: list[tuple[Scenario, MapKind]], opts: Options,
-              argv: list[str], folder: Path, image: Image
+              argv: list[str], folder: Path, release: str, assumed: KernelFacts
               ) -> tuple[list[StressRow], dict[str, str], KernelFacts | None]:
     """The rows of one boot, the probes the guest could not attach (and why),
     and the era facts the guest recorded (None: it brought none back).
     ``argv`` is the command line without the options the host decides per boot."""
-    release = image.release
-    assumed = image.assumed_facts(kernel.preempt_rt)   # not booted yet
     scenarios = list(dict.fromkeys(s.name for s, _ in groups))
     kinds = list(dict.fromkeys(k.name for _, k in groups))
     guest_argv = [*argv, "--scenario", *scenarios, "--types", *kinds]
@@ -127,7 +124,8 @@ def run_in_vm(opts: Options, kernel: CatalogKernel, argv: list[str], isolate: bo
     ``argv``: the command line the user typed, without its host-only options."""
     image = ensure_image(kernel)
     groups = [(s, k) for s in opts.scenarios for k in opts.kinds]
-    batches = batches_of(groups, isolate, image.assumed_facts(kernel.preempt_rt))
+    assumed = image.assumed_facts(kernel.preempt_rt)   # not booted yet: its banner and release
+    batches = batches_of(groups, isolate, assumed)
     rows: list[StressRow] = []
     unavailable: dict[str, str] = {}
     recorded: KernelFacts | None = None
@@ -137,7 +135,8 @@ def run_in_vm(opts: Options, kernel: CatalogKernel, argv: list[str], isolate: bo
               file=sys.stderr, flush=True)
         folder = base / (f"{batch[0][0].name}-{batch[0][1].name.replace('/', '-')}"
                          if len(batch) == 1 else "all" if isolate is False else "rest")
-        got, why, facts = _one_boot(kernel, batch, opts, argv, folder, image)
+        got, why, facts = _one_boot(kernel, batch, opts, argv, folder, image.release,
+                                    assumed)
         recorded = recorded or facts
         rows += got
         unavailable.update(why)
@@ -147,7 +146,7 @@ def run_in_vm(opts: Options, kernel: CatalogKernel, argv: list[str], isolate: bo
               file=sys.stderr, flush=True)
     accel = next((r.vm.accel for r in rows if r.vm), None)
     # The guest's probed facts when a boot brought them back, else the version's.
-    facts = recorded or image.assumed_facts(kernel.preempt_rt)
+    facts = recorded or assumed
     return StressRun(image.release, f"vm:{kernel.name}", era.era_of(facts).name,
                      opts.duration, isolate, era.expectations(facts), rows,
                      unavailable, inject=opts.inject and opts.inject.name, accel=accel,

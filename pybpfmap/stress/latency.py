@@ -16,6 +16,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from pybpfmap.output import human_ns
+
 NSLOTS = 40   # log2 slots a program keeps: 2**39 ns is 9 minutes
 
 
@@ -65,18 +67,6 @@ class Latency:
         return cls(len(ns), at(0.50), at(0.99), ns[-1], True,
                    {str(2 ** n if n else 0): c for n, c in enumerate(slots) if c})
 
-    def merged(self, other: Latency) -> Latency:
-        """Both distributions as one (percentiles from the merged buckets)."""
-        if not other.count:
-            return self
-        if not self.count:
-            return other
-        slots = [0] * NSLOTS
-        for d in (self.log2_ns, other.log2_ns):
-            for low, c in d.items():
-                slots[max(int(low), 1).bit_length() - 1] += c
-        return Latency.from_log2(slots, max(self.max_ns or 0, other.max_ns or 0) or None)
-
     def brief(self) -> str:
         """``p50 <=1.0 us, p99 <=16 us, max 250 ms (n=1835)``."""
         if not self.count:
@@ -85,11 +75,3 @@ class Latency:
         return (f"p50 {le}{human_ns(self.p50_ns)}, p99 {le}{human_ns(self.p99_ns)}, "
                 f"max {human_ns(self.max_ns)} (n={self.count})")
 
-
-def human_ns(ns: int | None) -> str:
-    if ns is None:
-        return "-"
-    for unit, scale in (("s", 10**9), ("ms", 10**6), ("us", 10**3)):
-        if ns >= scale:
-            return f"{ns / scale:.3g} {unit}"
-    return f"{ns} ns"

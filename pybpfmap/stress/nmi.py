@@ -34,9 +34,16 @@ from pybpfmap.guest import mark
 from pybpfmap.kernel import Kernel
 from pybpfmap.loader import bcc_program
 from pybpfmap.stress import watch, workloads
-from pybpfmap.stress.allocator import NERRNO, bpf_stats, prog_stats, result_counts
+from pybpfmap.stress.allocator import (
+    NERRNO,
+    bpf_stats,
+    cpu_sum,
+    prog_stats,
+    result_counts,
+    timed_latency,
+)
 from pybpfmap.stress.kinds import MapKind
-from pybpfmap.stress.latency import NSLOTS, Latency
+from pybpfmap.stress.latency import NSLOTS
 from pybpfmap.stress.probes import RAW_TP, TRACEPOINT_NMI, XDP
 from pybpfmap.stress.records import SKIPPED, ProbeStats, StressRow
 from pybpfmap.stress.reentry import BATCH, SYSCALL, calls, calls_for, syscall_nr
@@ -98,12 +105,6 @@ def loaded(keys: Keys) -> Iterator[Loaded]:
         yield Loaded(bpf, nmi_fd, holder_fd, xdp)
 
 
-def _sum(table, slot: int) -> int:
-    return sum(table[ctypes.c_int(slot)])
-
-
-
-
 def _set_armed(ld: Loaded, on: bool) -> None:
     ld.bpf[b"armed"][ctypes.c_int(0)] = ctypes.c_uint(1 if on else 0)
 
@@ -163,10 +164,10 @@ def _run(row: StressRow, keys: Keys, k: Kernel, duration: float, rate: float,
         with _nmis(ld, rate):
             procs.tell_ready()  # programs attached, NMIs coming: what a Ctrl-C must undo
             first = time.monotonic() + FIRST_NMI_S
-            while not _sum(runs, 0) and time.monotonic() < first:
+            while not cpu_sum(runs, 0) and time.monotonic() < first:
                 calls(BATCH)
                 made += BATCH
-            if not _sum(runs, 0):
+            if not cpu_sum(runs, 0):
                 row.outcome = SKIPPED
                 row.reasons = [f"no NMI reached the nmi:nmi_handler program within "
                                f"{FIRST_NMI_S:g} s of asking the host for {rate:g} a second"]
@@ -195,14 +196,13 @@ def _read(row: StressRow, ld: Loaded, k: Kernel) -> dict[str, int]:
     holder = result_counts(ld.bpf[b"holder_counts"])
     xdp = result_counts(ld.bpf[b"xdp_counts"])
     nmi = result_counts(ld.bpf[b"nmi_counts"])
-    lat = Latency.from_log2([_sum(ld.bpf[b"nmi_lat"], s) for s in range(NSLOTS)],
-                            max(ld.bpf[b"nmi_max"][ctypes.c_int(0)]) or None)
+    lat = timed_latency(ld.bpf[b"nmi_lat"], ld.bpf[b"nmi_max"])
     row.per_probe = [
         ProbeStats(f"sys_enter ({SYSCALL})", RAW_TP.name, sum(holder.values()),
                    {"update": holder}, **prog_stats(ld.holder_fd, RAW_TP, k.kernel_release)),
         ProbeStats("veth softirq (generic XDP)", XDP.name, sum(xdp.values()),
                    {"softirq update": xdp}, **prog_stats(ld.xdp.fd, XDP, k.kernel_release)),
-        ProbeStats("nmi:nmi_handler", TRACEPOINT_NMI.name, _sum(ld.bpf[b"nmi_runs"], 0),
+        ProbeStats("nmi:nmi_handler", TRACEPOINT_NMI.name, cpu_sum(ld.bpf[b"nmi_runs"], 0),
                    {"nmi update": nmi},
                    **prog_stats(ld.nmi_fd, TRACEPOINT_NMI, k.kernel_release), latency=lat),
     ]

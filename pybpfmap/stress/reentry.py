@@ -18,7 +18,6 @@ CPU 0 is locked up (the host's watchdog sees its heartbeat stop).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import time
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from pybpfmap.guest import mark
 from pybpfmap.kernel import Kernel
 from pybpfmap.loader import bcc_program
 from pybpfmap.stress import watch, workloads
-from pybpfmap.stress.allocator import NERRNO, bpf_stats, prog_stats, result_counts
+from pybpfmap.stress.allocator import NERRNO, bpf_stats, cpu_sum, prog_stats, result_counts
 from pybpfmap.stress.kinds import MapKind
 from pybpfmap.stress.probes import KPROBE, RAW_TP
 from pybpfmap.stress.records import SKIPPED, ProbeStats, StressRow
@@ -89,7 +88,7 @@ def loaded(kind: MapKind) -> Iterator[Reentry]:
 
 
 def _fired(r: Reentry) -> int:
-    return sum(r.bpf[b"inner_fired"][ctypes.c_int(0)])
+    return cpu_sum(r.bpf[b"inner_fired"], 0)
 
 
 def calls(n: int) -> None:

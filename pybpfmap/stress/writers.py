@@ -48,9 +48,16 @@ from pybpfmap.kernel import Kernel
 from pybpfmap.loader import bcc_program, map_fd
 from pybpfmap.maps import MapSpec
 from pybpfmap.stress import watch, workloads
-from pybpfmap.stress.allocator import NERRNO, bpf_stats, prog_stats, result_counts
+from pybpfmap.stress.allocator import (
+    NERRNO,
+    bpf_stats,
+    cpu_sum,
+    prog_stats,
+    result_counts,
+    timed_latency,
+)
 from pybpfmap.stress.kinds import MapKind
-from pybpfmap.stress.latency import NSLOTS, Latency
+from pybpfmap.stress.latency import NSLOTS
 from pybpfmap.stress.probes import KPROBE, RAW_TP, XDP
 from pybpfmap.stress.records import ProbeStats, StressRow
 from pybpfmap.stress.reentry import SYSCALL, calls, calls_for, syscall_nr
@@ -105,7 +112,7 @@ class Guard:
 
 
 def _guard_runs(ld: Loaded, slot: int) -> int:
-    return sum(ld.bpf[b"guard_runs"][ctypes.c_int(slot)])
+    return cpu_sum(ld.bpf[b"guard_runs"], slot)
 
 
 def attach_guard(stack: ExitStack, ld: Loaded, kind: MapKind, k: Kernel
@@ -226,9 +233,7 @@ def _read(row: StressRow, ld: Loaded, k: Kernel, guard: Guard | None, profile: d
             (f"sys_enter ({SYSCALL})", RAW_TP, "insert", ld.inserter_fd),
             ("veth softirq (generic XDP)", XDP, "softirq insert", ld.xdp.fd))):
         inserts = result_counts(ld.bpf[b"insert_counts"], side * NERRNO)
-        lat = Latency.from_log2(
-            [sum(ld.bpf[b"insert_lat"][ctypes.c_int(side * NSLOTS + s)]) for s in range(NSLOTS)],
-            max(ld.bpf[b"insert_max"][ctypes.c_int(side)]) or None)
+        lat = timed_latency(ld.bpf[b"insert_lat"], ld.bpf[b"insert_max"], side)
         row.per_probe.append(ProbeStats(probe, kind.name, sum(inserts.values()),
                                         {op: inserts}, **prog_stats(fd, kind, release),
                                         latency=lat))
