@@ -57,15 +57,7 @@
 #define OP_DELETE 2
 #define NOPS 3
 
-#ifdef MAP_PINNED
-/* The map user space created (in its own memory cgroup) and pinned there. */
-struct MAP_key { u8 b[MAP_KEY_SIZE]; };
-struct MAP_value { u8 b[MAP_VALUE_SIZE]; };
-BPF_TABLE_PINNED(MAP_TYPE, struct MAP_key, struct MAP_value, MAP, MAP_MAX_ENTRIES, MAP_PINNED,
-		 MAP_FLAGS);
-#else
-PYBPFMAP_MAP(MAP);
-#endif
+PYBPFMAP_USER_MAP(MAP);
 
 struct counts {
 	u64 events;			/* program runs */
@@ -108,11 +100,17 @@ static __always_inline int slot(long err)
 #define KEY_OF(cpu) (KEY_BASE + (cpu) * KEY_RANGE + bpf_get_prandom_u32() % KEY_RANGE)
 #endif
 
+#if MAP_VALUE_SIZE > 256
+/* A value this big does not fit beside the rest in the 512-byte BPF stack:
+ * it lives in a per-CPU slot (one lookup per run, in both programs). */
+BPF_PERCPU_ARRAY(VALUE_SLOT, struct MAP_value, 1);
+#define BIG_VALUE 1
+#endif
+
 /* One program run: n triples (with_map) or only their key work. */
 static __always_inline int run(const int n, const int with_map)
 {
 	struct MAP_key key = {};
-	struct MAP_value val = {};
 	struct MAP_value *v;
 	struct counts *c;
 	u64 sink = 0;
@@ -120,9 +118,14 @@ static __always_inline int run(const int n, const int with_map)
 	long ret;
 	u32 seed = KEY_SEED();
 	u32 k;
+#ifdef BIG_VALUE
+	struct MAP_value *valp = VALUE_SLOT.lookup(&zero);
+#else
+	struct MAP_value val = {}, *valp = &val;
+#endif
 
 	c = COUNTS.lookup(&zero);
-	if (!c)
+	if (!c || !valp)
 		return 0;
 	for (i = 0; i < n; i++) {
 		k = KEY_OF(seed);
@@ -130,12 +133,12 @@ static __always_inline int run(const int n, const int with_map)
 		if (!with_map)
 			continue;
 		__builtin_memcpy(key.b, &k, sizeof(k) < MAP_KEY_SIZE ? sizeof(k) : MAP_KEY_SIZE);
-		ret = MAP.update(&key, &val);
+		ret = MAP.update(&key, valp);
 		if (ret)
 			c->fail[OP_UPDATE][slot(ret)]++;
 		v = MAP.lookup(&key);
 		if (v)
-			val.b[0] = v->b[0];
+			valp->b[0] = v->b[0];
 		else
 			c->fail[OP_LOOKUP][slot(-ENOENT)]++;
 		ret = MAP.delete(&key);

@@ -162,6 +162,7 @@ def next_key(fd: int, key: ctypes.Array | None, out: ctypes.Array) -> None:
 # --- batch operations (pybpfmap stress: the writers scenario) ------------------
 
 MAP_LOOKUP_AND_DELETE_BATCH = 25
+MAP_UPDATE_BATCH = 26
 
 
 class _BatchAttr(ctypes.Structure):
@@ -199,6 +200,23 @@ def lookup_and_delete_batch(fd: int, keys: ctypes.Array, values: ctypes.Array, c
             return attr.count, True
         raise
     return attr.count, False
+
+
+def update_batch(fd: int, keys: ctypes.Array, values: ctypes.Array, count: int,
+                 elem_flags: int = ANY) -> tuple[int, int | None]:
+    """BPF_MAP_UPDATE_BATCH (v5.6): update ``count`` elements from ``keys`` and
+    ``values`` in one call.  Each is a BPF_ANY update: ``elem_flags`` takes
+    BPF_F_LOCK only (generic_map_update_batch refuses BPF_NOEXIST with EINVAL).
+    (elements the kernel reports as processed, its errno or None): on a
+    failure the kernel stops at that element and still writes back how many it
+    updated before it, so the errno is returned, not raised."""
+    attr = _BatchAttr(keys=ctypes.addressof(keys), values=ctypes.addressof(values),
+                      count=count, map_fd=fd, elem_flags=elem_flags)
+    try:
+        bpf(MAP_UPDATE_BATCH, attr)
+    except BpfSyscallError as e:
+        return attr.count, e.errno
+    return attr.count, None
 
 
 class _NextIdAttr(ctypes.Structure):
@@ -283,15 +301,24 @@ class TestRun(ctypes.Structure):
     _fields_ = [("retval", ctypes.c_uint32), ("duration_ns", ctypes.c_uint32)]
 
 
+TEST_RUN_ON_CPU = 1 << 0  # BPF_F_TEST_RUN_ON_CPU (raw_tp only)
+
+
 def prog_test_run(prog_fd: int, data: bytes | None = None, repeat: int = 1,
-                  flags: int = 0, cpu: int = 0) -> TestRun:
+                  flags: int = 0, cpu: int = 0, ctx_in: bytes | None = None) -> TestRun:
     """BPF_PROG_TEST_RUN: run ``prog_fd`` ``repeat`` times on ``data`` (a packet
     for skb/XDP programs) in the calling thread's CPU.  ``duration_ns`` is the
-    kernel's per-run average (kernel/bpf: bpf_test_timer)."""
-    buf = ctypes.create_string_buffer(data or b"", len(data or b"")) if data else None
+    kernel's per-run average (kernel/bpf: bpf_test_timer).  ``ctx_in`` is the
+    context handed to the program: for a raw tracepoint program its u64
+    arguments, with no ``data`` and ``repeat=0`` (bpf_prog_test_run_raw_tp
+    refuses anything else with EINVAL; duration_ns stays 0)."""
+    buf = ctypes.create_string_buffer(data, len(data)) if data else None
+    ctx = ctypes.create_string_buffer(ctx_in, len(ctx_in)) if ctx_in else None
     attr = _TestRunAttr(prog_fd=prog_fd, repeat=repeat, flags=flags, cpu=cpu,
                         data_size_in=len(data) if data else 0,
-                        data_in=ctypes.addressof(buf) if buf is not None else 0)
+                        data_in=ctypes.addressof(buf) if buf is not None else 0,
+                        ctx_size_in=len(ctx_in) if ctx_in else 0,
+                        ctx_in=ctypes.addressof(ctx) if ctx is not None else 0)
     bpf(PROG_TEST_RUN, attr)
     return TestRun(retval=attr.retval, duration_ns=attr.duration)
 

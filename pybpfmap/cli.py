@@ -30,6 +30,7 @@ COMMANDS = [
     "stress",
     "bench",
     "bcc_compare",
+    "advise",
     "report",
 ]
 

@@ -80,8 +80,11 @@ RQSPINLOCK = Change("4fa8d68aa53e", "bpf: Convert hashtab.c to rqspinlock", (6, 
 LRU_RQSPINLOCK = Change("89edbdfc5d03", "bpf: Fix NMI/tracepoint re-entry deadlock on lru "
                         "locks", (7, 2))
 
+ELEM_COUNT = Change("86fe28f7692d", "bpf: Optimize element count in non-preallocated "
+                    "hash map.", (6, 1))
+
 CHANGES: tuple[Change, ...] = (
     PREALLOC, RCU_FREE, TIGHTEN, RT_PREALLOC, MAP_LOCKED, MEMCG, NO_RLIMIT, RECURSION_MISSES,
     MEM_ALLOC, PERCPU_MEM_ALLOC, WARN_REMOVED, RAW_TP_GUARD, MAP_LOCKED_PREEMPT, HASH_MASK,
     MEMORY_USAGE, LRU_EBUSY_LEAK, NO_EBUSY, MISSED_STATS, PCPU_VALUE_CHECK, RQSPINLOCK,
-    LRU_RQSPINLOCK)
+    LRU_RQSPINLOCK, ELEM_COUNT)

@@ -38,34 +38,12 @@ class Sample:
     current: int | None
     percpu: int | None
     slab: int | None
-    meminfo_slab: int
-    meminfo_percpu: int
-    meminfo_vmalloc: int
-
-    def minus(self, base: Sample) -> Usage:
-        def d(a: int | None, b: int | None) -> int | None:
-            return None if a is None or b is None else a - b
-
-        return Usage(d(self.current, base.current), d(self.percpu, base.percpu),
-                     d(self.slab, base.slab), self.meminfo_slab - base.meminfo_slab,
-                     self.meminfo_percpu - base.meminfo_percpu,
-                     self.meminfo_vmalloc - base.meminfo_vmalloc)
+    peak: int | None = None   # the cgroup's high-water mark (all its memory) since it was made
+    charged: int | None = None  # memory.current (v2) or memory.usage_in_bytes (v1): all of it
 
 
-@dataclass
-class Usage:
-    """What changed since the baseline (bytes): the cgroup's charge (None when
-    unavailable) and the system-wide /proc/meminfo deltas."""
-
-    memcg: int | None
-    memcg_percpu: int | None
-    memcg_slab: int | None
-    system_slab: int
-    system_percpu: int
-    system_vmalloc: int   # a big preallocated element area is vmalloc'd
-
-
-def _meminfo() -> dict[str, int]:
+def meminfo() -> dict[str, int]:
+    """/proc/meminfo in bytes."""
     out = {}
     with open("/proc/meminfo") as f:
         for line in f:
@@ -86,22 +64,48 @@ class Cgroup:
     def _read(self, name: str) -> str:
         return (self.path / name).read_text()
 
+    def _int(self, name: str) -> int | None:
+        try:
+            return int(self._read(name))
+        except (OSError, ValueError):
+            return None
+
     def sample(self) -> Sample:
-        info = _meminfo()
-        base: tuple[int | None, int | None, int | None] = (None, None, None)
-        with contextlib.suppress(OSError, ValueError):
-            if self.version == 2:
-                stat = {k: int(v) for k, v in
-                        (line.split() for line in self._read("memory.stat").splitlines())}
-                kernel = stat.get("kernel")
-                if kernel is None:  # before v5.18: all of it minus user memory
-                    kernel = int(self._read("memory.current")) - stat.get("anon", 0) \
-                        - stat.get("file", 0)
-                base = (kernel, stat.get("percpu"), stat.get("slab"))
-            else:
-                base = (int(self._read("memory.kmem.usage_in_bytes")), None, None)
-        return Sample(*base, info.get("Slab", 0), info.get("Percpu", 0),
-                      info.get("VmallocUsed", 0))
+        """The cgroup's kernel memory now, its split, and its high-water mark:
+        v2 ``memory.peak`` (absent before 5.19: probed, then None), v1
+        ``memory.max_usage_in_bytes``."""
+        if self.version == 1:
+            return Sample(self._int("memory.kmem.usage_in_bytes"), None, None,
+                          self._int("memory.max_usage_in_bytes"),
+                          self._int("memory.usage_in_bytes"))
+        current = self._int("memory.current")
+        try:
+            stat = {k: int(v) for k, v in
+                    (line.split() for line in self._read("memory.stat").splitlines())}
+        except (OSError, ValueError):
+            return Sample(None, None, None, None, current)
+        kernel = stat.get("kernel")
+        if kernel is None and current is not None:  # before v5.18: all minus user memory
+            kernel = current - stat.get("anon", 0) - stat.get("file", 0)
+        return Sample(kernel, stat.get("percpu"), stat.get("slab"),
+                      self._int("memory.peak"), current)
+
+    def set_max(self, limit: int) -> None:
+        """Limit the cgroup's memory: v2 ``memory.max``, v1 ``memory.limit_in_bytes``."""
+        name = "memory.max" if self.version == 2 else "memory.limit_in_bytes"
+        (self.path / name).write_text(str(limit))
+
+    def events(self) -> dict[str, int]:
+        """v2 ``memory.events`` (``max``: times the limit was hit, ``oom``, ...);
+        v1 ``memory.failcnt`` as ``max``."""
+        if self.version == 1:
+            n = self._int("memory.failcnt")
+            return {} if n is None else {"max": n}
+        try:
+            return {k: int(v) for k, v in
+                    (line.split() for line in self._read("memory.events").splitlines())}
+        except (OSError, ValueError):
+            return {}
 
 
 def _v2_root() -> Path | None:

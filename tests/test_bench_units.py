@@ -41,7 +41,7 @@ def rec(prealloc: bool, speed: float, *, mode: Mode = Mode.SYSCALL, cpus: int = 
                     verification=Verification(10, 10, 0, 0, {}, None, "not counted",
                                               problems or []),
                     memory=Memory(16384, 16384, 16384, True, 73728, 73728, 73728, 0, 0,
-                                  "cgroup v2"))
+                                  75000, "memory cgroup v2"))
     if mode is Mode.INKERNEL:
         r.triples_per_sec_per_cpu = speed
     else:
@@ -131,12 +131,19 @@ def test_text_table_is_seed_shaped() -> None:
     assert "tcg" in text
 
 
-def test_markdown_has_one_row_per_record() -> None:
+def test_list_has_one_row_per_record() -> None:
     recs = [rec(True, 2e6), rec(False, 1e6), rec(True, 2e6, mode=Mode.INKERNEL)]
-    md = table.render_markdown(recs)
+    md = table.render_list(recs)
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + len(recs)
     assert "(estimate)" in md
+
+
+def test_report_section_is_the_seed_shaped_table() -> None:
+    recs = [rec(True, 2e6), rec(False, 1e6)]
+    md = table.render_markdown(recs)
+    assert md.startswith("```") and "pre/no ratio" in md and "seed ratio" in md
+    assert not any(line.startswith("| ") for line in md.splitlines())
 
 
 def test_element_counter_rule() -> None:

@@ -138,9 +138,10 @@ def test_memory_cgroup_charges_at_least_the_element_area(pybpfmap):
     n = 50000
     result = pybpfmap("maps", "--json", "--type", "hash", "--max-entries", str(n))
     pre, no = json.loads(result.stdout)
-    assert pre["memory"]["empty"]["memcg"] >= n * (48 + 8 + 8), pre
-    assert no["memory"]["full"]["memcg"] - no["memory"]["empty"]["memcg"] >= n * 48, no
-    assert pre["memcg"].startswith("cgroup v")
+    assert pre["memory"]["empty"]["kernel"] >= n * (48 + 8 + 8), pre
+    assert no["memory"]["full"]["kernel"] - no["memory"]["empty"]["kernel"] >= n * 48, no
+    assert pre["method"].startswith("memory cgroup v")
+    assert pre["memory"]["drained"]["peak"] >= pre["memory"]["full"]["kernel"]
 
 
 @pytest.mark.root

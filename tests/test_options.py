@@ -30,6 +30,7 @@ NO_VM_CACHE = "/proc/nonexistent/pybpfmap-vm-cache"  # nothing can be built or b
 COMMAND = {
     "info": ["info", "--kernel", "bookworm"],
     "maps": ["maps", "--kernel", "bookworm"],
+    "advise": ["advise", "--kernel", "bookworm"],
     "bench": ["bench", "--kernel", "bookworm"],
     "stress": ["stress", "--kernel", "bookworm"],
     "bcc-compare": ["bcc-compare", "--tools", "biolatency", "--kernel", "bookworm"],
@@ -67,6 +68,12 @@ BAD_NUMBERS = [
     ("maps", "--key-size", ["-1", "abc"]),
     ("maps", "--value-size", ["-1", "1.5"]),
     ("maps", "--map-flags", ["-1", "0x100000000", "abc"]),
+    ("maps", "--updates", ["0", "-1", "abc"]),
+    ("maps", "--cpus", ["0", "abc"]),
+    ("advise", "--max-entries", ["-1", "4294967296", "abc"]),
+    ("advise", "--key-size", ["-1", "abc"]),
+    ("advise", "--value-size", ["-1", "1.5"]),
+    ("advise", "--stress-seconds", ["0", "-1", "abc"]),
     ("bench", "--cpus", ["0", "-1", "abc"]),
     ("bench", "--max-entries", ["0", "-5", "1e3"]),
     ("bench", "--fill", ["-1", "101", "abc"]),
@@ -180,6 +187,7 @@ def test_numbers_are_converted():
 OUTPUTS = [
     ("info", "--results", "dir"),
     ("maps", "--results", "dir"),
+    ("advise", "--results", "dir"),
     ("bench", "--results", "dir"),
     ("bench", "--plot", "file"),
     ("stress", "--results", "dir"),

@@ -148,6 +148,23 @@ def test_plan_puts_kprobe_parts_in_the_vm_and_never_forces():
     assert sizes == {str(plan_mod.MAPS_ENTRIES)}
 
 
+def test_default_plan_is_the_era_contrast():
+    sections = plan(catalog.resolve(["bullseye", "bookworm"]), quick=False, host_kprobes=False,
+                    host_in_vm=True, full=False)
+    keys = {s.key for s in sections}
+    for where in ("host", "bullseye", "bookworm"):
+        assert {f"info@{where}", f"maps@{where}", f"maps-from-bpf@{where}",
+                f"bench@{where}", f"stress-allocator@{where}"} <= keys, keys
+    # the seed's deadlock: NO_PREALLOC percpu_hash on 5.10, in its own boot
+    alloc = next(s for s in sections if s.key == "stress-allocator@bullseye")
+    assert "percpu_hash/no_prealloc" in ",".join(alloc.argv)
+    assert "--isolate-risky" in alloc.argv
+    # the lean report leaves out what the answer does not need (its 15 minutes are
+    # measured, docs/measurements.md, not asserted)
+    assert "bcc-compare" not in {s.name for s in sections}
+    assert not any(s.scenario in ("nmi", "nmi-slot", "writers") for s in sections)
+
+
 def test_report_cli_rejects_unknown_kernel_and_section(pybpfmap, tmp_path):
     p = pybpfmap("report", "--kernel", "nosuch", "--out", str(tmp_path), expect=2)
     assert "--kernel" in p.stderr and "Traceback" not in p.stderr

@@ -17,24 +17,20 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import os
 import re
-import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pybpfmap import bpfsys
 from pybpfmap.bench.triggers import Trigger
-from pybpfmap.errors import EnvironmentProblem, KernelError
+from pybpfmap.errors import EnvironmentProblem
 from pybpfmap.loader import bcc_program, bpf_source
 from pybpfmap.maps import MapSpec
+from pybpfmap.pin import bpffs, pinned
 
 SOURCE = "bench_triple.c"
 KEYS = ("random", "tid")
 KEY_BASE = 1 << 31   # the triple's keys; resident (--fill) keys are below
-OBJ_PIN = 6
 
 
 @dataclass(frozen=True)
@@ -173,55 +169,6 @@ def cflags(spec: MapSpec, work: Workload, pinned: str | None) -> list[str]:
     if work.trigger is not None:
         flags += work.trigger.cflags()
     return flags
-
-
-# --- a bpffs to hand the map over to BCC ------------------------------------
-
-def _bpffs_mounts() -> list[str]:
-    with open("/proc/self/mounts") as f:
-        return [line.split()[1] for line in f if line.split()[2:3] == ["bpf"]]
-
-
-@contextlib.contextmanager
-def bpffs() -> Iterator[Path]:
-    """A bpffs directory: the first mounted one, else a private instance
-    mounted on a temporary directory for the duration (and unmounted)."""
-    mounts = _bpffs_mounts()
-    if mounts:
-        yield Path(mounts[0])
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    with tempfile.TemporaryDirectory(prefix="pybpfmap-bpffs-") as tmp:
-        if libc.mount(b"bpf", tmp.encode(), b"bpf", 0, None) != 0:
-            err = ctypes.get_errno()
-            raise EnvironmentProblem("bpffs", f"no bpf filesystem mounted and mounting one "
-                                     f"on {tmp} failed: {os.strerror(err)}", err)
-        try:
-            yield Path(tmp)
-        finally:
-            libc.umount2(tmp.encode(), 2)  # MNT_DETACH
-
-
-class _PinAttr(ctypes.Structure):
-    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32),
-                ("file_flags", ctypes.c_uint32), ("_pad", ctypes.c_char * 112)]
-
-
-@contextlib.contextmanager
-def pinned(fd: int, directory: Path) -> Iterator[str]:
-    """``fd`` pinned under ``directory`` while inside; the path."""
-    path = directory / f"pybpfmap-bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    name = ctypes.create_string_buffer(str(path).encode())
-    try:
-        bpfsys.bpf(OBJ_PIN, _PinAttr(pathname=ctypes.addressof(name), bpf_fd=fd))
-    except bpfsys.BpfSyscallError as e:
-        raise KernelError("bpffs", e.errno, f"could not pin the bench map at {path}") \
-            from None
-    try:
-        yield str(path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 # --- the loaded programs -----------------------------------------------------

@@ -118,19 +118,21 @@ class Verification:
 
 @dataclass
 class Memory:
-    """What the map cost: fdinfo memlock and the memory cgroup's charge
-    (bytes), right after creation, after the --fill, and after the runs."""
+    """What the map cost: fdinfo memlock and its kernel memory (bytes, read by
+    ``method``: :mod:`pybpfmap.mapmemory`), right after creation, after the
+    --fill, and after the runs; ``peak``: its high-water mark over all of it."""
 
     memlock_empty: int
     memlock_full: int
     memlock_after: int
     memlock_is_estimate: bool     # before v6.4 fdinfo shows an estimate from max_entries
-    memcg_empty: int | None = None
-    memcg_full: int | None = None
-    memcg_after: int | None = None
-    memcg_percpu_after: int | None = None
-    memcg_slab_after: int | None = None
-    memcg: str = ""               # "cgroup v2", or "unavailable: why"
+    kernel_empty: int | None = None
+    kernel_full: int | None = None
+    kernel_after: int | None = None
+    percpu_after: int | None = None
+    slab_after: int | None = None
+    peak: int | None = None
+    method: str = ""              # "memory cgroup v2", the ledger, or "unavailable: why"
 
 
 @dataclass

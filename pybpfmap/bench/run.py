@@ -151,13 +151,14 @@ def _warm_up(st: Setting, s: Subject, cpus: list[int]) -> None:
 
 def _prepare(stack: contextlib.ExitStack, st: Setting, spec: MapSpec, asked: int,
              fill: int) -> Subject:
-    bmap, cg, base = stack.enter_context(made(spec))
+    bmap, meter = stack.enter_context(made(spec))
     resident = round(asked * fill / 100)
-    s = Subject(spec, asked, fill, resident, bmap, cg, base)
+    s = Subject(spec, asked, fill, resident, bmap, meter)
     s.stage("empty")
-    s.bench = stack.enter_context(program.load(spec, bmap.fd, st.work))
-    for h in st.harnesses:
-        h.prepare(s)
+    with meter.paused():  # the bench's own programs and maps are not the map's
+        s.bench = stack.enter_context(program.load(spec, bmap.fd, st.work))
+        for h in st.harnesses:
+            h.prepare(s)
     bmap.fill(resident)
     s.stage("full")
     return s

@@ -6,7 +6,8 @@ like the table in Linux kernel commit 6c9059817432 ("bpf: pre-allocate hash
 map elements") (in v4.6), with this kernel's prealloc / NO_PREALLOC ratio
 beside the seed's, the independent clock under each figure, map_perf_test's
 figure when it ran, and the memory each map cost.
-:func:`render_markdown` is the report's section: one row per record.
+:func:`render_markdown` is the report's section: the seed-shaped tables;
+:func:`render_list` one Markdown row per record.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def render_text(records: list[BenchRecord]) -> str:
         workloads = sorted({_workload(r) for r in group if r.refused is None})
         out.append("  " + "; ".join(workloads))
         cpus = sorted({r.cpus for r in group if r.cpus is not None})
-        heads = ["", *(f"{k} CPU{'s' if k > 1 else ''}" for k in cpus), "memcg", "memlock"]
+        heads = ["", *(f"{k} CPU{'s' if k > 1 else ''}" for k in cpus), "memory", "peak",
+                 "memlock"]
         rows = []
         refusals: list[str] = []   # and other lines under the table
         by_alloc: dict[bool, dict[int, BenchRecord]] = {}
@@ -110,24 +112,25 @@ def render_text(records: list[BenchRecord]) -> str:
             refused = next((r for r in recs if r.refused is not None), None)
             if refused is not None:
                 rows.append([label, f"refused: {refused.refused.errno_name}",
-                             *([""] * (len(cpus) + 1))])
+                             *([""] * (len(cpus) + 2))])
                 refusals.append(f"  {label}: {refused.refused.reason}")
                 continue
             by_alloc[prealloc] = cells = {r.cpus: r for r in recs}
             mem = recs[0].memory
             estimate |= bool(mem and mem.memlock_is_estimate)
             rows.append([label, *(_cell(cells[k]) if k in cells else "-" for k in cpus),
-                         _bytes(mem.memcg_after if mem else None),
+                         _bytes(mem.kernel_after if mem else None),
+                         _bytes(mem.peak if mem else None),
                          _bytes(mem.memlock_after if mem else None,
                                 bool(mem and mem.memlock_is_estimate))])
             rows.append([f"  {first.mode.clock}", *(_clock_cell(cells[k]) if k in cells else "-"
-                                                     for k in cpus), "", ""])
+                                                     for k in cpus), "", "", ""])
             if first.mode.triggered:
                 rows.append(["  burst median", *(_burst_cell(cells.get(k)) for k in cpus),
-                             "", ""])
+                             "", "", ""])
             if any(r.peer for r in recs):
                 rows.append([f"  {next(r.peer.tool for r in recs if r.peer)}",
-                             *(_peer_cell(cells.get(k)) for k in cpus), "", ""])
+                             *(_peer_cell(cells.get(k)) for k in cpus), "", "", ""])
             for r in recs:
                 noisy |= r.noisy
                 if r.verification and r.verification.problems:
@@ -139,15 +142,15 @@ def render_text(records: list[BenchRecord]) -> str:
             ratio = [pre_no_ratio(group, mode=first.mode, type=first.type, cpus=k,
                                   max_entries=first.max_entries,
                                   fill_percent=first.fill_percent) for k in cpus]
-            rows.append(["pre/no ratio", *(f"{x:.2f}x" if x else "-" for x in ratio), "", ""])
+            rows.append(["pre/no ratio", *(f"{x:.2f}x" if x else "-" for x in ratio), "", "", ""])
             if any(r.peer for r in group):
                 peer = [pre_no_ratio(group, mode=first.mode, type=first.type, cpus=k,
                                      max_entries=first.max_entries,
                                      fill_percent=first.fill_percent, peer=True) for k in cpus]
                 rows.append(["  peer ratio", *(f"{x:.2f}x" if x else "-" for x in peer),
-                             "", ""])
+                             "", "", ""])
             rows.append(["seed ratio", *(f"{SEED_RATIOS[k]:.2f}x" if k in SEED_RATIOS else "-"
-                                         for k in cpus), "", ""])
+                                         for k in cpus), "", "", ""])
         smt = sorted({str(p) for r in group for p in r.smt_siblings})
         table = text_table(heads, rows)
         out += ["  " + line for line in table.rstrip("\n").splitlines()]
@@ -203,9 +206,10 @@ def notes(records: list[BenchRecord], *, estimate: bool, noisy: bool) -> list[st
            "independent clock (≠: more than 10% from the figure above it); in program = "
            "the same over the syscall mode's warm-up: the program's own time, without "
            "what the triple costs outside it (the trigger's path, deferred frees)",
-           "memcg = the map's memory cgroup charge after the runs; memlock = fdinfo"]
-    sources = sorted({f"{r.machine.where}: {r.memory.memcg}" for r in records if r.memory})
-    out += [f"  memory cgroup figures ({s})" for s in sources]
+           "memory = the map's kernel memory after the runs, peak = its high-water mark "
+           "from creation on; memlock = fdinfo"]
+    sources = sorted({f"{r.machine.where}: {r.memory.method}" for r in records if r.memory})
+    out += [f"  memory read by {s}" for s in sources]
     if any(r.peer for r in records):
         out.append("map_perf_test = the kernel's samples/bpf/map_perf_test in the same boot, "
                    "M events/s per CPU and pybpfmap / it (see --json peer.differences)")
@@ -224,7 +228,14 @@ def notes(records: list[BenchRecord], *, estimate: bool, noisy: bool) -> list[st
 
 
 def render_markdown(records: list[BenchRecord]) -> str:
-    """One row per record, for the report."""
+    """The report's section: the seed-shaped tables (:func:`render_text`) as a
+    preformatted block; every record's figures are in ``results.json`` (and
+    :func:`render_list`)."""
+    return "```\n" + render_text(records) + "```\n"
+
+
+def render_list(records: list[BenchRecord]) -> str:
+    """One Markdown row per record."""
     rows = []
     for r in sorted(records, key=lambda r: (*_group_key(r), not r.prealloc, r.cpus or 0)):
         m = r.machine
@@ -245,15 +256,16 @@ def render_markdown(records: list[BenchRecord]) -> str:
                      if r.events_per_sec_burst else None,
                      round(r.peer.events_per_sec.median / 1e6, 3) if r.peer else None,
                      round(r.peer.ratio, 3) if r.peer and r.peer.ratio else None,
-                     _kib(mem.memcg_after if mem else None),
+                     _kib(mem.kernel_after if mem else None),
+                     _kib(mem.peak if mem else None),
                      (_kib(mem.memlock_after) if mem else None)
                      if not (mem and mem.memlock_is_estimate)
                      else f"{_kib(mem.memlock_after)} (estimate)",
                      verified + ("" if not r.noisy else " (cv > 5%)")])
     heads = ["where", "kernel", "mode", "type", "alloc", "max_entries", "fill %", "CPUs",
              "triples/event", "key", "ns/triple", "bpf_stats ns", "M/s per CPU",
-             "burst median M/s", "map_perf_test M/s", "ratio", "memcg KiB", "memlock KiB",
-             "verified"]
+             "burst median M/s", "map_perf_test M/s", "ratio", "memory KiB", "peak KiB",
+             "memlock KiB", "verified"]
     return md_table(heads, rows) + "\n" + "\n".join(
         notes(records, estimate=any(r.memory and r.memory.memlock_is_estimate
                                     for r in records),

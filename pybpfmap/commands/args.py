@@ -156,6 +156,15 @@ def accel(text: str) -> Accel:
                                          f"{', '.join(a.value for a in Accel)})") from None
 
 
+def byte_count(text: str) -> int:
+    """Bytes: ``1048576``, ``64K``, ``32M``, ``1.5G`` (powers of 1024); more than 0."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)i?B?", text.strip(), re.IGNORECASE)
+    if m is None or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes (e.g. 32M)")
+    scale = 1024 ** " KMGT".index(m.group(2).upper() or " ")
+    return int(float(m.group(1)) * scale)
+
+
 def memory_size(text: str) -> str:
     """A guest memory size as qemu's ``-m`` takes it: ``2G``, ``512M``, ``1.5G``,
     ``2048`` (MiB); more than 0."""

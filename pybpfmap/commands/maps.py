@@ -7,6 +7,13 @@ cgroup, with ``memory.stat``'s percpu and slab split), beside fdinfo
 ``memlock`` — the creation time, and what a new key does to a full map
 (E2BIG, or an eviction for LRU maps).  A preallocated map charges its memory
 up front; a BPF_F_NO_PREALLOC map grows with its contents.
+
+With --from-bpf (or --memory-max): each map is instead filled from a tracing
+program (a raw tracepoint program run with BPF_PROG_TEST_RUN on each CPU) and
+every errno counted, beside free memory and the kernel's failed per-CPU
+allocations; --memory-max creates each map in a memory cgroup with that
+memory.max (auto: half of what the preallocated map costs), and a fresh map
+gets the same keys by one BPF_MAP_UPDATE_BATCH.
 """
 
 from __future__ import annotations
@@ -14,8 +21,16 @@ from __future__ import annotations
 import argparse
 import os
 
-from pybpfmap.commands.args import add_json, add_kernel, add_list, emit, u32
-from pybpfmap.footprint import MapRecord, load, measure, render_text, skipped
+from pybpfmap import enomem, footprint, mapmemory
+from pybpfmap.commands.args import (
+    add_json,
+    add_kernel,
+    add_list,
+    byte_count,
+    emit,
+    positive_int,
+    u32,
+)
 from pybpfmap.kernel import place
 from pybpfmap.maps import LRU_PREALLOC_ONLY, TYPES, MapSpec
 from pybpfmap.output import Progress
@@ -39,9 +54,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--map-flags", type=bits, default=0, metavar="BITS",
                    help="extra raw map_flags bits to OR in (e.g. 0x2 BPF_F_NO_COMMON_LRU), "
                    "to see what the kernel accepts")
+    p.add_argument("--memory-method", choices=mapmemory.METHODS, default="auto",
+                   help="how a map's kernel memory is read: its memory cgroup (kernels that "
+                   "charge maps to one, 5.11+), the allocation ledger (kmem/percpu "
+                   "tracepoints and vmallocinfo), or auto: the cgroup where it works")
+    bpf = p.add_argument_group("filling from a tracing program")
+    bpf.add_argument("--from-bpf", action="store_true",
+                     help="fill each map from a raw tracepoint program (BPF_PROG_TEST_RUN on "
+                     "each CPU) and count every errno")
+    bpf.add_argument("--updates", type=positive_int, metavar="N",
+                     help="new keys to insert from the program (default: max_entries)")
+    bpf.add_argument("--cpus", type=positive_int, metavar="N",
+                     help="insert from the first N CPUs this process may run on (default all)")
+    bpf.add_argument("--memory-max", metavar="BYTES|auto", type=memory_max,
+                     help="create each map in a memory cgroup with this memory.max (implies "
+                     "--from-bpf; auto: half of what the preallocated map costs)")
     add_json(p)
     add_kernel(p, "measure")
     p.set_defaults(func=run)
+
+
+def memory_max(text: str) -> str | int:
+    """``auto`` or a number of bytes (32M, 1G, 1048576)."""
+    return text if text == enomem.AUTO else byte_count(text)
 
 
 def bits(text: str) -> int:
@@ -64,28 +99,46 @@ def specs_for(args: argparse.Namespace) -> list[tuple[MapSpec, str | None]]:
     return out
 
 
-def local(args: argparse.Namespace) -> list[MapRecord]:
+def from_bpf(args: argparse.Namespace) -> bool:
+    return args.from_bpf or args.memory_max is not None
+
+
+def local(args: argparse.Namespace) -> list:
     where, _ = place()
     release = os.uname().release
     plan = specs_for(args)
+    limit = args.memory_max
+    cpus = enomem.online_cpus()[:args.cpus] if args.cpus else enomem.online_cpus()
     records = []
     progress = Progress(len(plan))
     try:
         for spec, skip in plan:
             progress.step(spec.label)
-            records.append(skipped(spec, skip, where, release) if skip
-                           else measure(spec, where, release))
+            if not from_bpf(args):
+                records.append(footprint.skipped(spec, skip, where, release) if skip
+                               else footprint.measure(spec, where, release,
+                                                      args.memory_method))
+                continue
+            updates = args.updates or spec.max_entries
+            lim = enomem.auto_limit(spec) if limit == enomem.AUTO and not skip else limit
+            records.append(
+                enomem.skipped(spec, updates, skip, where, release, lim) if skip
+                else enomem.measure(spec, updates, cpus, where, release, lim))
     finally:
         progress.done()
     return records
 
 
 def run(args: argparse.Namespace) -> int:
+    load, render = ((enomem.load, enomem.render_text) if from_bpf(args)
+                    else (footprint.load, footprint.render_text))
     if args.kernels:
         from pybpfmap.commands import invm
+        from pybpfmap.vm.run import no_prealloc_tracing_splats
 
-        records = invm.records(args, load, timeout=1800)
+        splats = no_prealloc_tracing_splats if from_bpf(args) else invm.no_splats
+        records = invm.records(args, load, timeout=1800, expected_splats=splats)
     else:
         records = local(args)
-    emit(args, records, render_text)
+    emit(args, records, render)
     return 0

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pybpfmap import commits, era, footprint, kernel
+from pybpfmap import commits, enomem, era, footprint, kernel
 from pybpfmap.bcc_compare import result as bcc
 from pybpfmap.bench import record as bench
 from pybpfmap.bench import table as bench_table
@@ -24,7 +24,8 @@ from pybpfmap.bench.record import Mode, pre_no_ratio
 from pybpfmap.guest import Accel
 from pybpfmap.kfacts import KernelFacts
 from pybpfmap.output import human_ns, md_table
-from pybpfmap.report.plan import BENCH_ENTRIES, MAPS_ENTRIES
+from pybpfmap.report import answer
+from pybpfmap.report.plan import BENCH_ENTRIES, FROM_BPF, MAPS_ENTRIES
 from pybpfmap.report.pool import Group, Identity, Labels, groups, identity, not_averaged, pool
 from pybpfmap.report.run import SectionResult
 from pybpfmap.stress import records as stress_records
@@ -43,6 +44,7 @@ class Renderer:
 def renderers() -> dict[str, Renderer]:
     return {"info": Renderer(kernel.load, kernel.render_markdown, lambda r: r.accel),
             "maps": Renderer(footprint.load, footprint.render_markdown, lambda r: None),
+            FROM_BPF: Renderer(enomem.load, enomem.render_markdown, lambda r: None),
             "bench": Renderer(bench.load, bench_table.render_markdown,
                               lambda r: r.machine.accel),
             "stress": Renderer(stress_records.load, stress_records.render_markdown,
@@ -130,9 +132,10 @@ def _memory_cell(maps: list, prealloc: bool, stage: str) -> str | None:
     if rec is None or stage not in rec.memory:
         return None
     mem = rec.memory[stage]
-    if mem.memcg is not None:
-        return f"{mem.memcg / 2**20:.2f}"
-    return f"{mem.system / 2**20:.2f} (system-wide)"
+    if mem.kernel is None:
+        return None
+    return f"{mem.kernel / 2**20:.2f}" + ("" if rec.method.startswith("memory cgroup")
+                                           else " (ledger)")
 
 
 def _facts(info: list, stress: list) -> KernelFacts | None:
@@ -176,13 +179,32 @@ def across_kernels(report: Report) -> str:
                      f"hash prealloc MiB (full, {MAPS_ENTRIES})",
                      f"hash NO_PREALLOC MiB (empty, {MAPS_ENTRIES})",
                      f"hash NO_PREALLOC MiB (full, {MAPS_ENTRIES})"], rows) + (
-        "\nMemory is what the memory cgroup charged for the map (kernel memory of a fresh "
-        "child cgroup); \"system-wide\" marks kernels that charge BPF maps to no cgroup "
-        f"(before {commits.MEMCG.cite()}), where /proc/meminfo's Slab + Percpu + VmallocUsed "
-        "deltas stand in. Stress cells count rows by outcome, with the errnos counted and "
+        "\nMemory is the map's kernel memory: what its memory cgroup was charged, or "
+        "\"(ledger)\" on kernels that charge BPF maps to no cgroup "
+        f"(before {commits.MEMCG.cite()}): the allocations its bpf(2) calls made, from the "
+        "kmem and percpu tracepoints and /proc/vmallocinfo. Stress cells count rows by "
+        "outcome, with the errnos counted and "
         "the longest update a program timed (the NMI and writers scenarios); the era's "
         "prediction for "
         "each row is in its section.\n")
+
+
+def answer_places(report: Report) -> list[answer.Place]:
+    """Every place measured, on each machine, with its records by command."""
+    out = []
+    labels = Labels(report.sections)
+    for where, ident, sections in _places(report):
+        info = _records(sections, "info", where)
+        stress = _records(sections, "stress", where)
+        release = info[0].kernel_release if info else (
+            stress[0].kernel_release if stress else None)
+        facts = _facts(info, stress)
+        shown = _origin(where, sections) + (f" ({labels(ident)})" if labels.many else "")
+        out.append(answer.Place(shown, release, era.era_of(facts).name if facts else None,
+                                info, _records(sections, "maps", where),
+                                _records(sections, FROM_BPF, where),
+                                _records(sections, "bench", where), stress))
+    return out
 
 
 def era_notes(report: Report) -> str:
@@ -260,8 +282,34 @@ def section(g: Group, labels: Labels, machines_of_key: int) -> str:
     return f"{head}\n\n{body}"
 
 
-def render(report: Report) -> str:
-    """The whole report as Markdown."""
+def draw_plots(report: Report, out) -> list[tuple[str, str]]:
+    """The report's plots, one per question, written into ``out``: (file name,
+    caption) for each that had something to plot.  Without matplotlib, none."""
+    from pybpfmap.errors import EnvironmentProblem
+    from pybpfmap.report import plots
+
+    def every(name: str) -> list:   # each place's records, pooled only within it
+        return [r for where, _, sections in _places(report)
+                for r in _records(sections, name, where)]
+
+    bench_recs = every("bench")
+    jobs = [("speed-ratio.png", lambda p: plots.speed_ratio(bench_recs, p)),
+            ("memory-per-mode.png",
+             lambda p: plots.memory_per_mode(every("maps"), bench_recs, p)),
+            ("update-latency.png", lambda p: plots.update_latency(every("stress"), p))]
+    drawn = []
+    for name, draw in jobs:
+        try:
+            caption = draw(out / name)
+        except EnvironmentProblem:
+            return drawn
+        if caption:
+            drawn.append((name, caption))
+    return drawn
+
+
+def render(report: Report, figures: list[tuple[str, str]] = ()) -> str:
+    """The whole report as Markdown; ``figures``: :func:`draw_plots`' files and captions."""
     runs = len({s.run for s in report.sections})
     where = ("this run" if runs < 2 else
              f"one of the {runs} runs merged here (each section names its machine)")
@@ -273,6 +321,12 @@ def render(report: Report) -> str:
     if failed:
         parts.append("## Sections that failed\n\n" + md_table(
             ["section", "error"], [[s.key, s.error] for s in failed]))
+    places = answer_places(report)
+    parts.append("## The answer, per kernel\n\n" + answer.answer(places))
+    parts.append("## The seed's claims, checked per kernel\n\n" + answer.claims(places))
+    if figures:
+        parts.append("## Plots\n\n" + "\n".join(f"![{name}]({name})\n\n{caption}\n"
+                                                  for name, caption in figures))
     parts.append("## Machines\n\n" + machines(report))
     parts.append("## Across kernels\n\n" + across_kernels(report))
     parts.append("## What each kernel era predicts\n\n" + era_notes(report))
