@@ -82,6 +82,12 @@ LRU_RQSPINLOCK = Change("89edbdfc5d03", "bpf: Fix NMI/tracepoint re-entry deadlo
 
 ELEM_COUNT = Change("86fe28f7692d", "bpf: Optimize element count in non-preallocated "
                     "hash map.", (6, 1))
+# Not a hash map change (so not in CHANGES, the kernel facts): the selftests'
+# `bench htab-mem`, pybpfmap bench's second peer (net-next took it on
+# 2023-07-14, after v6.5-rc1; 6.1's source has no benchs/bench_htab_mem.c,
+# 6.12's has).
+HTAB_MEM_BENCH = Change("fd283ab196a8", "selftests/bpf: Add benchmark for bpf memory "
+                        "allocator", (6, 6))
 
 CHANGES: tuple[Change, ...] = (
     PREALLOC, RCU_FREE, TIGHTEN, RT_PREALLOC, MAP_LOCKED, MEMCG, NO_RLIMIT, RECURSION_MISSES,

@@ -37,6 +37,11 @@ CTL_PORT = "org.pybpfmap.ctl"
 OUT_PORT = "org.pybpfmap.stdout"
 TAG_CTL, TAG_REPO, TAG_RESULTS = "pybpfmap_ctl", "pybpfmap_repo", "pybpfmap_results"
 GUEST_RESULTS = "/run/pybpfmap/results"
+# Peer tools built on the host (``<cache>/peers``, :func:`pybpfmap.vm.runner.peers_dir`),
+# shared read-only: the kernel's own benchmarks, built outside the image.
+TAG_PEERS = "pybpfmap_peers"
+GUEST_PEERS = "/run/pybpfmap/peers"
+ENV_PEERS = "PYBPFMAP_PEERS"
 # Exported to CMD in the guest: that it runs in pybpfmap's test VM, which
 # catalog kernel it is, and how qemu runs it (TCG figures are emulation).
 ENV_KERNEL = "PYBPFMAP_GUEST_KERNEL"
@@ -276,6 +281,8 @@ mkdir -p "$PYBPFMAP_REPO" "$PYBPFMAP_RESULTS"
 mount -t 9p -o "$o9p,ro,cache=loose" "$PYBPFMAP_TAG_REPO" "$PYBPFMAP_REPO" \
     || say "cannot mount repo"
 mount -t 9p -o "$o9p" "$PYBPFMAP_TAG_RESULTS" "$PYBPFMAP_RESULTS" || say "cannot mount results"
+mkdir -p "$PYBPFMAP_PEERS"
+mount -t 9p -o "$o9p,ro" "$PYBPFMAP_TAG_PEERS" "$PYBPFMAP_PEERS" || say "cannot mount peers"
 hbs=
 beat='while :; do read -r up _ </proc/uptime; echo "hb $1 $up"; sleep 1; done'
 for cpu in $(seq 0 $(($(nproc --all) - 1))); do
@@ -320,6 +327,8 @@ def env_sh(repo: str, kernel: str, accel: str, env: dict[str, str]) -> str:
         "PYBPFMAP_OUT_PORT": OUT_PORT,
         "PYBPFMAP_TAG_REPO": TAG_REPO,
         "PYBPFMAP_TAG_RESULTS": TAG_RESULTS,
+        ENV_PEERS: GUEST_PEERS,
+        "PYBPFMAP_TAG_PEERS": TAG_PEERS,
     }
     base.update(env)
     return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in base.items())

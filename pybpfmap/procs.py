@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -345,6 +346,46 @@ class Child:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What :func:`capture` got: the output, and the exit status (``stdout``
+    None: still running at the timeout, then killed)."""
+
+    stdout: str | None
+    stderr: str | None
+    returncode: int | None
+
+    @property
+    def timed_out(self) -> bool:
+        return self.stdout is None
+
+
+def capture(argv: Sequence[str], timeout: float, kill_wait: float = KILL_WAIT,
+            **popen: Any) -> Finished:
+    """``argv`` as a :class:`Child`, its stdout and stderr read as text until
+    it exits or ``timeout`` passes; then whatever is left of its group is
+    killed and waited for until none is alive (EOF on its pipes comes before
+    that).  :class:`StuckProcess` if the group outlives SIGKILL, saying
+    whether the leader had exited or was still running at the timeout."""
+    child = Child(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                  encoding="utf-8", errors="replace", **popen)
+    stdout = stderr = None
+    try:
+        stdout, stderr = child.popen.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        late = f"still running after {timeout:g} s" if stdout is None else "exited"
+        try:
+            child.kill(kill_wait)  # a run past its time, or what it left in its group
+        except StuckProcess as e:  # e says "... alive N s after SIGKILL (stuck ...)"
+            raise StuckProcess(f"{late}; {e}") from None
+        finally:
+            child.popen.stdout.close()
+            child.popen.stderr.close()
+    return Finished(stdout, stderr, child.returncode)
 
 
 def _waitpid(pid: int) -> Callable[[float | None], int | None]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,30 +206,19 @@ def run(binary_dir: Path | str, test_bits: int, nr_cpus: int, num_map_entries: i
                                  "vagrant/map-perf-test.sh builds it")
     # argv[0] must be the path: the binary opens argv[0] + "_kern.o" (or ".bpf.o").
     argv = [str(binary), str(test_bits), str(nr_cpus), str(num_map_entries), str(max_cnt)]
-    # Its own process group (procs.Child), so that a timeout kills the forked
+    # Its own process group (procs.capture), so that a timeout kills the forked
     # children too; killed means no process of the group is alive any more
     # (/proc), not EOF on its pipes, which do_exit() gives before that.
-    child = procs.Child(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stdout = stderr = None
     try:
-        stdout, stderr = child.popen.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        late = f"still running after {timeout:g} s" if stdout is None else "exited"
-        try:
-            child.kill(KILL_WAIT)  # a run past its time, or what it left in its group
-        except procs.StuckProcess as e:  # e says "... alive N s after SIGKILL (stuck ...)"
-            raise EnvironmentProblem(BINARY, f"{late}; {e}") from None
-        finally:
-            child.popen.stdout.close()
-            child.popen.stderr.close()
-    if stdout is None:
+        done = procs.capture(argv, timeout, KILL_WAIT)
+    except procs.StuckProcess as e:
+        raise EnvironmentProblem(BINARY, str(e)) from None
+    if done.timed_out:
         raise EnvironmentProblem(BINARY, f"still running after {timeout:g} s "
                                  f"({' '.join(argv[1:])}); killed")
+    stdout, stderr, status = done.stdout, done.stderr, done.returncode
     errors = [line for line in stderr.splitlines() if line.strip()]
     last = errors[-1] if errors else ""
-    status = child.returncode
     if status != 0:
         how = (f"killed by signal {-status}" if status < 0 else f"exit status {status}")
         raise EnvironmentProblem(BINARY, f"{how}: {last or 'no message'}")

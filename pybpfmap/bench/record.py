@@ -6,9 +6,9 @@ what one event does), the figures with their spread over runs, the proof
 that the program ran as often as it was triggered and that its map calls
 succeeded (:class:`Verification`; a record that fails it is *flagged*, never
 silently faster), the memory the map cost by the memory cgroup and by fdinfo
-(:class:`Memory`), map_perf_test's figure beside it when asked
-(:class:`PeerFigure`), and the machine it ran on
-(:class:`pybpfmap.bench.machine.Machine`).  A map the kernel refuses (LRU
+(:class:`Memory`), map_perf_test's or the selftests' ``bench htab-mem``'s
+figures beside it when asked (:class:`PeerFigure`, :class:`HtabMemPeer`),
+and the machine it ran on (:class:`pybpfmap.bench.machine.Machine`).  A map the kernel refuses (LRU
 with BPF_F_NO_PREALLOC: ENOTSUPP) is a record too, with ``refused``.
 """
 
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from pybpfmap.bench.machine import Machine
+from pybpfmap.bench.peer_htab_mem import HtabMemResult
 from pybpfmap.records import from_json
 from pybpfmap.stats import CV_WARN, summarise
 
@@ -151,6 +152,31 @@ class PeerFigure:
 
 
 @dataclass
+class HtabMemPeer:
+    """The kernel selftests' ``bench htab-mem`` for the same allocation mode
+    and CPU count (producers) in the same boot, one run per use case, and
+    pybpfmap's record in its units: k ops/s per producer, where one op is
+    ``op_batch`` map calls, and MiB."""
+
+    build: str                          # HtabMemBuild.describe()
+    op_batch: int | None                # map calls per htab-mem op (OP_BATCH)
+    map_calls_per_event: int            # pybpfmap's: update, lookup, delete x triples
+    pybpfmap_kops_per_producer: float | None   # pybpfmap's events/s per CPU, as htab-mem counts
+    pybpfmap_memory_mib: float | None   # the map's kernel memory after the runs
+    pybpfmap_peak_mib: float | None     # and its high-water mark
+    runs: list[HtabMemResult]           # htab-mem, one per use case
+    skipped: list[str] = field(default_factory=list)   # use cases not run, and why
+    differences: list[str] = field(default_factory=list)
+
+    def ratio(self, run: HtabMemResult) -> float | None:
+        """pybpfmap's k ops/s per producer / htab-mem's, for one of its runs."""
+        theirs = run.summary.kops_per_producer
+        if self.pybpfmap_kops_per_producer is None or not theirs:
+            return None
+        return round(self.pybpfmap_kops_per_producer / theirs, 3)
+
+
+@dataclass
 class Refusal:
     errno: int
     errno_name: str
@@ -205,6 +231,7 @@ class BenchRecord:
     verification: Verification | None = None
     memory: Memory | None = None
     peer: PeerFigure | None = None
+    htab_mem: HtabMemPeer | None = None
     refused: Refusal | None = None
     notes: list[str] = field(default_factory=list)
 

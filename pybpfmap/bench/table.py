@@ -159,6 +159,7 @@ def render_text(records: list[BenchRecord]) -> str:
         if smt:
             out.append(f"  SMT siblings among the CPUs used: {', '.join(smt)}")
         out.append("")
+    out += htab_mem_section(records)
     out += notes(records, estimate=estimate, noisy=noisy)
     if problems:
         out.append("✗ = the run did not prove itself (the figure is not to be trusted):")
@@ -196,6 +197,55 @@ def _peer_cell(r: BenchRecord | None) -> str:
         return "-"
     ratio = f" x{r.peer.ratio:.2f}" if r.peer.ratio is not None else ""
     return f"{_m(r.peer.events_per_sec.median)}{ratio}"
+
+
+def _f(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def htab_mem_section(records: list[BenchRecord]) -> list[str]:
+    """The selftests' ``bench htab-mem`` beside pybpfmap, in its units: one
+    row per record and use case."""
+    recs = [r for r in records if r.htab_mem is not None]
+    if not recs:
+        return []
+    first = recs[0].htab_mem
+    out = [f"htab-mem beside pybpfmap: the selftests' bench from "
+           f"{commits.HTAB_MEM_BENCH.cite()}; k ops/s per producer, op = "
+           f"{first.op_batch or '?'} map calls; memory = its cgroup's mean memory.current "
+           "after the warm-up and memory.peak, pybpfmap's = its map's, MiB",
+           f"  {'; '.join(sorted({r.htab_mem.build for r in recs}))}"]
+    heads = ["kernel", "alloc", "CPUs", "use case", "htab-mem k ops/s", "pybpfmap k ops/s",
+             "ratio", "memory", "peak", "pybpfmap memory", "peak"]
+    rows: list[list] = []
+    skipped: list[str] = []
+    unread: set[str] = set()
+    for r in sorted(recs, key=lambda r: (r.machine.kernel_release, not r.prealloc, r.cpus)):
+        h = r.htab_mem
+        mine = [_f(h.pybpfmap_kops_per_producer), None, _f(h.pybpfmap_memory_mib),
+                _f(h.pybpfmap_peak_mib)]
+        for run in h.runs:
+            s = run.summary
+            ratio = h.ratio(run)
+            rows.append([r.machine.kernel_release, r.alloc, r.cpus, run.options.use_case,
+                         f"{s.kops_per_producer:.2f} ± {s.kops_stddev:.2f}", mine[0],
+                         "-" if ratio is None else f"{ratio:.2f}x",
+                         f"{s.memory_mib:.2f}" if run.memory_known else "-",
+                         f"{s.peak_mib:.2f}" if run.peak_known else "-", mine[2], mine[3]])
+        skipped += [f"  {r.machine.kernel_release} {r.alloc} {r.cpus} CPU: not run: {why}"
+                    for why in h.skipped]
+        unread |= {f for run in h.runs for f in run.unavailable}
+    out += ["  " + line for line in text_table(heads, rows).rstrip("\n").splitlines()]
+    out += skipped
+    if unread:
+        out.append(f"  - = htab-mem could not read {', '.join(sorted(unread))} (its cgroup v2 "
+                   "has no memory controller: the memory cgroup is on v1 here)")
+    out.append(f"  pybpfmap's event = {recs[0].triples_per_event} triples "
+               f"({first.map_calls_per_event} map calls), in htab-mem's unit: events/s x "
+               f"{first.map_calls_per_event} / {first.op_batch or '?'} / 1000; what else "
+               "differs: --json htab_mem.differences")
+    out.append("")
+    return out
 
 
 def notes(records: list[BenchRecord], *, estimate: bool, noisy: bool) -> list[str]:

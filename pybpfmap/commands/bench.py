@@ -30,7 +30,7 @@ from pybpfmap.output import Progress
 
 DEFAULT_SIZES = (1000, 10000, 100000, 1000000)
 PEER_SIZES = (1000,)   # map_perf_test's own MAX_ENTRIES
-PEERS = ("map_perf_test",)
+PEERS = ("map_perf_test", "htab-mem")
 PEER_RUNS = 5          # under TCG one run's figure moves by 5-10%
 # --mode's choices: each mode by its name, or both
 MODES: dict[str, tuple[Mode, ...]] = {**{m.value: (m,) for m in Mode}, "both": tuple(Mode)}
@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
              help="CPU counts, e.g. 1,2 (default: 1..the CPUs this process may use)")
     add_list(p, "--max-entries", convert=positive_int, metavar="N",
              help="map sizes to sweep (default: 1000,10000,100000,1000000; with --peer: "
-                  "1000, the peer's)")
+                  "the peer's: 1000 for map_perf_test, max(8192, 64 x CPUs) for htab-mem)")
     add_list(p, "--fill", dest="fills", convert=percent, metavar="PERCENT",
              help="preload this percentage of max_entries with resident keys, disjoint "
                   "from the triple's (the map gets room for the triple's own keys); "
@@ -91,9 +91,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="syscall mode: what the program hangs on (default: kprobe where "
                         "the kernel has kprobes, else the syscall tracepoint)")
     p.add_argument("--peer", choices=PEERS,
-                   help="also run the kernel's own samples/bpf/map_perf_test (built into "
-                        "the test-VM images) on the same maps and CPU counts, and show "
-                        "both figures and their ratio (needs kprobes: use --kernel)")
+                   help="also run a kernel tool on the same maps and CPU counts, and show "
+                        "both figures: samples/bpf/map_perf_test (built into the test-VM "
+                        "images; needs kprobes: use --kernel), or the selftests' bench "
+                        "htab-mem (built on this machine from a linux-source >= 6.6, fetched "
+                        "from Debian's mirror if none is here; its map is a hash map of "
+                        "max(8192, 64 x CPUs) entries, and it needs bpf_loop: 5.17+)")
     add_json(p)
     host_only(p.add_argument("--plot", metavar="FILE", action=OutputFile,
                              help="write PNG plots (made on this machine)"))
@@ -118,7 +121,11 @@ def options(args: argparse.Namespace) -> Options:
                          "or both")
     cpus = tuple(args.cpus or range(1, len(os.sched_getaffinity(0)) + 1))
     types, sizes = tuple(args.types or TYPES), tuple(args.max_entries or DEFAULT_SIZES)
-    if args.peer:  # the peer's own workload unless told otherwise
+    if args.peer == "htab-mem":  # its map's size (64 x CPUs, 8192 at least) is read where it runs
+        types, sizes = tuple(args.types or ("hash",)), tuple(args.max_entries or (8192,))
+        if types != ("hash",):
+            raise UsageError("--types", "htab-mem's map is a hash map: use --types hash")
+    elif args.peer:  # the peer's own workload unless told otherwise
         from pybpfmap.bench.compare import PEER_TYPES
 
         types, sizes = tuple(args.types or PEER_TYPES), tuple(args.max_entries or PEER_SIZES)
@@ -134,6 +141,13 @@ def local(args: argparse.Namespace) -> list[BenchRecord]:
     from pybpfmap.bench.run import run as bench_run
 
     opts = options(args)
+    if args.peer == "htab-mem":
+        from pybpfmap.bench import compare_htab_mem
+
+        return compare_htab_mem.run(opts, explicit_sizes=args.max_entries is not None,
+                                    explicit_triples=args.triples is not None,
+                                    explicit_trigger=args.trigger != "auto",
+                                    build=_host_htab_mem() if not in_test_vm() else None)
     if args.peer:
         from pybpfmap.bench import compare
 
@@ -146,12 +160,32 @@ def local(args: argparse.Namespace) -> list[BenchRecord]:
         progress.done()
 
 
+def _host_htab_mem():
+    """The htab-mem build for this machine's kernel (built first if need be)."""
+    from pybpfmap.vm import peers
+
+    return peers.ensure_htab_mem(os.uname().release, peers.HOST_BTF)
+
+
+def _vm_htab_mem(kernels: list) -> None:
+    """The htab-mem build for each test-VM kernel, made on the host before it boots."""
+    from pybpfmap.vm import peers
+    from pybpfmap.vm.build import ensure_image
+
+    for kernel in kernels:
+        image = ensure_image(kernel)
+        peers.ensure_htab_mem(image.release, image.kernel)
+
+
 def vm_timeout(args: argparse.Namespace) -> float:
-    """Generous: boot, a BCC compile per map under TCG, and every window."""
+    """Generous: boot, a BCC compile per map under TCG, and every window
+    (htab-mem: three use cases of 6 s and their setup per record)."""
     opts = options(args)
     maps = len(opts.types) * len(opts.prealloc) * len(opts.max_entries) * len(opts.fills)
     window = 2 * (opts.seconds + opts.warmup) + 4
-    return 600 + maps * 90 + opts.steps() * window * (3 if args.peer else 1)
+    peer = (3 * 40 * opts.steps() // max(1, opts.runs) if args.peer == "htab-mem" else 0)
+    return 600 + maps * 90 + peer + opts.steps() * window * (
+        3 if args.peer == "map_perf_test" else 1)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
         from pybpfmap.vm.relay import no_splats
         from pybpfmap.vm.run import no_prealloc_tracing_splats
 
+        if args.peer == "htab-mem":
+            _vm_htab_mem(args.kernels)
         # the syscall mode's kprobe programs on NO_PREALLOC maps: 5.7-6.0 WARN once
         tracing = options(args).tracing_no_prealloc
         records = invm.records(args, load, timeout=vm_timeout(args), expected_splats=(

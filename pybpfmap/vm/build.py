@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
+from pybpfmap import procs
 from pybpfmap.errors import EnvironmentProblem
 from pybpfmap.vm import own
 from pybpfmap.vm.catalog import CatalogKernel
@@ -107,12 +108,15 @@ def _run(step: str, cmd: list[str], log: Path, progress: Progress,
     with open(log, "a") as out:
         out.write(f"\n$ {' '.join(cmd)}\n")
         out.flush()
-        r = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                           env=None if env is None else {**os.environ, **env})
-    if r.returncode != 0:
+        # Its own process group (procs): Ctrl-C or a failure here stops what the
+        # step started (apt, dpkg, compilers in the chroot) too.
+        with procs.Child(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         env=None if env is None else {**os.environ, **env}) as child:
+            status = child.wait()
+    if status != 0:
         tail = "".join(log.read_text(errors="replace").splitlines(True)[-15:])
         sys.stderr.write(tail)
-        raise EnvironmentProblem(step, f"failed with status {r.returncode} (log: {log})")
+        raise EnvironmentProblem(step, f"failed with status {status} (log: {log})")
     progress(f"{step}: done in {time.monotonic() - t0:.0f} s")
 
 

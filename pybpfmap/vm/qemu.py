@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pybpfmap import procs
-from pybpfmap.guest import CTL_PORT, OUT_PORT, TAG_CTL, TAG_REPO, TAG_RESULTS, Accel
+from pybpfmap.guest import (
+    CTL_PORT,
+    OUT_PORT,
+    TAG_CTL,
+    TAG_PEERS,
+    TAG_REPO,
+    TAG_RESULTS,
+    Accel,
+)
 
 
 @dataclass
@@ -36,6 +44,7 @@ class QemuConfig:
     cpus: int = 2
     memory: str = "2G"
     cmdline_extra: str = ""
+    peers: Path | None = None  # host-built peer tools, shared read-only (TAG_PEERS)
 
     @property
     def console_log(self) -> Path:
@@ -97,6 +106,7 @@ def qemu_argv(c: QemuConfig) -> list[str]:
         "-drive", f"file={c.disk},if=virtio,format=qcow2,cache=unsafe",
         *virtfs(TAG_CTL, c.ctl_dir, True), *virtfs(TAG_REPO, c.repo, True),
         *virtfs(TAG_RESULTS, c.results, False),
+        *(virtfs(TAG_PEERS, c.peers, True) if c.peers else []),
         "-chardev", f"file,id=con,path={c.console_log}", "-serial", "chardev:con",
         "-device", "virtio-serial-pci",
         "-chardev", f"file,id=ctl,path={c.ctl_log}",

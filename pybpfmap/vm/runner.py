@@ -28,6 +28,7 @@ from pybpfmap.vm.outcome import (
     VmError,
     VmResult,
 )
+from pybpfmap.vm.peers import peers_dir
 from pybpfmap.vm.qemu import QemuConfig, qemu_process
 from pybpfmap.vm.watchdog import Evidence, collect_evidence, qmp_monitor
 
@@ -121,10 +122,12 @@ def boot(image: Image, cmd: list[str], *, accel: Accel, cpus: int, memory: str,
             env["PYBPFMAP_DUMP_KALLSYMS"] = "1"  # once per image; ~10 s under TCG
         (ctl / "env.sh").write_text(guest.env_sh(str(repo), image.name, accel.value, env))
         (ctl / "cmd.sh").write_text(guest.cmd_sh(cmd))
+        peers = peers_dir()
+        peers.mkdir(parents=True, exist_ok=True)
         cfg = QemuConfig(kernel=image.kernel, initrd=image.initrd,
                          disk=_overlay(image.disk, run_dir), ctl_dir=ctl, repo=repo,
                          results=results_dir, run_dir=run_dir, accel=accel, cpus=cpus,
-                         memory=memory)
+                         memory=memory, peers=peers)
         try:
             return _Watch(cfg, image, timeout, hang_timeout, boot_timeout, allow,
                           streams or Streams()).run()
