@@ -37,7 +37,7 @@ CTL_PORT = "org.pybpfmap.ctl"
 OUT_PORT = "org.pybpfmap.stdout"
 TAG_CTL, TAG_REPO, TAG_RESULTS = "pybpfmap_ctl", "pybpfmap_repo", "pybpfmap_results"
 GUEST_RESULTS = "/run/pybpfmap/results"
-# Peer tools built on the host (``<cache>/peers``, :func:`pybpfmap.vm.runner.peers_dir`),
+# Peer tools built on the host (``<cache>/peers``, :func:`pybpfmap.vm.peers.peers_dir`),
 # shared read-only: the kernel's own benchmarks, built outside the image.
 TAG_PEERS = "pybpfmap_peers"
 GUEST_PEERS = "/run/pybpfmap/peers"

@@ -29,11 +29,18 @@ from pybpfmap.vm.peers import HTAB_MEM, HtabMemBuild, locate
 
 PAIRED = "add_del_on_diff_cpu"   # an adding and a deleting producer per pair
 MIB = 1 << 20
+CALLS_PER_TRIPLE = 3             # update, lookup, delete
+
+
+def check_types(types: tuple[str, ...]) -> None:
+    """UsageError unless ``types`` is the peer's one map type."""
+    if tuple(types) != ("hash",):
+        raise UsageError("--types", f"{HTAB_MEM}'s map is a hash map: use --types hash")
 
 
 def differences(r: BenchRecord, build: HtabMemBuild) -> list[str]:
     """What pybpfmap's event does differently from the peer's op, for the record."""
-    calls = 3 * r.triples_per_event
+    calls = CALLS_PER_TRIPLE * r.triples_per_event
     out = [f"pybpfmap's event is {r.triples_per_event} update -> lookup -> delete triples "
            f"({calls} map calls, each key added and removed at once); htab-mem's op is "
            f"{build.op_batch} map calls through bpf_loop: overwrite updates {build.op_batch} "
@@ -66,7 +73,7 @@ def _kops(r: BenchRecord, op_batch: int | None) -> float | None:
     rate = r.events_per_sec.median if r.events_per_sec else None
     if rate is None or not op_batch:
         return None
-    return round(rate * 3 * r.triples_per_event / op_batch / 1000, 2)
+    return round(rate * CALLS_PER_TRIPLE * r.triples_per_event / op_batch / 1000, 2)
 
 
 def _mib(n: int | None) -> float | None:
@@ -77,9 +84,8 @@ def run(opts: Options, *, explicit_sizes: bool = False, explicit_triples: bool =
         explicit_trigger: bool = False, use_cases: tuple[str, ...] | None = None,
         build: HtabMemBuild | None = None) -> list[BenchRecord]:
     """pybpfmap's bench on the peer's map as ``opts`` says, then the peer per record."""
+    check_types(opts.types)
     build = build or locate()
-    if set(opts.types) != {"hash"}:
-        raise UsageError("--types", f"{HTAB_MEM}'s map is a hash map: use --types hash")
     cases = use_cases or build.use_cases
     unknown = [u for u in cases if u not in build.use_cases]
     if unknown:
@@ -117,7 +123,7 @@ def run(opts: Options, *, explicit_sizes: bool = False, explicit_triples: bool =
             mem = r.memory
             r.htab_mem = HtabMemPeer(
                 build=build.describe(), op_batch=build.op_batch,
-                map_calls_per_event=3 * r.triples_per_event,
+                map_calls_per_event=CALLS_PER_TRIPLE * r.triples_per_event,
                 pybpfmap_kops_per_producer=_kops(r, build.op_batch),
                 pybpfmap_memory_mib=_mib(mem.kernel_after if mem else None),
                 pybpfmap_peak_mib=_mib(mem.peak if mem else None),

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,11 +194,3 @@ def run(build: HtabMemBuild, options: HtabMemOptions = HtabMemOptions(),
     nr_cpus = os.sysconf("SC_NPROCESSORS_ONLN")  # the bench's get_nprocs()
     return HtabMemResult(result.options, result.samples, result.summary, result.unavailable,
                          nr_cpus, build.max_entries(nr_cpus), build.op_batch, build.describe())
-
-
-def run_use_cases(build: HtabMemBuild, use_cases: Iterable[str] | None = None,
-                  **options) -> list[HtabMemResult]:
-    """:func:`run` once per use case (default: all the build has), the other
-    :class:`HtabMemOptions` fields as given."""
-    return [run(build, HtabMemOptions(use_case=u, **options))
-            for u in (use_cases or build.use_cases)]

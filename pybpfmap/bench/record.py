@@ -8,8 +8,9 @@ succeeded (:class:`Verification`; a record that fails it is *flagged*, never
 silently faster), the memory the map cost by the memory cgroup and by fdinfo
 (:class:`Memory`), map_perf_test's or the selftests' ``bench htab-mem``'s
 figures beside it when asked (:class:`PeerFigure`, :class:`HtabMemPeer`),
-and the machine it ran on (:class:`pybpfmap.bench.machine.Machine`).  A map the kernel refuses (LRU
-with BPF_F_NO_PREALLOC: ENOTSUPP) is a record too, with ``refused``.
+and the machine it ran on (:class:`pybpfmap.bench.machine.Machine`).  A map
+the kernel refuses (LRU with BPF_F_NO_PREALLOC: ENOTSUPP) is a record too,
+with ``refused``.
 """
 
 from __future__ import annotations

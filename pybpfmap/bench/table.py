@@ -222,16 +222,16 @@ def htab_mem_section(records: list[BenchRecord]) -> list[str]:
     unread: set[str] = set()
     for r in sorted(recs, key=lambda r: (r.machine.kernel_release, not r.prealloc, r.cpus)):
         h = r.htab_mem
-        mine = [_f(h.pybpfmap_kops_per_producer), None, _f(h.pybpfmap_memory_mib),
-                _f(h.pybpfmap_peak_mib)]
         for run in h.runs:
             s = run.summary
             ratio = h.ratio(run)
             rows.append([r.machine.kernel_release, r.alloc, r.cpus, run.options.use_case,
-                         f"{s.kops_per_producer:.2f} ± {s.kops_stddev:.2f}", mine[0],
+                         f"{s.kops_per_producer:.2f} ± {s.kops_stddev:.2f}",
+                         _f(h.pybpfmap_kops_per_producer),
                          "-" if ratio is None else f"{ratio:.2f}x",
-                         f"{s.memory_mib:.2f}" if run.memory_known else "-",
-                         f"{s.peak_mib:.2f}" if run.peak_known else "-", mine[2], mine[3]])
+                         _f(s.memory_mib if run.memory_known else None),
+                         _f(s.peak_mib if run.peak_known else None),
+                         _f(h.pybpfmap_memory_mib), _f(h.pybpfmap_peak_mib)])
         skipped += [f"  {r.machine.kernel_release} {r.alloc} {r.cpus} CPU: not run: {why}"
                     for why in h.skipped]
         unread |= {f for run in h.runs for f in run.unavailable}

@@ -21,7 +21,6 @@ changes.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -50,6 +49,7 @@ from pybpfmap.vm.image import (
     image_dir,
     image_key,
     is_image_of,
+    locked,
 )
 
 Progress = Callable[[str], None]
@@ -92,14 +92,6 @@ def _configured_uris() -> list[str]:
 def ensure_image(entry: CatalogKernel, progress: Progress = _stderr) -> Image:
     """The cached image of ``entry``, building it first if it is missing or stale."""
     return find_image(entry) or build_image(entry, progress)
-
-@contextlib.contextmanager
-def _lock(root: Path) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-
 
 def _run(step: str, cmd: list[str], log: Path, progress: Progress,
          env: dict[str, str] | None = None) -> None:
@@ -153,7 +145,7 @@ def build_image(entry: CatalogKernel, progress: Progress = _stderr) -> Image:
     _check_tools()
     root = cache_root()
     key = image_key(entry)
-    with _lock(root):
+    with locked(root):
         done = find_image(entry)
         if done:
             return done

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,11 +113,23 @@ def cache_root() -> Path:
     return Path(os.environ.get("PYBPFMAP_VM_CACHE", "/var/cache/pybpfmap/vm"))
 
 
-def _digest(*parts: bytes) -> str:
+def digest(*parts: bytes) -> str:
+    """The cache's key of what something is made from: 16 hex digits of a
+    SHA-256 over each part's own SHA-256 (images, bases, peer builds)."""
     h = hashlib.sha256()
     for part in parts:
         h.update(hashlib.sha256(part).digest())
     return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def locked(root: Path, name: str = ".lock") -> Iterator[None]:
+    """An exclusive flock on ``root/name`` (``root`` created): one builder at a
+    time in a cache directory."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / name, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def _provision_bytes() -> bytes:
@@ -127,7 +141,7 @@ def _provision_bytes() -> bytes:
 
 def base_key(suite: str) -> str:
     """Hash of the base stage's inputs."""
-    return _digest(_provision_bytes(), suite.encode(), str(BUILDER_VERSION).encode())
+    return digest(_provision_bytes(), suite.encode(), str(BUILDER_VERSION).encode())
 
 
 def image_key(entry: CatalogKernel) -> str:
@@ -135,10 +149,10 @@ def image_key(entry: CatalogKernel) -> str:
     user brings is keyed by its files' content (``entry.digest``), not by its
     path: the same .debs anywhere share one image."""
     if entry.brought:
-        return _digest(base_key(entry.userspace).encode(), entry.form.value.encode(),
+        return digest(base_key(entry.userspace).encode(), entry.form.value.encode(),
                        entry.digest.encode(), STUB_INIT.encode())
     peer = PEER_RECIPE.read_bytes() if PEER_RECIPE.is_file() else b""
-    return _digest(base_key(entry.userspace).encode(), _catalog_repr(entry).encode(),
+    return digest(base_key(entry.userspace).encode(), _catalog_repr(entry).encode(),
                    STUB_INIT.encode(), peer)
 
 

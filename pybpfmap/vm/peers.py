@@ -23,10 +23,8 @@ installs with apt-get, as the image builds do in their chroot.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import gzip
-import hashlib
 import os
 import re
 import shutil
@@ -34,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from glob import glob
 from pathlib import Path
@@ -43,7 +41,7 @@ from pybpfmap import procs
 from pybpfmap.errors import EnvironmentProblem
 from pybpfmap.guest import ENV_PEERS
 from pybpfmap.vm.build import debian_mirror
-from pybpfmap.vm.image import VAGRANT, cache_root
+from pybpfmap.vm.image import VAGRANT, cache_root, digest, locked
 
 HTAB_MEM = "htab-mem"
 RECIPE = VAGRANT / "htab-mem-bench.sh"
@@ -237,8 +235,9 @@ def fetch_source(progress: Progress = _stderr) -> KernelSource:
     for d in (state / "lists" / "partial", state / "cache" / "archives" / "partial"):
         d.mkdir(parents=True, exist_ok=True)
     signed = f"[signed-by={KEYRING}] " if KEYRING.is_file() else ""
-    (state / "sources.list").write_text(f"deb {signed}{debian_mirror()} {FETCH_SUITE} main\n")
-    progress(f"fetching the package lists of {FETCH_SUITE} from {debian_mirror()}")
+    mirror = debian_mirror()
+    (state / "sources.list").write_text(f"deb {signed}{mirror} {FETCH_SUITE} main\n")
+    progress(f"fetching the package lists of {FETCH_SUITE} from {mirror}")
     _apt(state, "update")
     names = [n for n in _apt(state, "pkgnames", "linux-source-").split()
              if re.fullmatch(r"linux-source-\d+\.\d+", n)
@@ -269,10 +268,7 @@ def fetch_source(progress: Progress = _stderr) -> KernelSource:
 def build_key(source_version: str, release: str, recipe: Path = RECIPE) -> str:
     """Hash of what a build is made from: the recipe, the source package
     version and the guest kernel release."""
-    h = hashlib.sha256()
-    for part in (recipe.read_bytes(), source_version.encode(), release.encode()):
-        h.update(hashlib.sha256(part).digest())
-    return h.hexdigest()[:16]
+    return digest(recipe.read_bytes(), source_version.encode(), release.encode())
 
 
 _MAX_ENTRIES = re.compile(r"MAX\(\s*(\d+)\s*,\s*(\d+)\s*\*\s*env\.nr_cpus\s*\)")
@@ -330,14 +326,6 @@ class HtabMemBuild:
                    op_batch, info.get("max_entries", ""), info)
 
 
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".lock-{HTAB_MEM}", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-
-
 def _complete(path: Path) -> bool:
     return (path / "BUILD_INFO").is_file() and os.access(path / BINARY, os.X_OK)
 
@@ -351,7 +339,7 @@ def ensure_htab_mem(release: str, btf: Path, source: KernelSource | None = None,
     if not RECIPE.is_file():
         raise EnvironmentProblem(str(RECIPE), "recipe not found; run from the source tree")
     root = root or peers_dir()
-    with _locked(root):
+    with locked(root, f".lock-{HTAB_MEM}"):
         source = source or choose_source(find_sources(), release) or fetch_source(progress)
         final = root / f"{HTAB_MEM}-{release}-{build_key(source.version, release)}"
         if _complete(final):
